@@ -1,0 +1,161 @@
+"""``iad register``, ``iad inspect``, ``iad products``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from iad_agent.cli import app, console, fail
+from iad_agent.imageio import ImageError
+
+WORKSPACE = typer.Option(None, "--workspace", help="Folder of registered products (default $IAD_WORKSPACE, else ~/.iad).")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def _register(name: str, normals: Path | None, defects: Path | None, priors: Path | None, workspace: Path | None,
+              fpr: float, backbone: str, resolution: int, allow_mixed_sizes: bool, save: bool = True):
+    from iad_agent.product import Product, RegistrationError, Workspace, list_images
+    from iad_agent.tools.priors import domain_priors
+    from iad_agent.vision.features import FeatureConfig
+
+    ws = Workspace(workspace)
+    try:
+        existing = ws.load(name) if save and ws.exists(name) else None
+        files = list_images(normals) if normals else []
+        if normals and not files:
+            raise RegistrationError(f"{normals}: no images found (looked for .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp)")
+        user_priors = _read_priors(priors) if priors else {}
+        if existing is None:
+            user_priors = {**domain_priors(name), **user_priors}
+        with _progress() as progress:
+            task = progress.add_task(f"registering {name}", total=len(files) or 1)
+            product = Product.build(name, files, FeatureConfig(backbone=backbone, resolution=resolution), fpr=fpr,
+                                    defects_dir=defects, priors=user_priors, allow_mixed_sizes=allow_mixed_sizes,
+                                    progress=lambda done, total: progress.update(task, completed=done, total=total),
+                                    existing=existing)
+        if save:
+            product.save(ws.product_dir(name))
+    except (RegistrationError, ImageError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    return product, ws
+
+
+def _read_priors(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        fail(f"{path}: cannot read priors ({exc}); expected JSON {{\"good\": \"...\", \"<defect type>\": \"...\"}}")
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        fail(f"{path}: priors must be a JSON object of strings {{\"good\": \"...\", \"<defect type>\": \"...\"}}")
+    return data
+
+
+@app.command()
+def register(
+    name: str = typer.Argument(..., help="Product name, e.g. hazelnut."),
+    normals: Path = typer.Option(None, "--normals", help="Folder of good images (added to the product if it exists)."),
+    defects: Path = typer.Option(None, "--defects", help="Folder with one subfolder of example images per defect type."),
+    priors: Path = typer.Option(None, "--priors", help="JSON file {\"good\": text, \"<defect type>\": text}."),
+    workspace: Path = WORKSPACE,
+    fpr: float = typer.Option(0.05, "--fpr", min=0.001, max=0.5, help="False-alarm rate the threshold is set for, on good parts."),
+    backbone: str = typer.Option("efficientnet-lite0", help="efficientnet-lite0 / -lite1 / -lite2 (new products only)."),
+    resolution: int = typer.Option(256, help="Input resolution of the feature extractor (new products only)."),
+    allow_mixed_sizes: bool = typer.Option(False, "--allow-mixed-sizes", help="Accept good images of different sizes."),
+) -> None:
+    """Register (or extend) a product from good images; sets its threshold from them alone."""
+    if normals is None and defects is None and priors is None:
+        fail("nothing to register: give --normals DIR (and optionally --defects DIR, --priors FILE)")
+    product, ws = _register(name, normals, defects, priors, workspace, fpr, backbone, resolution, allow_mixed_sizes)
+    cal = product.bank.calibration
+    console.print(f"[green]registered[/] {name}: {len(product.bank)} good images, threshold {cal.threshold:.4f} "
+                  f"(false-alarm rate {cal.fpr:g}, {cal.method}), {len(product.defects.types)} defect examples, "
+                  f"{len(product.priors)} priors → {ws.product_dir(name)}")
+
+
+@app.command()
+def products(workspace: Path = WORKSPACE) -> None:
+    """List registered products."""
+    from iad_agent.product import Workspace
+
+    ws = Workspace(workspace)
+    for name in ws.products():
+        typer.echo(name)
+
+
+@app.command()
+def inspect(
+    images: list[Path] = typer.Argument(..., help="Image(s) to inspect."),
+    product: str = typer.Option(None, "--product", help="A registered product."),
+    normals: Path = typer.Option(None, "--normals", help="One-off: folder of good images instead of a registered product."),
+    workspace: Path = WORKSPACE,
+    policy: str = typer.Option("embedded", "--policy", help="embedded (default, CPU), openai, hf."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
+    model: str = typer.Option(None, "--model", help="Model name (openai) or path to weights (hf)."),
+    max_steps: int = typer.Option(6, "--max-steps", min=1, help="Hard budget of policy turns."),
+    disable_tool: list[str] = typer.Option([], "--disable-tool", help="Tool to leave out (repeatable)."),
+    report: Path = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
+    heatmap: Path = typer.Option(None, "--heatmap", help="Heat-map PNG path (default: next to the report, else <image>_heatmap.png in the current folder)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
+) -> None:
+    """Inspect image(s): verdict, score vs threshold, box, heat map, defect type and trace."""
+    from iad_agent.inspector import Inspector
+    from iad_agent.policies import make_policy
+    from iad_agent.product import Workspace
+    from iad_agent.report import save_heatmap, save_report
+    from iad_agent.tools import default_tools
+
+    if (product is None) == (normals is None):
+        fail("give exactly one of --product NAME (registered) or --normals DIR (one-off)")
+    if len(images) > 1 and report is not None:
+        fail("--report takes one image; inspect several images without --report or one at a time")
+    if normals is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            prod, _ = _register(normals.name or "product", normals, None, None, Path(tmp), 0.05, "efficientnet-lite0", 256, True, save=False)
+    else:
+        try:
+            prod = Workspace(workspace).load(product)
+        except (FileNotFoundError, RuntimeError, ValueError) as exc:
+            fail(str(exc))
+    try:
+        pol = make_policy(policy, base_url=base_url, model=model)
+        tools = default_tools(tuple(disable_tool), anomaly_map=policy != "embedded")
+    except ValueError as exc:
+        fail(str(exc))
+    inspector = Inspector(prod, pol, tools, max_steps=max_steps)
+    failures = 0
+    for image in images:
+        try:
+            result = inspector.inspect(image)
+        except ImageError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            failures += 1
+            continue
+        hm = heatmap if heatmap and len(images) == 1 else None
+        if hm is None:
+            hm = (report.with_name(report.stem + "_heatmap.png") if report else Path.cwd() / f"{image.stem}_heatmap.png")
+        save_heatmap(result, hm)
+        if report is not None:
+            save_report(result, report)
+        d = result.to_dict()
+        if as_json:
+            sys.stdout.write(json.dumps(d) + "\n")
+        else:
+            verdict = {True: "[bold red]ANOMALOUS[/]", False: "[bold green]NORMAL[/]", None: "[yellow]NO ANSWER[/]"}[d["anomaly_present"]]
+            console.print(f"{image}: {verdict} score {d['score']:.4f} (threshold {d['threshold']:.4f}), box {d['box']}, "
+                          f"defect {d['defect_type']}, confidence {d['confidence']}, {len(d['tool_calls'])} tool calls, "
+                          f"{d['elapsed_ms']:.0f} ms", highlight=False)
+            console.print(f"  {d['reason']}", highlight=False)
+            for w in d["warnings"]:
+                console.print(f"  [yellow]warning:[/] {w}", highlight=False)
+            console.print(f"  heat map: {hm}" + (f", report: {report}" if report else ""), highlight=False)
+    if failures:
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, benchmark runs and reports."""

@@ -1,0 +1,63 @@
+"""Calibrate each tool's evidence on held-out good images (no defect ever seen).
+
+For a few good images, each treated as a query against the *other* good images (or, with a
+single good image, slightly shifted/rotated views of it against itself), the tools are run on
+the region the embedded policy would look at (the hottest spot of the leave-one-out heat map)
+and on a random region. The spread of their readings on good parts sets each tool's normal
+limit (``GateParams.*_threshold``) for the product's false-alarm rate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from iad_agent.episode import hot_spot_box
+from iad_agent.tools.highfreq import highfreq_ratio
+from iad_agent.tools.retriever import region_of
+from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, zoom_evidence
+from iad_agent.types import Box
+from iad_agent.vision.normal_bank import aligned_distance, image_score, threshold_for_fpr
+
+if TYPE_CHECKING:
+    from iad_agent.product import Product
+
+log = logging.getLogger(__name__)
+
+
+def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 2, seed: int = 0) -> None:
+    """Set the zoom / compare / high-frequency normal limits of ``product.gate``."""
+    from iad_agent.product import augmented_views
+
+    bank, gate = product.bank, product.gate
+    rng = np.random.default_rng(seed)
+    cal = bank.calibration
+    zoom, compare, highfreq = [], [], []
+    n = len(bank)
+    if n >= 2:
+        queries = [(int(i), product.reference_image(int(i)), bank.grids[int(i)].astype(np.float32))
+                   for i in np.unique(np.linspace(0, n - 1, min(n, max_queries)).round().astype(int))]
+    else:
+        views = augmented_views(product.reference_image(0), n=max_queries, seed=seed + 1)
+        grids = product.extractor(views)
+        queries = [(None, v, g) for v, g in zip(views, grids)]
+    for exclude, image, grid in queries:
+        dmap = bank.patch_distances(grid, exclude=exclude)
+        size = rng.uniform(0.2, 0.4)
+        x, y = rng.uniform(0, 1 - size, 2)
+        boxes = [hot_spot_box(dmap, cal.patch_threshold), Box(x, y, x + size, y + size)]
+        refs = [i for i, _ in bank.nearest(grid, n_references, exclude=exclude)] or [0]
+        aligned = aligned_distance(grid, bank.grids[refs[0]].astype(np.float32))
+        reference = product.reference_image(refs[0])
+        for box in boxes:
+            b = box.clamped(MIN_SIZE).expanded(CONTEXT)
+            zoom.append(zoom_evidence(product, image, b, refs)["ratio"])
+            compare.append(image_score(region_of(aligned, b.clamped(0.05))))
+            highfreq.append(highfreq_ratio(image, reference, b)[2])
+    gate.zoom_threshold = threshold_for_fpr(zoom, cal.fpr)
+    gate.compare_threshold = threshold_for_fpr(compare, cal.fpr)
+    gate.highfreq_threshold = threshold_for_fpr(highfreq, cal.fpr)
+    log.info("tool limits for %s: zoom %.3f, compare %.3f, highfreq %.3f", product.name,
+             gate.zoom_threshold, gate.compare_threshold, gate.highfreq_threshold)

@@ -1,0 +1,115 @@
+"""``PerceptiveZoomer`` (AgentIAD's PZ; IndusAgent's dynamic region cropping).
+
+Crops a normalized box (clamped to the image, grown to a minimum size), upsamples it, and
+re-scores the crop at the higher resolution against the *same region* of the nearest good
+references, so zooming adds evidence (a zoom ratio) and not only pixels.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from iad_agent.tools.base import BOX_SCHEMA, Tool
+from iad_agent.types import Box, ToolResult
+from iad_agent.vision.normal_bank import image_score
+
+if TYPE_CHECKING:
+    from iad_agent.episode import Episode
+    from iad_agent.product import Product
+
+MIN_SIZE = 0.08
+CONTEXT = 0.1
+OUTPUT_SIDE = 448
+
+
+def crop(img: Image.Image, box: Box, side: int | None = None) -> Image.Image:
+    """Crop a normalized box; optionally upsample its longer side to ``side`` pixels."""
+    region = img.crop(box.to_pixels(img.width, img.height))
+    if side:
+        scale = side / max(region.size)
+        region = region.resize((max(1, round(region.width * scale)), max(1, round(region.height * scale))), Image.Resampling.BICUBIC)
+    return region
+
+
+def zoom_evidence(product: Product, query: Image.Image, box: Box, refs: list[int], memo: dict | None = None) -> dict[str, Any]:
+    """Score the crop of ``query`` against the same crops of good images ``refs``.
+
+    Returns the crop's score, the normal baseline (each reference crop against the others, or
+    against a shifted copy of itself when there is one reference) and their ratio.
+    """
+    extractor = product.extractor
+    res = extractor.config.resolution
+    ref_box = box.expanded(0.15)  # a little slack for misaligned parts
+    q_crop = crop(query, box)
+    ref_crops = [crop(product.reference_image(i), ref_box) for i in refs]
+    feats = extractor([q_crop, *ref_crops], resolution=res)
+    q, r = feats[0], feats[1:]
+    c = q.shape[-1]
+
+    def nn_map(a: np.ndarray, bank: np.ndarray) -> np.ndarray:
+        bank = bank.reshape(-1, c)
+        d = (a.reshape(-1, c) ** 2).sum(1)[:, None] - 2 * a.reshape(-1, c) @ bank.T + (bank**2).sum(1)[None]
+        return np.sqrt(np.maximum(d.min(axis=1), 0)).reshape(a.shape[:2])
+
+    q_map = nn_map(q, r)
+    score = image_score(q_map)
+    if len(r) >= 2:
+        base = [image_score(nn_map(r[i], np.delete(r, i, axis=0))) for i in range(len(r))]
+    else:
+        shifted = crop(product.reference_image(refs[0]), _shift(ref_box, 0.03))
+        base = [image_score(nn_map(extractor([shifted], resolution=res)[0], r))]
+    baseline = max(float(np.mean(base)), 1e-6)
+    return {"score": score, "baseline": baseline, "ratio": score / baseline, "map": q_map, "crop": q_crop}
+
+
+def _shift(box: Box, d: float) -> Box:
+    return Box(box.x1 + d, box.y1 + d, box.x2 + d, box.y2 + d).clamped()
+
+
+class PerceptiveZoomer(Tool):
+    name = "perceptive_zoomer"
+    description = (
+        "Zoom into a region of the query image: crops the normalized box [x1, y1, x2, y2] "
+        "(0..1, clamped, at least 8% of each side), returns it upsampled, and re-scores it at "
+        "higher resolution against the same region of the nearest good parts."
+    )
+    parameters = {
+        "type": "object",
+        "properties": {"box": BOX_SCHEMA},
+        "required": ["box"],
+        "additionalProperties": False,
+    }
+
+    def __init__(self, n_references: int = 2, rescore: bool = True) -> None:
+        self.n_references = n_references
+        self.rescore = rescore
+
+    def run(self, episode: Episode, box: list[float]) -> ToolResult:
+        b = Box.from_list(box)
+        if b.x2 <= 0 or b.y2 <= 0 or b.x1 >= 1 or b.y1 >= 1:
+            raise ValueError(f"box {box} lies outside the image (coordinates are normalized to 0..1)")
+        b = b.clamped(MIN_SIZE).expanded(CONTEXT)
+        view = crop(episode.query, b, OUTPUT_SIDE)
+        if not self.rescore:
+            return ToolResult(text=f"Zoomed into {b.to_list(3)}.", images=[view], data={"box": b.to_list()}, image_captions=["zoomed crop"])
+        refs = [i for i, _ in episode.product.bank.nearest(episode.grid, self.n_references)]
+        ev = zoom_evidence(episode.product, episode.query, b, refs)
+        ratio = ev["ratio"] / episode.product.gate.zoom_threshold
+        hot = ev["map"]
+        peak = np.unravel_index(int(np.argmax(hot)), hot.shape)
+        py, px = (peak[0] + 0.5) / hot.shape[0], (peak[1] + 0.5) / hot.shape[1]
+        peak_xy = (b.x1 + px * b.width, b.y1 + py * b.height)
+        verdict = "stands out from" if ratio > 1 else "matches"
+        text = (
+            f"Zoomed into {b.to_list(3)} at {view.width}x{view.height}. At this resolution the region "
+            f"{verdict} the same region of {len(refs)} good part(s): zoom score {ev['score']:.3f} vs normal "
+            f"{ev['baseline']:.3f} (ratio {ev['ratio']:.2f}; calibrated normal limit {episode.product.gate.zoom_threshold:.2f}). "
+            f"Most unusual point at ({peak_xy[0]:.2f}, {peak_xy[1]:.2f})."
+        )
+        data = {"box": b.to_list(), "score": ev["score"], "baseline": ev["baseline"], "ratio": ev["ratio"],
+                "evidence": ratio, "peak": [round(peak_xy[0], 4), round(peak_xy[1], 4)], "references": refs}
+        episode.memo.setdefault("zoom_maps", []).append((b, hot))
+        return ToolResult(text=text, images=[view], data=data, image_captions=["zoomed crop"])
