@@ -10,7 +10,7 @@ from rich.logging import RichHandler
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Agentic industrial anomaly inspector: register good parts, inspect, evaluate, train.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # error lines must stay greppable: never wrap paths
 
 
 @app.callback()

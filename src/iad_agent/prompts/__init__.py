@@ -1,4 +1,9 @@
-"""Prompt templates, one file per role (``system.md``, ``task.md``), filled with ``str.format``."""
+"""Prompt templates, one file per role, filled with ``str.format``.
+
+``system.md`` frames the episode (task, product, defect types, tool schemas, format),
+``task.md`` is the first user turn, ``format_reminder.md`` is what a model is told after a
+turn that broke the protocol.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,118 @@
+"""Test helpers: a tiny, randomly initialised Qwen2.5-VL that loads like real weights.
+
+``build_tiny_qwen2_5_vl`` writes a config, random weights, a byte-level tokenizer with the
+Qwen chat special tokens, an image processor and the Qwen2.5-VL chat template into a folder,
+so ``AutoModelForImageTextToText.from_pretrained`` / ``AutoProcessor.from_pretrained`` (and
+hence :class:`~iad_agent.policies.hf.HFPolicy`, SFT and GRPO code) run offline on CPU in
+seconds. The model's output is random bytes: exactly the garbage a policy must survive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The chat template shipped with Qwen/Qwen2.5-VL-3B-Instruct (images in any role's content list).
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Control tokens of Qwen2.5-VL (special: dropped when decoding) ...
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+# ... and the protocol tags, single tokens but kept in decoded text (as in the real tokenizer).
+PROTOCOL_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>", "<answer>", "</answer>",
+                   "<tool_response>", "</tool_response>"]
+
+
+def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
+                          min_pixels: int = 28 * 28 * 4, max_pixels: int = 112 * 112) -> Path:
+    """Write a tiny random Qwen2.5-VL checkpoint (config, weights, tokenizer, processor) to ``out_dir``.
+
+    The vision tower has one block whose width equals the language model's, patch 14, merge 2;
+    the image processor resizes every image to at most ``max_pixels`` (112 x 112 = 16 image
+    tokens by default), so a multi-image conversation stays a few hundred tokens long.
+
+    Args:
+        out_dir: folder to create (or overwrite).
+        hidden_size: width of both towers (a multiple of 8: 2 heads with an even rotary split).
+        num_layers: language-model layers.
+        seed: torch seed for the random weights.
+        min_pixels: image processor's lower bound on pixels per image.
+        max_pixels: image processor's upper bound on pixels per image.
+
+    Returns:
+        ``out_dir`` as a path, loadable with ``from_pretrained``.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2_5_VLProcessor)
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Byte-level BPE without merges: every text encodes (one token per byte) and decodes back.
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.add_tokens(PROTOCOL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        unk_token=None, model_max_length=32768)
+    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
+                                               merge_size=2, temporal_patch_size=2)
+    processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
+
+    heads = 2
+    head_dim = hidden_size // heads
+    quarter = head_dim // 2
+    mrope = [quarter - 2 * (quarter // 3), quarter // 3, quarter // 3]  # t, h, w rotary sections, sum head_dim / 2
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": tok.get_vocab_size(), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": num_layers, "num_attention_heads": heads, "num_key_value_heads": 1,
+            "max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                                  "mrope_section": mrope},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 1, "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_heads": heads,
+            "out_hidden_size": hidden_size, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "window_size": 56, "fullatt_block_indexes": [0],
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    with torch.random.fork_rng():  # seeded weights without touching the caller's RNG state
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

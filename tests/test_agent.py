@@ -1,0 +1,78 @@
+"""The agent loop (step budget, errors) and the embedded policy's verdicts on real images."""
+
+import numpy as np
+import pytest
+
+from iad_agent.agent.loop import run_episode
+from iad_agent.imageio import load_mask
+from iad_agent.policies import ScriptedPolicy
+from iad_agent.tools import default_tools
+from iad_agent.types import Step, ToolCall
+
+
+def test_step_budget_is_hard(hazelnut_inspector, data_root):
+    ep, _ = hazelnut_inspector.episode(data_root / "mvtec_ad/hazelnut/test/good/000.png")
+    looping = ScriptedPolicy([Step(thought="again", tool_calls=[ToolCall("comparative_retriever", {})])] * 10)
+    run_episode(looping, default_tools(), ep, max_steps=3)
+    traj = ep.trajectory
+    assert len(traj.steps) == 3 and traj.stop_reason == "budget"
+    assert traj.answer.anomaly_present is None and "budget" in traj.answer.reason
+    assert all(len(s.observations) == 1 and s.tool_ms for s in traj.steps)
+
+
+def test_policy_exception_ends_episode_without_answer(hazelnut_inspector, data_root):
+    class Broken:
+        name = "broken"
+
+        def act(self, episode, tools):
+            raise TimeoutError("model server timed out")
+
+    ep, _ = hazelnut_inspector.episode(data_root / "mvtec_ad/hazelnut/test/good/000.png")
+    run_episode(Broken(), default_tools(), ep)
+    assert ep.trajectory.stop_reason == "error" and ep.trajectory.answer.anomaly_present is None
+    assert "timed out" in ep.trajectory.answer.reason
+
+
+@pytest.mark.parametrize("rel", ["test/good/000.png", "test/good/001.png"])
+def test_normal_images_are_normal(hazelnut_inspector, data_root, rel):
+    result = hazelnut_inspector.inspect(data_root / "mvtec_ad/hazelnut" / rel)
+    assert result.trajectory.answer.anomaly_present is False
+    assert result.to_dict()["score"] <= result.to_dict()["threshold"]
+
+
+@pytest.mark.parametrize("defect", ["hole/001", "print/001", "crack/000", "hole/000"])
+def test_clear_defects_are_found_and_boxed(hazelnut_inspector, data_root, defect):
+    result = hazelnut_inspector.inspect(data_root / f"mvtec_ad/hazelnut/test/{defect}.png")
+    d = result.to_dict()
+    assert d["anomaly_present"] is True and d["score"] > d["threshold"]
+    cat, name = defect.split("/")
+    mask = load_mask(data_root / f"mvtec_ad/hazelnut/ground_truth/{cat}/{name}_mask.png")
+    h, w = mask.shape
+    x1, y1, x2, y2 = (int(round(v * s)) for v, s in zip(d["box"], (w, h, w, h)))
+    assert mask[y1:y2, x1:x2].any(), f"box {d['box']} misses the defect"
+    # the heat map is hottest on the defect
+    assert result.heatmap[mask].mean() > result.heatmap[~mask].mean()
+
+
+def test_trace_records_every_call_and_timing(hazelnut_inspector, data_root):
+    result = hazelnut_inspector.inspect(data_root / "mvtec_ad/hazelnut/test/cut/000.png")
+    traj = result.trajectory
+    assert traj.stop_reason == "answer" and traj.steps[-1].answer is not None
+    calls = [c for s in traj.steps for c in s.tool_calls]
+    obs = [o for s in traj.steps for o in s.observations]
+    assert len(calls) == len(obs) == len(result.to_dict()["tool_calls"])
+    assert all(s.policy_ms >= 0 for s in traj.steps)
+    assert len(traj.to_messages()) == 2 + 2 * len([s for s in traj.steps if s.tool_calls]) + 1  # system, task, (call, result)*, answer
+
+
+def test_gate_skips_tools_when_the_evidence_is_clear(hazelnut_product, data_root):
+    from dataclasses import replace
+
+    from iad_agent.inspector import Inspector
+    from iad_agent.product import Product
+
+    narrow = Product(hazelnut_product.name, hazelnut_product.bank, replace(hazelnut_product.gate, band_low=5.0, band_high=6.0, small_area=0.0),
+                     defects=hazelnut_product.defects, priors=hazelnut_product.priors)
+    narrow._extractor = hazelnut_product.extractor
+    result = Inspector(narrow).inspect(data_root / "mvtec_ad/hazelnut/test/good/000.png")
+    assert result.to_dict()["tool_calls"] == [] and result.trajectory.answer.anomaly_present is False

@@ -1,0 +1,110 @@
+"""Every tool: schema, argument validation (errors are observations), and real outputs."""
+
+import pytest
+
+from iad_agent.tools import default_tools, execute
+from iad_agent.types import ToolCall
+
+
+@pytest.fixture(scope="module")
+def episode(hazelnut_inspector, data_root):
+    ep, _ = hazelnut_inspector.episode(data_root / "mvtec_ad/hazelnut/test/hole/001.png")
+    return ep
+
+
+@pytest.fixture(scope="module")
+def tools():
+    return default_tools(anomaly_map=True)
+
+
+def test_specs_are_function_schemas(tools):
+    assert set(tools) == {"perceptive_zoomer", "comparative_retriever", "high_frequency_enhancer", "prior_retriever", "anomaly_map"}
+    for tool in tools.values():
+        spec = tool.spec()
+        assert spec["type"] == "function" and spec["function"]["parameters"]["type"] == "object"
+        assert spec["function"]["description"]
+
+
+BAD_CALLS = [
+    ("perceptive_zoomer", {}, "required"),
+    ("perceptive_zoomer", {"box": [0, 0, 1]}, "too short|fewer"),
+    ("perceptive_zoomer", {"box": ["a", 0, 1, 1]}, "not of type"),
+    ("perceptive_zoomer", {"box": [1.5, 1.5, 2.0, 2.0]}, "outside the image"),
+    ("perceptive_zoomer", {"box": [0, 0, 1, 1], "zoom": 3}, "Additional properties"),
+    ("comparative_retriever", {"k": 0}, "minimum"),
+    ("high_frequency_enhancer", {"box": "everywhere"}, "not of type"),
+    ("prior_retriever", {"defect_type": "melted"}, "unknown defect_type 'melted'"),
+    ("anomaly_map", {"box": [0, 0, 1, 1, 1]}, "too long|more"),
+    ("teleport", {}, "unknown tool 'teleport'"),
+]
+
+
+@pytest.mark.parametrize("name,arguments,message", BAD_CALLS)
+def test_bad_arguments_come_back_as_error_results(episode, tools, name, arguments, message):
+    result = execute(ToolCall(name, arguments), tools, episode)
+    assert not result.ok
+    assert result.text.startswith("Error:")
+    import re
+
+    assert re.search(message, result.error), result.error
+
+
+def test_non_object_arguments(episode, tools):
+    assert not tools["perceptive_zoomer"]("box please", episode).ok
+
+
+def test_zoom_clamps_upsamples_and_rescores(episode, tools):
+    result = execute(ToolCall("perceptive_zoomer", {"box": [0.5, 0.5, 0.51, 0.51]}), tools, episode)  # tiny box
+    assert result.ok, result.text
+    x1, y1, x2, y2 = result.data["box"]
+    assert x2 - x1 >= 0.08 and y2 - y1 >= 0.08  # minimum size enforced
+    assert max(result.images[0].size) == 448  # upsampled
+    assert result.data["score"] > 0 and result.data["baseline"] > 0 and result.data["evidence"] > 0
+    inverted = execute(ToolCall("perceptive_zoomer", {"box": [0.9, 0.9, 0.4, 0.4]}), tools, episode)
+    assert inverted.ok and inverted.data["box"][0] < inverted.data["box"][2]
+
+
+def test_zoom_on_the_defect_reads_higher_than_on_background(episode, tools, data_root):
+    from iad_agent.types import Box
+
+    from iad_agent.imageio import load_mask
+
+    gt = Box.from_mask(load_mask(data_root / "mvtec_ad/hazelnut/ground_truth/hole/001_mask.png"))
+    on = execute(ToolCall("perceptive_zoomer", {"box": gt.expanded(0.5).to_list()}), tools, episode)
+    off = execute(ToolCall("perceptive_zoomer", {"box": [0.0, 0.0, 0.2, 0.2]}), tools, episode)
+    assert on.data["evidence"] > off.data["evidence"]
+
+
+def test_retriever_returns_reference_and_aligned_region(episode, tools):
+    whole = execute(ToolCall("comparative_retriever", {}), tools, episode)
+    assert whole.ok and len(whole.images) == 1 and -1 <= whole.data["similarity"][0] <= 1.0001
+    region = execute(ToolCall("comparative_retriever", {"box": [0.2, 0.2, 0.6, 0.6], "k": 2}), tools, episode)
+    assert region.ok and len(region.images) == 2 and region.data["region_distance"] > 0
+    assert len(region.data["references"]) == 2
+
+
+def test_high_frequency_enhancer(episode, tools):
+    result = execute(ToolCall("high_frequency_enhancer", {"box": [0.3, 0.3, 0.7, 0.7]}), tools, episode)
+    assert result.ok and result.images[0].mode == "RGB"
+    assert result.data["energy"] > 0 and result.data["ratio"] >= 1.0
+
+
+def test_prior_retriever_lists_matches_and_ranks(episode, tools):
+    listing = execute(ToolCall("prior_retriever", {}), tools, episode)
+    assert listing.ok and "crack" in listing.text and "Good hazelnut" in listing.text
+    one = execute(ToolCall("prior_retriever", {"defect_type": "print"}), tools, episode)
+    assert "print" in one.text.lower()
+    ranked = execute(ToolCall("prior_retriever", {"query": "white printed markings on the shell"}), tools, episode)
+    assert ranked.data["matches"][0][0] == "print"
+
+
+def test_anomaly_map_tool(episode, tools):
+    result = execute(ToolCall("anomaly_map", {}), tools, episode)
+    assert result.ok and result.data["threshold"] == episode.look.threshold
+    assert result.images[0].size == episode.query.size
+
+
+def test_disable_tool():
+    assert "perceptive_zoomer" not in default_tools(("perceptive_zoomer",))
+    with pytest.raises(ValueError, match="unknown tool"):
+        default_tools(("zoomer",))
