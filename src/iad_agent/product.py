@@ -51,6 +51,8 @@ class GateParams:
             fine breaks in repetitive patterns.
         aligned_informative: position-wise comparison with a good reference is meaningful
             (aligned parts); otherwise the comparative retriever's evidence is not used.
+        type_from_priors: without labelled defect examples, name the defect type by matching
+            the evidence, in words, against the priors' defect descriptions (MiniLM).
         w_zoom / w_compare / w_highfreq: weights of each tool's evidence in the fused score.
         zoom_threshold / compare_threshold / highfreq_threshold: each tool's normal level,
             calibrated on held-out good images at registration.
@@ -67,7 +69,7 @@ class GateParams:
     zoom_threshold: float = 1.5
     compare_threshold: float = 1.0
     highfreq_threshold: float = 1.5
-    max_zooms: int = 2
+    type_from_priors: bool = True
 
     @classmethod
     def from_dict(cls, d: dict) -> GateParams:
@@ -201,12 +203,12 @@ class Product:
             product.priors.update(priors)
         first = images[0] if images else product.reference_image(0)
         bank.calibrate(fpr, augmented=lambda: extractor(augmented_views(first)))
-        product._calibrate_gate(images)
+        product._calibrate_gate()
         if defects_dir is not None:
             product.add_defect_examples(defects_dir, allow_mixed_sizes)
         return product
 
-    def _calibrate_gate(self, images: Sequence[Image.Image]) -> None:
+    def _calibrate_gate(self) -> None:
         """Set tool thresholds and texture-likeness from held-out good images."""
         from iad_agent.tools.calibration import calibrate_tools
 
@@ -214,7 +216,8 @@ class Product:
         ratio = float(np.median(cal.global_scores) / max(np.median(cal.aligned_scores), 1e-8))
         # Aligned parts: the nearest patch anywhere is hardly closer than the one in place.
         self.gate.aligned_informative = ratio > 0.6
-        self.gate.texture = ratio < 0.45 and _is_periodic(self.bank)
+        held_out = None if len(self.bank) > 1 else self.extractor(augmented_views(self.reference_image(0), n=1))[0]
+        self.gate.texture = texture_likeness(self.bank, held_out) < 0.8
         calibrate_tools(self)
 
     def add_defect_examples(self, folder: str | Path, allow_mixed_sizes: bool = True) -> None:
@@ -320,18 +323,26 @@ def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.I
     return views
 
 
-def _is_periodic(bank: NormalBank) -> bool:
-    """A texture repeats: its patches find close matches elsewhere in the same image."""
+def texture_likeness(bank: NormalBank, held_out: np.ndarray | None = None) -> float:
+    """How well a good image's patches are matched *within itself* versus by another good image.
+
+    Textures repeat, so nearly every patch (90th percentile) finds a close match elsewhere in
+    its own image (≈ 1 or below); objects have unique parts that only another good image
+    matches (well above 1). ``held_out`` is a grid scored against the bank when the bank has a
+    single image (an augmented view of it).
+    """
     grid = bank.grids[0].astype(np.float32)
     g, _, c = grid.shape
     flat = grid.reshape(-1, c)
-    d = np.linalg.norm(flat[:, None, :] - flat[None, ::7, :], axis=-1)
+    sub = flat[::3]
+    d = np.sqrt(np.maximum((flat**2).sum(1)[:, None] - 2 * flat @ sub.T + (sub**2).sum(1)[None], 0))
     yy, xx = np.divmod(np.arange(g * g), g)
-    near = (np.abs(yy[:, None] - yy[None, ::7]) <= 2) & (np.abs(xx[:, None] - xx[None, ::7]) <= 2)
+    near = (np.abs(yy[:, None] - yy[None, ::3]) <= 2) & (np.abs(xx[:, None] - xx[None, ::3]) <= 2)
     d[near] = np.inf
-    within = float(np.median(d.min(axis=1)))
-    across = image_score(bank.patch_distances(grid, exclude=0)) if len(bank) > 1 else within
-    return within < 1.5 * across
+    within = float(np.quantile(d.min(axis=1), 0.9))
+    across_map = bank.patch_distances(grid, exclude=0) if len(bank) > 1 else bank.patch_distances(held_out)
+    across = float(np.quantile(across_map, 0.9))
+    return within / max(across, 1e-8)
 
 
 class Workspace:

@@ -9,6 +9,7 @@ seconds. The model's output is random bytes: exactly the garbage a policy must s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 # The chat template shipped with Qwen/Qwen2.5-VL-3B-Instruct (images in any role's content list).
@@ -42,8 +43,20 @@ PROTOCOL_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>", "<answe
                    "<tool_response>", "</tool_response>"]
 
 
+def _prompt_corpus() -> list[str]:
+    from importlib import resources
+
+    folder = resources.files("iad_agent.prompts")
+    texts = [f.read_text(encoding="utf-8") for f in folder.iterdir() if f.name.endswith(".md")]
+    texts.append('{"type": "function", "function": {"name": "perceptive_zoomer", "description": "Zoom into a region of '
+                 'the query image", "parameters": {"type": "object", "properties": {"box": {"type": "array", "items": '
+                 '{"type": "number"}, "minItems": 4, "maxItems": 4, "description": "normalized box [x1, y1, x2, y2] '
+                 'with coordinates in 0..1 of the query image"}}, "required": ["box"], "additionalProperties": false}}}')
+    return texts
+
+
 def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
-                          min_pixels: int = 28 * 28 * 4, max_pixels: int = 112 * 112) -> Path:
+                          min_pixels: int = 28 * 28 * 4, max_pixels: int = 112 * 112, vocab_size: int = 1024) -> Path:
     """Write a tiny random Qwen2.5-VL checkpoint (config, weights, tokenizer, processor) to ``out_dir``.
 
     The vision tower has one block whose width equals the language model's, patch 14, merge 2;
@@ -57,26 +70,27 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 32, num_layers
         seed: torch seed for the random weights.
         min_pixels: image processor's lower bound on pixels per image.
         max_pixels: image processor's upper bound on pixels per image.
+        vocab_size: byte-level BPE vocabulary (256 bytes, the special tokens, merges from the prompts).
 
     Returns:
         ``out_dir`` as a path, loadable with ``from_pretrained``.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2_5_VLProcessor)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    # Byte-level BPE without merges: every text encodes (one token per byte) and decodes back.
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    # Byte-level BPE (every text encodes and decodes back), with merges learnt from the prompt
+    # templates so that a system prompt with its tool schemas stays around a thousand tokens.
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIAL_TOKENS)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tok.train_from_iterator(_prompt_corpus(), trainer)
     tok.add_tokens(PROTOCOL_TOKENS)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                         unk_token=None, model_max_length=32768)
@@ -85,8 +99,6 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 32, num_layers
 
     image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
                                                merge_size=2, temporal_patch_size=2)
-    processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                    chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
 
     heads = 2
     head_dim = hidden_size // heads
@@ -114,5 +126,13 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 32, num_layers
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    # The processor as the real checkpoint ships it (tokenizer, image processor, chat template):
+    # AutoProcessor builds Qwen2_5_VLProcessor from it where torchvision is installed.
+    tokenizer.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(QWEN2_5_VL_CHAT_TEMPLATE, encoding="utf-8")
+    config_file = out / "preprocessor_config.json"
+    preprocessor = json.loads(config_file.read_text(encoding="utf-8"))
+    preprocessor["processor_class"] = "Qwen2_5_VLProcessor"
+    config_file.write_text(json.dumps(preprocessor, indent=2), encoding="utf-8")
     return out

@@ -33,6 +33,7 @@ MAX_CALLS_PER_TURN = 5
 _TAG = re.compile(r"<\s*(/?)\s*(think|tool_call|answer|tool_response)\s*>", re.IGNORECASE)
 _FENCE = re.compile(r"```[a-zA-Z]*")
 _ARRAY_OF_OBJECTS = re.compile(r"\[\s*\{")
+_NUMBER = re.compile(r"-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
 _FIRST_WORD = re.compile(r"[^A-Za-z0-9]*([A-Za-z0-9\-]+)")
 _TRUE = {"true", "yes", "y", "1", "anomalous", "anomaly", "abnormal", "defective", "defect", "bad", "ng"}
 _FALSE = {"false", "no", "n", "0", "normal", "good", "ok", "okay", "none", "defect-free", "flawless"}
@@ -139,6 +140,8 @@ def parse_model_output(text: str, tools: Mapping[str, Any] | None = None, image_
     thoughts = [content.strip() for kind, content in blocks if kind == "think" and content.strip()]
     prose = " ".join(" ".join(free).split())
     turn.thought = "\n".join(thoughts) if thoughts else prose
+    if prose and blocks:
+        turn.repairs.append("text outside the <think>, <tool_call> and <answer> blocks")
 
     for raw in native_calls:
         _add_native_call(raw, tools, image_size, turn)
@@ -188,6 +191,8 @@ def _split_blocks(text: str, turn: ParsedTurn) -> tuple[list[tuple[str, str]], l
     open_at = 0
     for m in _TAG.finditer(text):
         closing, kind = m.group(1) == "/", m.group(2).lower()
+        if m.group(0) != f"<{m.group(1)}{kind}>":
+            turn.repairs.append(f"tag {m.group(0)!r} read as <{m.group(1)}{kind}>")
         if open_kind is None:
             if closing:  # e.g. a template that opened <think> in the prompt: the text so far is the block
                 blocks.append((kind, text[pos:m.start()]))
@@ -264,6 +269,7 @@ def _add_call(obj: Any, tools: Mapping[str, Any] | None, image_size: tuple[int, 
     if isinstance(arguments, str):
         values, errors = _json_values(arguments, turn) if arguments.strip() else ([{}], [])
         arguments = values[0] if values and not errors else arguments
+        turn.repairs.append(f"{name}: \"arguments\" was a JSON string, not an object")
     if arguments is None:
         arguments = {}
     if not isinstance(arguments, dict):
@@ -309,9 +315,9 @@ def _repair_arguments(name: str, arguments: dict[str, Any], image_size: tuple[in
 def _repair_box(value: Any, image_size: tuple[int, int] | None, turn: ParsedTurn, who: str) -> tuple[Box | None, str]:
     """A clamped normalized box from what a model wrote, or ``(None, why not)``."""
     original = value
-    if isinstance(value, str):
-        values, errors = _json_values(value if "[" in value else f"[{value}]", turn)
-        value = values[0] if values and not errors else value
+    if isinstance(value, str):  # "[0.1, 0.2, 0.5, 0.6]", "(0.1, 0.2) - (0.5, 0.6)", ...
+        numbers = _NUMBER.findall(value)
+        value = [float(v) for v in numbers] if len(numbers) == 4 else value
     if isinstance(value, dict):
         keys = [("x1", "y1", "x2", "y2"), ("xmin", "ymin", "xmax", "ymax"), ("left", "top", "right", "bottom")]
         for names in keys:
@@ -342,13 +348,14 @@ def _repair_box(value: Any, image_size: tuple[int, int] | None, turn: ParsedTurn
     clamped = box.clamped()
     if clamped.area <= 0:
         return None, f"box {_clip(original)} is empty (x2 must exceed x1 and y2 exceed y1)"
-    if list(value) != clamped.to_list(None):
+    plain = isinstance(original, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in original)
+    if not plain or [float(v) for v in original] != clamped.to_list(None):
         turn.repairs.append(f"{who}: box {_clip(original)} normalized to {clamped.to_list()}")
     return clamped, ""
 
 
 def _read_answer(content: str, image_size: tuple[int, int] | None, turn: ParsedTurn) -> FinalAnswer | None:
-    values, errors = _json_values(content, turn, quiet=True)
+    values, errors = _json_values(content, turn)
     obj = values[0] if values and not errors and isinstance(values[0], dict) else None
     if obj is None:
         word = _FIRST_WORD.match(content)
@@ -366,6 +373,8 @@ def _read_answer(content: str, image_size: tuple[int, int] | None, turn: ParsedT
         return None
     if key != "anomaly_present":
         turn.repairs.append(f"answer field {key!r} read as 'anomaly_present'")
+    elif not isinstance(obj[key], bool):
+        turn.repairs.append(f"anomaly_present {_clip(obj[key])} read as {str(verdict).lower()}")
     missing = [k for k in ("box", "defect_type", "reason") if k not in obj]
     if missing:
         turn.repairs.append(f"answer without {', '.join(missing)}")
@@ -419,7 +428,7 @@ def _confidence(value: Any) -> float | None:
 def _read_untagged(text: str, tools: Mapping[str, Any] | None, image_size: tuple[int, int] | None, answers: list[str],
                    turn: ParsedTurn) -> None:
     """No tags at all: accept bare JSON tool calls / answers in the prose (e.g. in a code fence)."""
-    objects, _ = _json_values(text, ParsedTurn(), quiet=True)
+    objects, _ = _json_values(text, ParsedTurn())
     for obj in objects:
         items = obj if isinstance(obj, list) else [obj]
         for item in items:
@@ -448,11 +457,11 @@ def _dedupe_and_cap(turn: ParsedTurn) -> None:
 
 
 # ------------------------------------------------------------------------------ lenient JSON reading
-def _json_values(text: str, turn: ParsedTurn, quiet: bool = False) -> tuple[list[Any], list[str]]:
+def _json_values(text: str, turn: ParsedTurn) -> tuple[list[Any], list[str]]:
     """Every top-level JSON object (or array of objects) in ``text``, repaired where needed.
 
-    Returns the values and, when none could be read, the reasons. Repairs are appended to
-    ``turn.repairs`` unless ``quiet`` (used where a failure is answered differently).
+    Returns the values and, when none could be read, the reasons; the repairs behind values
+    that were read are appended to ``turn.repairs``.
     """
     s = _FENCE.sub(" ", text)
     values: list[Any] = []
@@ -481,8 +490,9 @@ def _json_values(text: str, turn: ParsedTurn, quiet: bool = False) -> tuple[list
         return [], errors or ["no JSON object found"]
     if "".join(outside).strip() or s[pos:].strip():
         notes.append("ignored text around the JSON")
-    if not quiet:
-        turn.repairs.extend(notes)
+    if s != text:
+        notes.append("ignored a markdown code fence")
+    turn.repairs.extend(notes)
     return values, []
 
 

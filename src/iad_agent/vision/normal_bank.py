@@ -304,9 +304,13 @@ class NormalBank:
 
 
 def upsample_map(dmap: np.ndarray, width: int, height: int, sigma: float = 4.0) -> np.ndarray:
-    """Patch-distance map → pixel heat map of the image's size (bilinear + Gaussian blur)."""
-    t = torch.from_numpy(np.ascontiguousarray(dmap, dtype=np.float32))[None, None]
-    up = torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
-    if sigma > 0:
-        up = gaussian_filter(up, sigma=sigma * max(width, height) / 256)
-    return up
+    """Patch-distance map → pixel heat map of the image's size.
+
+    PatchCore blurs the upsampled map with σ = 4 px at 256 px input; the blur is applied on the
+    patch grid instead (σ scaled to grid cells), which is the same smoothing at a fraction of
+    the cost for full-resolution images, then the map is upsampled bilinearly.
+    """
+    grid_sigma = sigma * dmap.shape[1] / 256
+    smooth = gaussian_filter(np.asarray(dmap, dtype=np.float32), sigma=grid_sigma) if sigma > 0 else dmap
+    t = torch.from_numpy(np.ascontiguousarray(smooth, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
