@@ -159,8 +159,8 @@ class EmbeddedPolicy:
 
     def _box(self, episode: Episode) -> Box:
         maps = episode.memo.get("zoom_maps")
-        if maps:
-            return refine_box(*maps[-1])
+        if maps:  # the zoom whose crop held the hottest point
+            return refine_box(*max(maps, key=lambda bm: float(bm[1].max())))
         return episode.look.hot_box
 
     def _evidence_text(self, episode: Episode) -> str:
@@ -174,8 +174,11 @@ class EmbeddedPolicy:
     def _evidence(self, episode: Episode) -> list[tuple[float, float]]:
         gate = episode.product.gate
         weights = {ZOOM: gate.w_zoom, COMPARE: gate.w_compare, HIGHFREQ: gate.w_highfreq}
-        return [(obs.data["evidence"], weights[call.name]) for call, obs in self._observations(episode)
-                if call.name in weights and "evidence" in obs.data]
+        best: dict[str, float] = {}  # several readings of one tool (a scan): the strongest counts
+        for call, obs in self._observations(episode):
+            if call.name in weights and "evidence" in obs.data:
+                best[call.name] = max(best.get(call.name, 0.0), float(obs.data["evidence"]))
+        return [(value, weights[name]) for name, value in best.items()]
 
     def _fused(self, episode: Episode) -> float:
         return fuse(episode.look.ratio, self._evidence(episode))

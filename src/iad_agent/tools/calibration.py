@@ -3,8 +3,15 @@
 For a few good images, each treated as a query against the *other* good images (or, with a
 single good image, slightly shifted/rotated views of it against itself), the tools are run on
 the region the embedded policy would look at (the hottest spot of the leave-one-out heat map)
-and on a random region. The spread of their readings on good parts sets each tool's normal
-limit (``GateParams.*_threshold``) for the product's false-alarm rate.
+and on a random region.
+
+The zoom and comparison limits are set *relative to the global threshold*: the median ratio of
+the tool's reading to the global score on those held-out good parts, times the global
+threshold. A good part whose global score sits at the threshold thus reads about 1.0 on every
+tool. This keeps the tools as conservative as the global look when the held-out parts are
+optimistic stand-ins (augmented views of a single good image score lower than other good parts
+would, for the global look and the tools alike). The high-frequency ratio is unit-free and gets
+its own quantile.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
     bank, gate = product.bank, product.gate
     rng = np.random.default_rng(seed)
     cal = bank.calibration
-    zoom, compare, highfreq = [], [], []
+    zoom, compare, highfreq = [], [], []  # per region: tool reading / the query's global score
     n = len(bank)
     if n >= 2:
         queries = [(int(i), product.reference_image(int(i)), bank.grids[int(i)].astype(np.float32))
@@ -45,6 +52,7 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
         queries = [(None, v, g) for v, g in zip(views, grids)]
     for exclude, image, grid in queries:
         dmap = bank.patch_distances(grid, exclude=exclude)
+        global_score = max(image_score(dmap), 1e-8)
         size = rng.uniform(0.2, 0.4)
         x, y = rng.uniform(0, 1 - size, 2)
         boxes = [hot_spot_box(dmap, cal.patch_threshold), Box(x, y, x + size, y + size)]
@@ -53,11 +61,11 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
         reference = product.reference_image(refs[0])
         for box in boxes:
             b = box.clamped(MIN_SIZE).expanded(CONTEXT)
-            zoom.append(zoom_evidence(product, image, b, refs)["score"])
-            compare.append(image_score(region_of(aligned, b.clamped(0.05))))
+            zoom.append(zoom_evidence(product, image, b, refs)["score"] / global_score)
+            compare.append(image_score(region_of(aligned, b.clamped(0.05))) / global_score)
             highfreq.append(highfreq_ratio(image, reference, b)[2])
-    gate.zoom_threshold = threshold_for_fpr(zoom, cal.fpr)
-    gate.compare_threshold = threshold_for_fpr(compare, cal.fpr)
+    gate.zoom_threshold = float(np.median(zoom)) * cal.threshold
+    gate.compare_threshold = float(np.median(compare)) * cal.threshold
     gate.highfreq_threshold = threshold_for_fpr(highfreq, cal.fpr)
     log.info("tool limits for %s: zoom %.3f, compare %.3f, highfreq %.3f", product.name,
              gate.zoom_threshold, gate.compare_threshold, gate.highfreq_threshold)
