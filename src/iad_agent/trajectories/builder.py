@@ -123,7 +123,7 @@ def build_trajectory(product: Product, sample: Sample, style: str, tools: dict[s
 
 
 def select_samples(samples: list[Sample], normal_fraction: float | None, max_count: int | None, rng: random.Random) -> list[Sample]:
-    """Subsample to the normal/anomalous mix and the cap; keeps the input order."""
+    """Subsample to the normal/anomalous mix, then to the cap (keeping the mix); keeps the input order."""
     normals = [s for s in samples if not s.is_anomalous]
     anomalies = [s for s in samples if s.is_anomalous]
     if normal_fraction is not None and normals and anomalies:
@@ -134,10 +134,13 @@ def select_samples(samples: list[Sample], normal_fraction: float | None, max_cou
             normals = rng.sample(normals, max(want_normals, 1))
         else:
             anomalies = rng.sample(anomalies, max(round((1 - normal_fraction) / normal_fraction * len(normals)), 1))
-    keep = normals + anomalies
-    if max_count is not None and len(keep) > max_count:
-        keep = rng.sample(keep, max_count)
-    chosen = {s.image_path for s in keep}
+    total = len(normals) + len(anomalies)
+    if max_count is not None and total > max_count:
+        n_normal = min(round(max_count * len(normals) / total), len(normals))
+        n_normal = max(n_normal, 1) if normals and max_count > 1 else n_normal
+        normals = rng.sample(normals, n_normal)
+        anomalies = rng.sample(anomalies, min(max_count - n_normal, len(anomalies)))
+    chosen = {s.image_path for s in normals + anomalies}
     return [s for s in samples if s.image_path in chosen]
 
 
@@ -210,7 +213,7 @@ def build(config: BuildConfig, products: dict[str, Product] | None = None, reaso
             continue
         item = BuiltTrajectory(traj, sample, style, part, f"{split.key(sample.image_path)}#{style}")
         if reasoner is not None:
-            if reasoner.rewrite(traj, sample):
+            if reasoner.rewrite(traj, sample, products[sample.category].priors):
                 item.teacher = "vlm"
             else:
                 skipped["teacher VLM text rejected (template text kept)"] += 1

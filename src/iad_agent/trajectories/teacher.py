@@ -58,7 +58,6 @@ class _Plan:
     region: Box
     turns: list[list[str]]
     truth: Box | None
-    fine_grained: bool
     phrasing: Phrasing
     zoom_box: list[float] | None = None
 
@@ -117,7 +116,7 @@ class TeacherPolicy:
         truth = Box(*(float(v) for v in truth.to_list(None))) if truth is not None else None
         fine = episode.product.gate.texture or (truth or region).area < self.fine_area
         turns = [[name for name in names if name in tools] for names in plan(self.style, fine)]
-        return _Plan(region, [t for t in turns if t], truth, fine, Phrasing(self.rng))
+        return _Plan(region, [t for t in turns if t], truth, Phrasing(self.rng))
 
     def _call(self, name: str, state: _Plan) -> ToolCall:
         if name == PRIORS:

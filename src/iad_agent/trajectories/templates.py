@@ -46,8 +46,21 @@ def size_word(box: Box) -> str:
 
 
 def defect_words(defect_type: str) -> str:
-    """``metal_contamination`` → ``metal contamination``."""
-    return defect_type.replace("_", " ").strip()
+    """The defect type as a noun phrase (type names are often adjectives, e.g. ``bent``).
+
+    >>> defect_words("metal_contamination")
+    'metal contamination defect'
+    """
+    return defect_type.replace("_", " ").strip() + " defect"
+
+
+def with_article(phrase: str) -> str:
+    """The phrase with its indefinite article.
+
+    >>> with_article("open defect")
+    'an open defect'
+    """
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
 def first_sentence(text: str, max_chars: int = 220) -> str:
@@ -63,6 +76,12 @@ def first_sentence(text: str, max_chars: int = 220) -> str:
     if len(sentence) > max_chars:
         sentence = sentence[:max_chars].rsplit(" ", 1)[0] + " …"
     return sentence[:1].lower() + sentence[1:] if sentence[:2] != sentence[:2].upper() else sentence
+
+
+def _defect_facts(defect_type: str | None) -> dict[str, str]:
+    words = defect_words(defect_type) if defect_type else "defect"
+    article = with_article(words)
+    return {"defect": words, "a_defect": article, "A_defect": article[:1].upper() + article[1:]}
 
 
 class Phrasing:
@@ -104,16 +123,16 @@ class Phrasing:
     # ------------------------------------------------------------------ evidence
     def zoom_seen(self, category: str, anomalous: bool, defect_type: str | None, region: Box,
                   evidence: float | None, prior: str | None) -> str:
-        facts = {"category": category, "where": location(region), "defect": defect_words(defect_type or "defect"),
+        facts = {"category": category, "where": location(region), **_defect_facts(defect_type),
                  "ev": f"{evidence:.2f}" if evidence is not None else "n/a"}
         if anomalous:
             text = self.pick([
-                "The zoomed crop shows a {defect} in the {where} of the {category}.",
-                "Up close, the {where} region clearly contains a {defect}.",
-                "At full resolution the {where} area reveals a {defect} on the {category}.",
+                "The zoomed crop shows {a_defect} in the {where} of the {category}.",
+                "Up close, the {where} region clearly contains {a_defect}.",
+                "At full resolution the {where} area reveals {a_defect} on the {category}.",
             ], **facts)
             if prior:
-                text += " " + self.pick(["It fits the known pattern: {prior}.", "This matches the description of a {defect}: {prior}."],
+                text += " " + self.pick(["It fits the known pattern: {prior}.", "This matches the description of {a_defect}: {prior}."],
                                         prior=prior, **facts)
             if evidence is not None:
                 text += " " + (self.pick([
@@ -175,7 +194,7 @@ class Phrasing:
         ])
 
     def highfreq_seen(self, anomalous: bool, defect_type: str | None, ratio: float | None) -> str:
-        facts = {"defect": defect_words(defect_type or "defect"), "r": f"{ratio:.2f}" if ratio is not None else "n/a"}
+        facts = {**_defect_facts(defect_type), "r": f"{ratio:.2f}" if ratio is not None else "n/a"}
         if anomalous:
             return self.pick([
                 "The enhanced detail outlines the {defect} sharply against the regular structure (energy ratio {r}).",
@@ -189,17 +208,18 @@ class Phrasing:
     def priors_seen(self, category: str, good: str | None) -> str:
         if not good:
             return ""
-        return self.pick(["A good {category} shows {good}.", "The priors describe a good {category} as {good}."],
+        good = good[:1].upper() + good[1:]
+        return self.pick(["Normalcy prior for a good {category}: {good}.", "What a good {category} looks like: {good}."],
                          category=category, good=good)
 
     # -------------------------------------------------------------------- verdict
     def conclusion(self, category: str, anomalous: bool, defect_type: str | None, region: Box) -> str:
-        facts = {"category": category, "where": location(region), "defect": defect_words(defect_type or "defect")}
+        facts = {"category": category, "where": location(region), **_defect_facts(defect_type)}
         if anomalous:
             return self.pick([
-                "The {category} is anomalous: a {defect} in the {where}.",
-                "Verdict: defective, with a {defect} at the {where}.",
-                "This part has a {defect} in the {where}, so it is anomalous.",
+                "The {category} is anomalous: {a_defect} in the {where}.",
+                "Verdict: defective, with {a_defect} at the {where}.",
+                "This part has {a_defect} in the {where}, so it is anomalous.",
             ], **facts)
         return self.pick([
             "The {category} is normal: the closer look cleared the only suspicious area.",
@@ -208,9 +228,9 @@ class Phrasing:
         ], **facts)
 
     def reason(self, category: str, anomalous: bool, defect_type: str | None, region: Box) -> str:
-        facts = {"category": category, "where": location(region), "defect": defect_words(defect_type or "defect")}
+        facts = {"category": category, "where": location(region), **_defect_facts(defect_type)}
         if anomalous:
-            return self.pick(["A {defect} is visible in the {where} of the {category}.",
-                              "The {where} region shows a {defect}."], **facts)
+            return self.pick(["{A_defect} is visible in the {where} of the {category}.",
+                              "The {where} region shows {a_defect}."], **facts)
         return self.pick(["The {category} matches its normal appearance; the closest look found no defect.",
                           "Shape and surface are those of a good {category}."], **facts)
