@@ -1,0 +1,277 @@
+"""Tests for the benchmark harness (iad_agent.eval.harness / report, `iad eval`), the knn policy and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from iad_agent.cli import app
+from iad_agent.eval import harness, report
+from iad_agent.types import ANOMALOUS, NORMAL, FinalAnswer, Sample
+
+runner = CliRunner()
+
+REQUIRED_KEYS = {
+    "dataset", "category", "shots", "seed", "policy", "image_auroc", "image_ap", "f1", "balanced_accuracy",
+    "pixel_auroc", "aupro", "box_iou", "box_hit_rate", "defect_type_accuracy", "tool_calls_per_image",
+    "ms_per_image_p50", "ms_per_image_p95", "peak_rss_mb", "n_normal", "n_anomalous", "oracle_f1",
+}
+
+
+# ----------------------------------------------------------------------------- knn policy
+
+
+def test_knn_policy_answers_from_the_global_look_without_tools(data_root, hazelnut_product):
+    from iad_agent.inspector import Inspector
+    from iad_agent.policies import make_policy
+
+    policy = make_policy("knn")
+    assert policy.name == "knn"
+    inspector = Inspector(hazelnut_product, policy, {})
+    for name in ("test/crack/000.png", "test/good/000.png"):
+        result = inspector.inspect(data_root / "mvtec_ad/hazelnut" / name)
+        look, answer = result.episode.look, result.trajectory.answer
+        assert result.trajectory.tool_calls == []
+        assert len(result.trajectory.steps) == 1
+        assert answer.score == look.score and answer.threshold == look.threshold
+        assert answer.anomaly_present == (look.score > look.threshold)
+        assert (answer.box == look.hot_box) if answer.anomaly_present else answer.box is None
+
+
+# ----------------------------------------------------------------------------- policies and splits
+
+
+def test_ablation_names_map_to_disabled_tools():
+    _, tools, disabled = harness.resolve_policy("embedded-no-zoom")
+    assert disabled == ("perceptive_zoomer",) and "perceptive_zoomer" not in tools and "comparative_retriever" in tools
+    _, tools, disabled = harness.resolve_policy("embedded", ["highfreq", "comparative_retriever"])
+    assert set(disabled) == {"high_frequency_enhancer", "comparative_retriever"}
+    assert set(tools) == {"perceptive_zoomer", "prior_retriever"}
+    _, tools, _ = harness.resolve_policy("knn", ["zoom"])
+    assert tools == {}
+    assert harness.policy_label("embedded", ["perceptive_zoomer"]) == "embedded-no-zoom"
+    assert harness.policy_label("embedded-no-zoom", ["zoom"]) == "embedded-no-zoom"
+    assert harness.policy_label("knn", ["zoom"]) == "knn"
+    with pytest.raises(ValueError, match="unknown tool"):
+        harness.resolve_policy("embedded-no-telescope")
+    with pytest.raises(ValueError, match="unknown policy"):
+        harness.resolve_policy("oracle")
+
+
+def _s(name: str, label: int, split: str = "test", **kw) -> Sample:
+    return Sample(image_path=Path(f"/d/{name}.png"), category="c", label=label, split=split, **kw)
+
+
+def test_split_uses_train_normals_and_validation_when_test_has_no_normal():
+    samples = [_s("t0", NORMAL, "train"), _s("t1", NORMAL, "train"), _s("v0", NORMAL, "validation"),
+               _s("a0", ANOMALOUS, defect_type="x")]
+    split = harness.split_dataset(samples)
+    assert split.protocol == "train" and split.pool == [Path("/d/t0.png"), Path("/d/t1.png")]
+    assert [s.image_path.stem for s in split.test] == ["a0", "v0"] and "validation" in split.note
+
+
+def test_split_without_train_holds_out_a_fixed_normal_pool():
+    samples = [_s(f"n{i:02d}", NORMAL) for i in range(10)] + [_s(f"a{i}", ANOMALOUS, defect_type="x") for i in range(4)]
+    split = harness.split_dataset(samples, max_normals=3)
+    assert split.protocol == "held-out normals" and len(split.pool) == 3
+    tested = {s.image_path for s in split.test}
+    assert not tested & set(split.pool), "a reference must never be tested"
+    assert len(split.test) == 14 - 3 and sum(not s.is_anomalous for s in split.test) == 7
+    assert len(harness.split_dataset(samples, max_normals=50).pool) == 5  # at most half of the normals
+
+
+def test_split_with_given_references():
+    samples = [_s("a0", ANOMALOUS, defect_type="x", references=(Path("/d/a0_temp.png"),))]
+    split = harness.split_dataset(samples)
+    assert split.protocol == "given" and split.pool == [] and len(split.test) == 1
+
+
+def test_draw_references_is_seeded_and_all_means_the_pool():
+    pool = [Path(f"/p/{i}.png") for i in range(20)]
+    a = harness.draw_references(pool, 4, 0, "c")
+    assert a == harness.draw_references(pool, 4, 0, "c") and len(a) == 4 and a == sorted(a, key=pool.index)
+    assert any(harness.draw_references(pool, 4, s, "c") != a for s in range(1, 4))
+    assert harness.draw_references(pool, "all", 3, "c") == pool
+    assert len(harness.draw_references(pool, "all", 0, "c", max_normals=5)) == 5
+    assert harness.draw_references(pool, 50, 0, "c") == pool
+
+
+def test_plan_runs_the_whole_pool_once_and_skips_done_keys(data_root):
+    config = harness.EvalConfig(datasets=[("mvtec", data_root / "mvtec_ad")], categories=["bottle"],
+                                shots=[1, "all"], seeds=3, policies=["knn", "embedded"], max_test=4)
+    groups = harness.plan(config)
+    assert [(g.shots, g.seed) for g in groups] == [(1, 0), (1, 1), (1, 2), ("all", 0)]
+    assert all(len(g.test) == 4 and g.protocol == "train" for g in groups)
+    assert len(groups[-1].references) == 10  # bottle keeps 10 train/good images
+    done = {groups[0].key("knn"), groups[0].key("embedded"), groups[1].key("knn")}
+    again = harness.plan(config, done)
+    assert [(g.shots, g.seed, g.policies) for g in again][:2] == [(1, 1, ["embedded"]), (1, 2, ["knn", "embedded"])]
+    with pytest.raises(ValueError, match="not found"):
+        harness.plan(harness.EvalConfig(datasets=[("mvtec", data_root / "mvtec_ad")], categories=["nope"]))
+
+
+def test_parse_shots():
+    assert harness.parse_shots(["1", "4", "all", "4"]) == [1, 4, "all"]
+    with pytest.raises(ValueError):
+        harness.parse_shots(["0"])
+
+
+class _Result:
+    """Just enough of an InspectionResult for answer_score."""
+
+    def __init__(self, answer):
+        self.trajectory = type("T", (), {"answer": answer})()
+
+
+def test_answer_score_uses_the_policy_score_else_its_verdict():
+    assert harness.answer_score(_Result(FinalAnswer(True, score=3.0))) == (3.0, "policy")
+    assert harness.answer_score(_Result(FinalAnswer(True, confidence=0.8))) == (pytest.approx(0.9), "verdict")
+    assert harness.answer_score(_Result(FinalAnswer(False))) == (0.0, "verdict")
+    assert harness.answer_score(_Result(FinalAnswer(None))) == (0.5, "verdict")
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _rec(category, seed, policy, auroc, n_normal=2, n_anomalous=3, shots=1, **kw):
+    r = {"dataset": "d", "category": category, "shots": shots, "seed": seed, "policy": policy, "n_normal": n_normal,
+         "n_anomalous": n_anomalous, "protocol": "train"}
+    r.update({m: None for m in report.METRICS})
+    r.update(image_auroc=auroc, balanced_accuracy=auroc, ms_per_image_p50=10.0 * (seed + 1), **kw)
+    return r
+
+
+def test_aggregate_mean_std_over_seeds_and_two_class_summary():
+    records = [_rec("a", 0, "knn", 0.6), _rec("a", 1, "knn", 0.8), _rec("b", 0, "knn", 1.0),
+               _rec("c", 0, "knn", None, n_normal=0, box_hit_rate=0.5)]
+    records[-1]["balanced_accuracy"] = 0.2  # defined on one class only: left out of the image-level mean
+    aggs = {a["category"]: a for a in report.aggregate(records)}
+    assert aggs["a"]["image_auroc_mean"] == pytest.approx(0.7)
+    assert aggs["a"]["image_auroc_std"] == pytest.approx(0.1414, abs=1e-4)  # sample std over 2 seeds
+    assert aggs["a"]["n_seeds"] == 2 and aggs["b"]["image_auroc_std"] == 0.0
+    (summary,) = report.summarize(list(aggs.values()))
+    assert summary["image_auroc_mean"] == pytest.approx(0.85)  # (0.7 + 1.0) / 2
+    assert summary["balanced_accuracy_mean"] == pytest.approx(0.85)  # c is one-class: excluded
+    assert summary["box_hit_rate_mean"] == 0.5 and summary["n_categories"] == 3
+    assert summary["ms_per_image_p50_mean"] == pytest.approx((15 + 10 + 10) / 3)
+
+
+def test_records_file_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / harness.RECORDS_FILE
+    harness.append_record(path, _rec("a", 0, "knn", 0.6))
+    harness.append_record(path, _rec("a", 0, "knn", 0.7))  # a rerun of the same key: the last wins
+    with open(path, "a") as fh:
+        fh.write('{"dataset": "d", "categ')  # killed mid-write
+    records = harness.read_records(path)
+    assert len(records) == 1 and records[0]["image_auroc"] == 0.7
+    assert harness.done_keys(tmp_path) == {("d", "a", "1", 0, "knn")}
+
+
+def test_benchmarks_markdown_renders_from_metrics(tmp_path):
+    records = [_rec("a", 0, "knn", 0.6), _rec("a", 0, "embedded", 0.8)]
+    doc = report.build_metrics(records, {"runs": [{"command": "iad eval --x", "wall_s": 12.0, "cores": 2}], "cores": 2,
+                                         "date": "2026-01-01", "total_wall_s": 12.0, "compute_s": 10.0})
+    memory = {"normals": 200, "bank_patches": 16384, "build_s": 20.0, "peak_rss_mb_after_build": 1200.0,
+              "peak_rss_mb": 1250.0, "ms_per_image_p50": 150.0, "date": "2026-01-01", "policy": "embedded",
+              "command": "python -m iad_agent.eval.memory --normals 200"}
+    mmad_doc = {"meta": {"runs": [{"command": "iad eval --questions mmad-style", "wall_s": 5.0, "cores": 2}]},
+                "mmad": {"knn": {"datasets": {"d": {"types": {"Anomaly Detection": 0.5}, "average": 0.5,
+                                                    "overkill": 0.25, "miss": 0.75, "n_questions": 4}},
+                                 "average": {"types": {"Anomaly Detection": 0.5}, "average": 0.5, "overkill": 0.25,
+                                             "miss": 0.75, "n_questions": 4}}}}
+    text = report.benchmarks_markdown(json.loads(json.dumps(doc)), memory, mmad_doc)
+    assert "iad eval --x" in text and "| 1 | embedded | 0.600 | 0.800 | +0.200" in text
+    assert "AnomalyDINO" in text and "| 200 | 16384 |" in text
+    assert "iad eval --questions mmad-style" in text and "| knn | d | 50.0 | 50.0 | 25.0 | 75.0 | 4 |" in text
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(doc))
+    assert report.main([str(path)]) == 0
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _eval(out: Path, *args: str):
+    return runner.invoke(app, ["eval", "--dataset", "mvtec", "--category", "hazelnut", "--shots", "1", "--max-test", "3",
+                               "--out", str(out), *args])
+
+
+@pytest.mark.slow
+def test_iad_eval_end_to_end_and_resume(tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    computed: list[tuple] = []
+    real_run_group = harness.run_group
+
+    def counting_run_group(group, config, out_dir, on_image=None):
+        computed.extend(group.key(p) for p in group.policies)
+        return real_run_group(group, config, out_dir, on_image)
+
+    monkeypatch.setattr(harness, "run_group", counting_run_group)
+
+    first = _eval(out, "--policy", "knn")
+    assert first.exit_code == 0, first.output
+    assert computed == [("mvtec", "hazelnut", "1", 0, "knn")]
+    knn_record = harness.read_records(out / harness.RECORDS_FILE)[0]
+
+    refused = _eval(out, "--policy", "knn")
+    assert refused.exit_code == 2 and "--resume" in refused.output
+
+    computed.clear()
+    second = _eval(out, "--policy", "knn", "--policy", "embedded-no-zoom", "--resume")
+    assert second.exit_code == 0, second.output
+    assert computed == [("mvtec", "hazelnut", "1", 0, "embedded-no-zoom")], "finished records must not be redone"
+
+    computed.clear()
+    third = _eval(out, "--policy", "knn", "--policy", "embedded-no-zoom", "--resume")
+    assert third.exit_code == 0 and computed == []
+
+    records = {r["policy"]: r for r in harness.read_records(out / harness.RECORDS_FILE)}
+    assert set(records) == {"knn", "embedded-no-zoom"}
+    assert records["knn"]["finished_at"] == knn_record["finished_at"]
+    assert records["embedded-no-zoom"]["disabled_tools"] == ["perceptive_zoomer"]
+
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["schema"] == report.SCHEMA and len(doc["records"]) == 2
+    for r in doc["records"]:
+        assert REQUIRED_KEYS <= set(r), REQUIRED_KEYS - set(r)
+        assert (r["n_normal"], r["n_anomalous"]) == (1, 2)
+        assert r["pixel_auroc"] is not None and 0 <= r["pixel_auroc"] <= 1  # hazelnut has masks
+        assert r["peak_rss_mb"] > 0 and r["ms_per_image_p50"] > 0
+        assert "samples" not in r
+    assert records["knn"]["tool_calls_per_image"] == 0
+    assert {(s["shots"], s["policy"]) for s in doc["summary"]} == {(1, "knn"), (1, "embedded-no-zoom")}
+
+    with open(out / "samples.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and {r["verdict"] for r in rows} <= {"anomalous", "normal", "none"}
+    assert all(r["path"].startswith("mvtec_ad/hazelnut/test/") for r in rows)
+
+    text = (out / "report.md").read_text()
+    assert "image AUROC" in text and "oracle" in text
+    for link in ("plots/roc_mvtec_hazelnut.png", "plots/auroc_bars.png"):
+        assert f"({link})" in text and (out / link).stat().st_size > 1000
+    assert len(doc["meta"]["runs"]) == 3
+
+
+def test_iad_eval_refuses_bad_options(tmp_path):
+    bad = runner.invoke(app, ["eval", "--dataset", "nope", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown dataset" in bad.output
+    bad = runner.invoke(app, ["eval", "--dataset", "mvtec", "--shots", "zero", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--shots" in bad.output
+    bad = runner.invoke(app, ["eval", "--dataset", "mvtec", "--policy", "embedded-no-telescope", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown tool" in bad.output
+    assert not (tmp_path / harness.RECORDS_FILE).exists()
+
+
+
+def test_doctests():
+    import doctest
+
+    from iad_agent.policies import knn
+
+    for module in (harness, report, knn):
+        assert doctest.testmod(module).failed == 0, module.__name__
