@@ -125,6 +125,16 @@ def eval_command(
     mmad_root: Path = typer.Option(None, "--mmad-root", help="Folder the MMAD image paths are relative to (default: the file's folder)."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server for VLM policies."),
     model: str = typer.Option(None, "--model", help="Model name (openai) or weights folder (hf)."),
+    api_key_env: str = typer.Option(None, "--api-key-env", help="openai: env var holding the API key (default OPENAI_API_KEY)."),
+    timeout: float = typer.Option(None, "--timeout", help="openai: seconds per request."),
+    max_retries: int = typer.Option(None, "--max-retries", help="openai: retries on 429/5xx/timeouts."),
+    native_tools: bool = typer.Option(None, "--native-tools/--text-tools", help="openai: native function calling or the text protocol."),
+    max_image_side: int = typer.Option(None, "--max-image-side", help="VLM: longest image side sent to the model."),
+    adapter: str = typer.Option(None, "--adapter", help="hf: PEFT LoRA adapter folder."),
+    dtype: str = typer.Option(None, "--dtype", help="hf: auto, float32, bfloat16, float16."),
+    device: str = typer.Option(None, "--device", help="hf: cpu, cuda, auto."),
+    temperature: float = typer.Option(None, "--temperature", help="VLM: 0 = greedy decoding."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="VLM: tokens per turn."),
 ) -> None:
     """Benchmark policies side by side: k-shot metrics, ablations, MMAD questions; writes metrics.json,
     samples.csv and report.md (with plots) into --out."""
@@ -133,7 +143,10 @@ def eval_command(
 
     started = time.time()
     policies = list(dict.fromkeys(policy or ["knn", "embedded"]))
-    options = {"base_url": base_url, "model": model}
+    options = {"base_url": base_url, "model": model, "api_key_env": api_key_env, "timeout": timeout,
+               "max_retries": max_retries, "native_tools": native_tools, "max_image_side": max_image_side,
+               "adapter": adapter, "dtype": dtype, "device": device, "temperature": temperature,
+               "max_new_tokens": max_new_tokens}
     try:
         for name in policies:  # fail on a bad name before any work
             harness.resolve_policy(name, disable_tool, options)
