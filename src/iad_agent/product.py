@@ -182,7 +182,7 @@ class Product:
         paths = [Path(p) for p in normals]
         if not paths and existing is None:
             raise RegistrationError("no good images given: a product needs at least one good image")
-        images = _load_all(paths, allow_mixed_sizes, max_side, reference_size=_reference_size(existing))
+        images = _load_all(paths, allow_mixed_sizes, max_side, reference_size=existing.image_size if existing else None)
         extractor = existing.extractor if existing else FeatureExtractor(config or FeatureConfig())
         grids = []
         for i in range(0, len(images), extractor.batch_size):
@@ -282,10 +282,6 @@ class Product:
             defects = DefectExamples(d["types"], np.load(folder / "defects.npy"), d["paths"])
         return cls(meta["name"], NormalBank.load(folder / "bank"), gate, folder, defects, priors, meta.get("max_side", DEFAULT_MAX_SIDE),
                    meta.get("image_size"))
-
-
-def _reference_size(existing: Product | None) -> tuple[int, int] | None:
-    return existing.image_size if existing is not None else None
 
 
 def _load_all(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, reference_size: tuple[int, int] | None = None) -> list[Image.Image]:

@@ -16,6 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from iad_agent.cli import app, console, fail
+from iad_agent.cli import options as opts
 
 RUNS_FILE = "runs.jsonl"
 
@@ -123,18 +124,18 @@ def eval_command(
                                   "datasets and answer them instead of the k-shot run."),
     mmad: Path = typer.Option(None, "--mmad", help="An MMAD question file (mmad.json schema) to answer and score."),
     mmad_root: Path = typer.Option(None, "--mmad-root", help="Folder the MMAD image paths are relative to (default: the file's folder)."),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server for VLM policies."),
-    model: str = typer.Option(None, "--model", help="Model name (openai) or weights folder (hf)."),
-    api_key_env: str = typer.Option(None, "--api-key-env", help="openai: env var holding the API key (default OPENAI_API_KEY)."),
-    timeout: float = typer.Option(None, "--timeout", help="openai: seconds per request."),
-    max_retries: int = typer.Option(None, "--max-retries", help="openai: retries on 429/5xx/timeouts."),
-    native_tools: bool = typer.Option(None, "--native-tools/--text-tools", help="openai: native function calling or the text protocol."),
-    max_image_side: int = typer.Option(None, "--max-image-side", help="VLM: longest image side sent to the model."),
-    adapter: str = typer.Option(None, "--adapter", help="hf: PEFT LoRA adapter folder."),
-    dtype: str = typer.Option(None, "--dtype", help="hf: auto, float32, bfloat16, float16."),
-    device: str = typer.Option(None, "--device", help="hf: cpu, cuda, auto."),
-    temperature: float = typer.Option(None, "--temperature", help="VLM: 0 = greedy decoding."),
-    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="VLM: tokens per turn."),
+    base_url: str = opts.BASE_URL,
+    model: str = opts.MODEL,
+    api_key_env: str = opts.API_KEY_ENV,
+    timeout: float = opts.TIMEOUT,
+    max_retries: int = opts.MAX_RETRIES,
+    native_tools: bool = opts.NATIVE_TOOLS,
+    max_image_side: int = opts.MAX_IMAGE_SIDE,
+    adapter: str = opts.ADAPTER,
+    dtype: str = opts.DTYPE,
+    device: str = opts.DEVICE,
+    temperature: float = opts.TEMPERATURE,
+    max_new_tokens: int = opts.MAX_NEW_TOKENS,
 ) -> None:
     """Benchmark policies side by side: k-shot metrics, ablations, MMAD questions; writes metrics.json,
     samples.csv and report.md (with plots) into --out."""

@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from iad_agent.cli import app, console, fail
+from iad_agent.cli import options as opts
 from iad_agent.imageio import ImageError
 
 WORKSPACE = typer.Option(None, "--workspace", help="Folder of registered products (default $IAD_WORKSPACE, else ~/.iad).")
@@ -98,18 +99,18 @@ def inspect(
     normals: Path = typer.Option(None, "--normals", help="One-off: folder of good images instead of a registered product."),
     workspace: Path = WORKSPACE,
     policy: str = typer.Option("embedded", "--policy", help="embedded (default, CPU), openai, hf."),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
-    model: str = typer.Option(None, "--model", help="Model name (openai) or path to weights (hf)."),
-    api_key_env: str = typer.Option(None, "--api-key-env", help="openai: env var holding the API key (default OPENAI_API_KEY)."),
-    timeout: float = typer.Option(None, "--timeout", help="openai: seconds per request."),
-    max_retries: int = typer.Option(None, "--max-retries", help="openai: retries on 429/5xx/timeouts."),
-    native_tools: bool = typer.Option(None, "--native-tools/--text-tools", help="openai: native function calling or the text protocol."),
-    max_image_side: int = typer.Option(None, "--max-image-side", help="VLM: longest image side sent to the model."),
-    adapter: str = typer.Option(None, "--adapter", help="hf: PEFT LoRA adapter folder."),
-    dtype: str = typer.Option(None, "--dtype", help="hf: auto, float32, bfloat16, float16."),
-    device: str = typer.Option(None, "--device", help="hf: cpu, cuda, auto."),
-    temperature: float = typer.Option(None, "--temperature", help="VLM: 0 = greedy decoding."),
-    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="VLM: tokens per turn."),
+    base_url: str = opts.BASE_URL,
+    model: str = opts.MODEL,
+    api_key_env: str = opts.API_KEY_ENV,
+    timeout: float = opts.TIMEOUT,
+    max_retries: int = opts.MAX_RETRIES,
+    native_tools: bool = opts.NATIVE_TOOLS,
+    max_image_side: int = opts.MAX_IMAGE_SIDE,
+    adapter: str = opts.ADAPTER,
+    dtype: str = opts.DTYPE,
+    device: str = opts.DEVICE,
+    temperature: float = opts.TEMPERATURE,
+    max_new_tokens: int = opts.MAX_NEW_TOKENS,
     max_steps: int = typer.Option(6, "--max-steps", min=1, help="Hard budget of policy turns."),
     disable_tool: list[str] = typer.Option([], "--disable-tool", help="Tool to leave out (repeatable)."),
     report: Path = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
