@@ -275,3 +275,16 @@ def test_doctests():
 
     for module in (harness, report, knn):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_set_threads_limits_torch_faiss_and_blas_pools():
+    import torch
+    from threadpoolctl import threadpool_info
+
+    before = torch.get_num_threads()
+    try:
+        harness.set_threads(1)
+        assert torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    finally:
+        harness.set_threads(before)

@@ -108,3 +108,49 @@ def test_disable_tool():
     assert "perceptive_zoomer" not in default_tools(("perceptive_zoomer",))
     with pytest.raises(ValueError, match="unknown tool"):
         default_tools(("zoomer",))
+
+
+def test_tool_cache_replays_identical_calls_with_their_original_cost(hazelnut_inspector, data_root):
+    import time
+
+    from iad_agent.tools.base import BOX_SCHEMA, Tool
+    from iad_agent.tools.cache import ToolCache, cached_tools
+    from iad_agent.types import ToolResult
+
+    class Slow(Tool):
+        name = "slow"
+        description = "sleeps, then counts"
+        parameters = {"type": "object", "properties": {"box": BOX_SCHEMA}, "additionalProperties": False}
+        runs = 0
+
+        def run(self, episode, box=None):
+            Slow.runs += 1
+            time.sleep(0.02)
+            return ToolResult(text=f"run {Slow.runs}", data={"box": box})
+
+    ep, _ = hazelnut_inspector.episode(data_root / "mvtec_ad/hazelnut/test/good/000.png")
+    cache = ToolCache()
+    a, b = cached_tools({"slow": Slow()}, cache), cached_tools({"slow": Slow()}, cache)
+    assert a["slow"].spec()["function"]["name"] == "slow"  # still looks like the tool
+    first = a["slow"]({"box": [0, 0, 0.5, 0.5]}, ep)
+    assert Slow.runs == 1 and cache.replayed_ms == 0
+    cache.new_run()
+    again = b["slow"]({"box": [0, 0, 0.5, 0.5]}, ep)  # another policy, same call: not re-run
+    assert again is first and Slow.runs == 1 and cache.replayed_ms >= 20
+    b["slow"]({"box": [0, 0, 0.6, 0.5]}, ep)  # other arguments: run
+    assert Slow.runs == 2
+    assert "error" in str(b["slow"]({"box": "nope"}, ep).error).lower() or b["slow"]({"box": "nope"}, ep).error
+    cache.new_query()  # another image: nothing is replayed
+    a["slow"]({"box": [0, 0, 0.5, 0.5]}, ep)
+    assert Slow.runs == 3 and cache.replayed_ms == 0
+
+
+def test_prior_ranking_reuses_embeddings(hazelnut_product):
+    from iad_agent.tools.priors import embed_text, rank_by_text
+
+    defects = {k: v for k, v in hazelnut_product.priors.items() if k not in ("good", "normal")}
+    first = rank_by_text("a thin crack across the nut", defects)
+    hits = embed_text.cache_info().hits
+    assert rank_by_text("a thin crack across the nut", defects) == first
+    assert embed_text.cache_info().hits >= hits + len(defects) + 1
+    assert first[0][0] == "crack"

