@@ -76,3 +76,59 @@ def test_gate_skips_tools_when_the_evidence_is_clear(hazelnut_product, data_root
     narrow._extractor = hazelnut_product.extractor
     result = Inspector(narrow).inspect(data_root / "mvtec_ad/hazelnut/test/good/000.png")
     assert result.to_dict()["tool_calls"] == [] and result.trajectory.answer.anomaly_present is False
+
+
+def _with_gate(product, **changes):
+    from dataclasses import replace
+
+    from iad_agent.product import Product
+
+    p = Product(product.name, product.bank, replace(product.gate, **changes), defects=product.defects, priors=product.priors)
+    p._extractor = product.extractor
+    return p
+
+
+def test_gate_never_calls_a_tool_of_zero_weight(hazelnut_product, data_root):
+    from iad_agent.inspector import Inspector
+
+    query = data_root / "mvtec_ad/hazelnut/test/crack/000.png"
+    # a wide band and a "small" hot spot: every follow-up tool is wanted
+    wide = dict(band_low=0.01, band_high=100.0, small_area=1.0)
+    names = [c["name"] for c in Inspector(_with_gate(hazelnut_product, w_highfreq=0.25, **wide)).inspect(query).to_dict()["tool_calls"]]
+    assert {"perceptive_zoomer", "comparative_retriever", "high_frequency_enhancer"} <= set(names)
+    names = [c["name"] for c in Inspector(_with_gate(hazelnut_product, w_highfreq=0.0, w_compare=0.0, **wide)).inspect(query).to_dict()["tool_calls"]]
+    assert "perceptive_zoomer" in names
+    assert "high_frequency_enhancer" not in names and "comparative_retriever" not in names
+    assert hazelnut_product.gate.w_highfreq == 0.0  # the default, set by the benchmark's ablation
+
+
+def test_anomalous_answer_boxes_the_global_hot_spot_that_the_tools_examined(hazelnut_inspector, data_root):
+    from iad_agent.types import Box
+
+    result = hazelnut_inspector.inspect(data_root / "mvtec_ad/hazelnut/test/crack/000.png")
+    ep_look_box = result.trajectory.answer.box
+    calls = result.to_dict()["tool_calls"]
+    assert result.trajectory.answer.anomaly_present and calls
+    # every region tool looked at the box that is reported
+    for call in calls:
+        if "box" in call["arguments"]:
+            assert Box.from_list(call["arguments"]["box"]).to_list(3) == ep_look_box.to_list(3)
+
+
+def test_position_based_tools_are_skipped_when_shapes_differ(data_root):
+    """Magnetic Tile crops come in many shapes: "the same region" of two tiles is not the same place."""
+    from iad_agent import product as product_mod
+    from iad_agent.inspector import Inspector
+    from iad_agent.product import Product, list_images
+
+    assert product_mod.same_shape((1024, 1024), (250, 256)) and not product_mod.same_shape((529, 317), (123, 286))
+    free = [p for p in list_images(data_root / "magnetic_tile/MT_Free/Imgs") if p.suffix == ".jpg"][:4]
+    mixed = Product.build("tiles", free, allow_mixed_sizes=True)
+    assert mixed.gate.mixed_geometry
+    wide = _with_gate(mixed, band_low=0.0, band_high=100.0)  # every query is "uncertain"
+    result = Inspector(wide).inspect(list_images(data_root / "magnetic_tile/MT_Crack/Imgs")[0])
+    names = {c["name"] for c in result.to_dict()["tool_calls"]}
+    assert not names & {"perceptive_zoomer", "comparative_retriever"}
+    assert "shape" in result.trajectory.steps[0].thought
+    uniform = _with_gate(Product.build("tiles1", free[:1]), band_low=0.0, band_high=100.0)
+    assert not uniform.gate.mixed_geometry

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -47,13 +48,24 @@ class GateParams:
         small_area: a hot spot covering less than this fraction of the image counts as
             fine-grained and is zoomed into even outside the band.
         texture: the product is texture-like (set at registration from how much position
-            matters); textures are always zoomed, since low-resolution global features miss
-            fine breaks in repetitive patterns.
+            matters).
+        zoom_textures: a texture is zoomed into even when its global score is clearly
+            normal (below the band), since low-resolution global features can miss fine
+            breaks in repetitive patterns.
         aligned_informative: position-wise comparison with a good reference is meaningful
             (aligned parts); otherwise the comparative retriever's evidence is not used.
+        mixed_geometry: the good images do not share one shape (aspect ratios differ by more
+            than ``ASPECT_TOLERANCE``), so "the same region" of two images is not the same
+            place on the part: the position-based tools (zoom against the same region of good
+            parts, aligned comparison) are not called. A query whose shape differs from the
+            good images' is treated the same way.
         type_from_priors: without labelled defect examples, name the defect type by matching
             the evidence, in words, against the priors' defect descriptions (MiniLM).
-        w_zoom / w_compare / w_highfreq: weights of each tool's evidence in the fused score.
+        w_zoom / w_compare / w_highfreq: weights of each tool's evidence in the fused score; a
+            tool of weight 0 is not called by the embedded policy. The high-frequency enhancer
+            has weight 0 by default: in the benchmark's ablation (``docs/benchmarks.md``) the
+            agent was more accurate without it at 1 and 4 shots. It stays available to VLM
+            policies and to users who set a weight.
         zoom_threshold / compare_threshold / highfreq_threshold: each tool's normal level,
             calibrated on held-out good images at registration.
     """
@@ -62,10 +74,12 @@ class GateParams:
     band_high: float = 1.5
     small_area: float = 0.02
     texture: bool = False
+    zoom_textures: bool = False
     aligned_informative: bool = True
+    mixed_geometry: bool = False
     w_zoom: float = 1.0
     w_compare: float = 0.5
-    w_highfreq: float = 0.25
+    w_highfreq: float = 0.0
     zoom_threshold: float = 1.5
     compare_threshold: float = 1.0
     highfreq_threshold: float = 1.5
@@ -197,28 +211,41 @@ class Product:
                       existing.defects if existing else None, dict(existing.priors) if existing else {}, max_side)
         product._extractor = extractor
         product.image_size = existing.image_size if existing and existing.image_size else (images[0].size if images else None)
+        if product.image_size and any(not same_shape(im.size, product.image_size) for im in images):
+            gate.mixed_geometry = True
         for offset, img in enumerate(images[-16:]):  # warm the cache: calibration reads these back
             product._images[len(bank) - len(images[-16:]) + offset] = img
         if priors:
             product.priors.update(priors)
-        first = images[0] if images else product.reference_image(0)
-        bank.calibrate(fpr, augmented=lambda: extractor(augmented_views(first)))
-        product._calibrate_gate()
+        views = None
+        if len(bank) == 1:  # one good image: its augmented views stand in for held-out good parts
+            first = images[0] if images else product.reference_image(0)
+            images_v = augmented_views(first)
+            views = (images_v, extractor(images_v))
+        bank.calibrate(fpr, augmented=lambda: views[1])
+        product._calibrate_gate(views)
         if defects_dir is not None:
             product.add_defect_examples(defects_dir, allow_mixed_sizes)
         return product
 
-    def _calibrate_gate(self) -> None:
-        """Set tool thresholds and texture-likeness from held-out good images."""
+    def _calibrate_gate(self, views: tuple[list[Image.Image], np.ndarray] | None = None) -> None:
+        """Set tool thresholds and texture-likeness from held-out good images.
+
+        Args:
+            views: with a single good image, its augmented views and their feature grids
+                (extracted once and shared with the bank's calibration).
+        """
         from iad_agent.tools.calibration import calibrate_tools
 
         cal = self.bank.calibration
         ratio = float(np.median(cal.global_scores) / max(np.median(cal.aligned_scores), 1e-8))
         # Aligned parts: the nearest patch anywhere is hardly closer than the one in place.
         self.gate.aligned_informative = ratio > 0.6
-        held_out = None if len(self.bank) > 1 else self.extractor(augmented_views(self.reference_image(0), n=1))[0]
-        self.gate.texture = texture_likeness(self.bank, held_out) < 0.8
-        calibrate_tools(self)
+        if len(self.bank) == 1 and views is None:
+            imgs = augmented_views(self.reference_image(0))
+            views = (imgs, self.extractor(imgs))
+        self.gate.texture = texture_likeness(self.bank, None if len(self.bank) > 1 else views[1][0]) < 0.8
+        calibrate_tools(self, views=views)
 
     def add_defect_examples(self, folder: str | Path, allow_mixed_sizes: bool = True) -> None:
         """Register labelled defect examples: ``folder/<defect_type>/*.png``."""
@@ -303,6 +330,19 @@ def _load_all(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, ref
     if problems:
         raise RegistrationError("cannot register; fix or remove these files:\n  " + "\n  ".join(problems))
     return images
+
+
+ASPECT_TOLERANCE = 0.05
+
+
+def same_shape(size: tuple[int, int], other: tuple[int, int], tolerance: float = ASPECT_TOLERANCE) -> bool:
+    """Whether two ``(width, height)`` sizes have the same aspect ratio (within ``tolerance``).
+
+    >>> same_shape((1024, 1024), (256, 256)), same_shape((529, 317), (123, 286))
+    (True, False)
+    """
+    a, b = size[0] / max(size[1], 1), other[0] / max(other[1], 1)
+    return abs(math.log(a / b)) <= math.log1p(tolerance)
 
 
 def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.Image]:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
 
-from iad_agent.product import anomaly_signature
+from iad_agent.product import anomaly_signature, same_shape
 from iad_agent.types import Box, FinalAnswer, Step, ToolCall
 
 if TYPE_CHECKING:
@@ -60,16 +59,6 @@ def squash(value: float, low: float, high: float) -> float:
     return math.exp(x)
 
 
-def refine_box(zoom_box: Box, zoom_map: np.ndarray, min_size: float = 0.04) -> Box:
-    """Box around the hottest region of a zoom map, in full-image coordinates."""
-    from iad_agent.episode import hot_spot_box
-
-    level = 0.5 * (float(zoom_map.max()) + float(np.median(zoom_map)))
-    inner = hot_spot_box(zoom_map, level, min_size=0.0)
-    return Box(zoom_box.x1 + inner.x1 * zoom_box.width, zoom_box.y1 + inner.y1 * zoom_box.height,
-               zoom_box.x1 + inner.x2 * zoom_box.width, zoom_box.y1 + inner.y2 * zoom_box.height).clamped(min_size)
-
-
 def describe(episode: Episode) -> str:
     """The visual evidence in words, to match against defect descriptions (priors)."""
     look = episode.look
@@ -106,7 +95,7 @@ class EmbeddedPolicy:
             reasons = []
             if gate.band_low <= r <= gate.band_high:
                 reasons.append(f"the score ratio {r:.2f} lies in the uncertainty band [{gate.band_low}, {gate.band_high}]")
-            if gate.texture and r < gate.band_high:
+            if gate.texture and gate.zoom_textures and r < gate.band_high:
                 reasons.append("the product is a texture, where fine breaks hide at low resolution")
             if 0 < look.hot_area < gate.small_area and gate.band_low <= r <= gate.band_high:
                 reasons.append(f"the hot spot is small ({look.hot_area:.1%} of the image)")
@@ -116,13 +105,17 @@ class EmbeddedPolicy:
                        f"{look.threshold:.3f} (ratio {r:.2f}); hottest region {box.to_list(2)}.")
             if not reasons:
                 return self._finish(episode, tools, thought + " The evidence is clear; no tool is needed.")
-            calls = [ToolCall(ZOOM, {"box": box.to_list()})] if ZOOM in tools else self._followups(episode, tools, box)
+            if not self._positional(episode):
+                return self._finish(episode, tools, thought + (
+                    " Closer inspection would compare regions with the same place on good parts, but the good images "
+                    "(or this query) do not share one shape, so that comparison is not meaningful here."))
+            calls = [ToolCall(ZOOM, {"box": box.to_list()})] if ZOOM in tools and gate.w_zoom > 0 else self._followups(episode, tools, box)
             if not calls:
                 return self._finish(episode, tools, thought + " Closer inspection is warranted but no tool is available.")
             return Step(thought=thought + " Looking closer because " + "; ".join(reasons) + ".", tool_calls=calls)
         used = {c.name for c in episode.trajectory.tool_calls}
         if len(steps) == 1 and ZOOM in used:
-            calls = self._followups(episode, tools, self._box(episode))
+            calls = self._followups(episode, tools, box)
             if calls:
                 zoom_text = self._evidence_text(episode)
                 return Step(thought=f"{zoom_text} Checking the same region against a good part"
@@ -142,26 +135,33 @@ class EmbeddedPolicy:
 
     # ------------------------------------------------------------------ helpers
     def _followups(self, episode: Episode, tools: dict[str, Tool], box: Box) -> list[ToolCall]:
-        """Compare with the aligned good region (aligned products) and check fine detail (fine defects)."""
+        """Compare with the aligned good region (aligned products) and check fine detail (fine defects).
+
+        A tool whose evidence has no weight in the fusion is not called (it could not change
+        the verdict): by default that is the high-frequency enhancer, which the benchmark's
+        ablation showed to cost accuracy (``docs/benchmarks.md``).
+        """
         gate = episode.product.gate
         calls = []
-        if COMPARE in tools and gate.aligned_informative:
+        if COMPARE in tools and gate.aligned_informative and gate.w_compare > 0:
             calls.append(ToolCall(COMPARE, {"box": box.to_list()}))
-        if HIGHFREQ in tools and (gate.texture or episode.look.hot_area < gate.small_area):
+        if HIGHFREQ in tools and gate.w_highfreq > 0 and (gate.texture or episode.look.hot_area < gate.small_area):
             calls.append(ToolCall(HIGHFREQ, {"box": box.to_list()}))
         return calls
+
+    @staticmethod
+    def _positional(episode: Episode) -> bool:
+        """Whether "the same region of a good part" is the same place on the part (shapes match)."""
+        product = episode.product
+        if product.gate.mixed_geometry:
+            return False
+        return product.image_size is None or same_shape(episode.query.size, product.image_size)
 
     def _observations(self, episode: Episode):
         for step in episode.trajectory.steps:
             for call, obs in zip(step.tool_calls, step.observations):
                 if obs.ok:
                     yield call, obs
-
-    def _box(self, episode: Episode) -> Box:
-        maps = episode.memo.get("zoom_maps")
-        if maps:  # the zoom whose crop held the hottest point
-            return refine_box(*max(maps, key=lambda bm: float(bm[1].max())))
-        return episode.look.hot_box
 
     def _evidence_text(self, episode: Episode) -> str:
         parts = []
@@ -192,7 +192,7 @@ class EmbeddedPolicy:
             fused = squash(fused, gate.band_low if look.ratio >= gate.band_low else 0.0,
                            gate.band_high if look.ratio <= gate.band_high else math.inf)
         anomalous = fused > 1.0
-        box = self._box(episode) if anomalous else look.hot_box
+        box = look.hot_box  # the tools re-score this region; the benchmark found their tighter boxes miss more
         confidence = round(0.5 + 0.5 * math.tanh(2.0 * abs(math.log(max(fused, 1e-6)))), 4)
         candidates: list[dict] = []
         defect_type = None

@@ -34,8 +34,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 2, seed: int = 0) -> None:
-    """Set the zoom / compare / high-frequency normal limits of ``product.gate``."""
+def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 2, seed: int = 0,
+                    views: tuple[list, np.ndarray] | None = None) -> None:
+    """Set the zoom / compare / high-frequency normal limits of ``product.gate``.
+
+    Args:
+        views: for a single good image, its augmented views and their feature grids (made
+            here when not given).
+    """
     from iad_agent.product import augmented_views
 
     bank, gate = product.bank, product.gate
@@ -47,9 +53,10 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
         queries = [(int(i), product.reference_image(int(i)), bank.grids[int(i)].astype(np.float32))
                    for i in np.unique(np.linspace(0, n - 1, min(n, max_queries)).round().astype(int))]
     else:
-        views = augmented_views(product.reference_image(0), n=max_queries, seed=seed + 1)
-        grids = product.extractor(views)
-        queries = [(None, v, g) for v, g in zip(views, grids)]
+        if views is None:
+            images = augmented_views(product.reference_image(0), n=max_queries, seed=seed + 1)
+            views = (images, product.extractor(images))
+        queries = [(None, v, g) for v, g in list(zip(*views))[:max_queries]]
     for exclude, image, grid in queries:
         dmap = bank.patch_distances(grid, exclude=exclude)
         global_score = max(image_score(dmap), 1e-8)

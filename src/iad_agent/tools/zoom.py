@@ -98,5 +98,4 @@ class PerceptiveZoomer(Tool):
             f"Most unusual point at ({peak_xy[0]:.2f}, {peak_xy[1]:.2f})."
         )
         data = {"box": b.to_list(), "score": ev["score"], "limit": limit, "evidence": ratio, "peak": [round(peak_xy[0], 4), round(peak_xy[1], 4)], "references": refs}
-        episode.memo.setdefault("zoom_maps", []).append((b, hot))
         return ToolResult(text=text, images=[view], data=data, image_captions=["zoomed crop"])
