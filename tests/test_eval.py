@@ -288,3 +288,11 @@ def test_set_threads_limits_torch_faiss_and_blas_pools():
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     finally:
         harness.set_threads(before)
+
+
+def test_plus_tool_policy_turns_a_switched_off_tool_back_on():
+    policy, tools, disabled = harness.resolve_policy("embedded+highfreq")
+    assert policy.weights == {"high_frequency_enhancer": policy.TRIAL_WEIGHT} and policy.name == "embedded+high_frequency_enhancer"
+    assert "anomaly_map" not in tools and "high_frequency_enhancer" in tools and disabled == ()
+    with pytest.raises(ValueError, match="telescope"):
+        harness.resolve_policy("embedded+telescope")

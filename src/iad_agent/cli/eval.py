@@ -108,7 +108,8 @@ def eval_command(
     shots: list[str] = typer.Option(None, "--shots", help="Good references per product (repeatable): a number or 'all'. Default 1."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds for drawing the references (mean ± std over them)."),
     policy: list[str] = typer.Option(None, "--policy", help="Policy (repeatable): knn, embedded, embedded-no-zoom, "
-                                     "embedded-no-retriever, embedded-no-highfreq, openai, hf. Default knn + embedded."),
+                                     "embedded-no-retriever, embedded-no-highfreq, embedded+highfreq (a tool the gate "
+                                     "switched off, back on), openai, hf. Default knn + embedded."),
     disable_tool: list[str] = typer.Option([], "--disable-tool", help="Tool to leave out of every tool-using policy (repeatable)."),
     max_test: int = typer.Option(None, "--max-test", min=1, help="Cap on test images per category (evenly spaced within each class)."),
     max_normals: int = typer.Option(50, "--max-normals", min=1, help="Cap on references for --shots all and on a held-out pool."),

@@ -54,7 +54,7 @@ from iad_agent.imageio import load_image, save_png
 from iad_agent.inspector import Inspector, InspectionResult
 from iad_agent.policies import make_policy
 from iad_agent.product import Product
-from iad_agent.tools import default_tools
+from iad_agent.tools import TOOL_ALIASES, default_tools
 from iad_agent.tools.cache import ToolCache, cached_tools
 from iad_agent.types import Box, Sample
 
@@ -76,13 +76,6 @@ DATASET_FOLDERS = {
     "magnetic_tile": "magnetic_tile",
     "deeppcb": "deeppcb",
     "kolektor": "kolektor",
-}
-#: Short names usable in ablation policy names (``embedded-no-zoom``) and ``--disable-tool``.
-TOOL_ALIASES = {
-    "zoom": "perceptive_zoomer",
-    "retriever": "comparative_retriever",
-    "highfreq": "high_frequency_enhancer",
-    "priors": "prior_retriever",
 }
 _SHORT = {v: k for k, v in TOOL_ALIASES.items()}
 _ABLATION = re.compile(r"^(?P<base>.+?)(?P<rest>(?:-no-[a-z_]+)+)$")
@@ -208,7 +201,7 @@ def resolve_policy(name: str, disable: Iterable[str] = (), options: dict[str, An
     base, disabled = split_policy_name(name)
     disabled = tuple(dict.fromkeys((*disabled, *(tool_name(d) for d in disable))))
     policy = make_policy(base, **(options or {}))
-    tools = default_tools(disabled, anomaly_map=base != "embedded")
+    tools = default_tools(disabled, anomaly_map=not base.startswith("embedded"))
     return policy, tools, disabled
 
 

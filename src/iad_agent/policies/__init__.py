@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 def make_policy(name: str, **options: Any) -> Policy:
     """Build a policy by name: ``embedded`` or ``knn`` (options ignored), ``openai`` or ``hf``.
 
+    ``embedded+<tool>`` (e.g. ``embedded+highfreq``) is the embedded policy with a tool whose
+    weight is 0 in the product's gate given weight ``EmbeddedPolicy.TRIAL_WEIGHT``, so the
+    benchmark can keep measuring a tool the gate no longer calls.
+
     Options that are ``None`` are dropped (the backend's default applies), and so are options
     the chosen backend does not take (e.g. ``adapter`` for ``openai``), so one set of CLI
     flags can serve every policy. ``openai`` takes ``base_url``, ``model``, ``api_key_env``,
@@ -28,6 +32,15 @@ def make_policy(name: str, **options: Any) -> Policy:
     options = {k: v for k, v in options.items() if v is not None}
     if name == "embedded":
         return EmbeddedPolicy()
+    if name.startswith("embedded+"):  # embedded+highfreq: a tool the gate has switched off, back on
+        from iad_agent.tools import TOOL_ALIASES, default_tools
+
+        known = default_tools()
+        wanted = [TOOL_ALIASES.get(t, t) for t in name.split("+")[1:]]
+        unknown = [t for t in wanted if t not in known]
+        if unknown:
+            raise ValueError(f"unknown tool {', '.join(unknown)} in policy {name!r}; tools: {', '.join(sorted(known))}")
+        return EmbeddedPolicy(weights={t: EmbeddedPolicy.TRIAL_WEIGHT for t in wanted})
     if name == "knn":
         from iad_agent.policies.knn import KnnPolicy
 

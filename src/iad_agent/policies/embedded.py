@@ -2,17 +2,18 @@
 
 It takes the global look (normal-bank heat map), and calls a tool only when that is expected
 to change or firm up the decision: the score lies in the uncertainty band around the
-threshold, the hot spot is small / fine-grained, or the product is a texture. Each tool's
-reading is an *evidence ratio* (its measurement over its normal limit calibrated on good
-images); the verdict fuses them with the global ratio by a weighted geometric mean, so 1.0 is
-the decision boundary throughout. All knobs are in the product's ``GateParams``.
+threshold (optionally also: any texture below the band, ``zoom_textures``). It never calls a
+tool whose fusion weight is 0, nor the position-based tools when the query and the good images
+differ in shape. Each tool's reading is an *evidence ratio* (its measurement over its normal
+limit calibrated on good images); the verdict fuses them with the global ratio by a weighted
+geometric mean, so 1.0 is the decision boundary throughout. All knobs are in the product's
+``GateParams``.
 """
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING
-
 
 from iad_agent.product import anomaly_signature, same_shape
 from iad_agent.types import Box, FinalAnswer, Step, ToolCall
@@ -82,8 +83,25 @@ class EmbeddedPolicy:
 
     name = "embedded"
 
-    def __init__(self, always_look: bool = False) -> None:
+    #: Weight given to a tool named in ``embedded+<tool>`` whose product weight is 0 (the
+    #: high-frequency enhancer's weight before the ablation set it to 0).
+    TRIAL_WEIGHT = 0.25
+
+    def __init__(self, always_look: bool = False, weights: dict[str, float] | None = None) -> None:
+        """
+        Args:
+            always_look: call the tools on every image, not only on uncertain ones.
+            weights: per-tool fusion weights overriding the product's ``gate.json`` (the
+                benchmark's ``embedded+highfreq`` uses this to keep measuring a switched-off tool).
+        """
         self.always_look = always_look
+        self.weights = dict(weights or {})
+        if self.weights:
+            self.name = "embedded+" + "+".join(sorted(self.weights))
+
+    def _weights(self, episode: Episode) -> dict[str, float]:
+        gate = episode.product.gate
+        return {ZOOM: gate.w_zoom, COMPARE: gate.w_compare, HIGHFREQ: gate.w_highfreq, **self.weights}
 
     def act(self, episode: Episode, tools: dict[str, Tool]) -> Step:
         gate = episode.product.gate
@@ -109,7 +127,7 @@ class EmbeddedPolicy:
                 return self._finish(episode, tools, thought + (
                     " Closer inspection would compare regions with the same place on good parts, but the good images "
                     "(or this query) do not share one shape, so that comparison is not meaningful here."))
-            calls = [ToolCall(ZOOM, {"box": box.to_list()})] if ZOOM in tools and gate.w_zoom > 0 else self._followups(episode, tools, box)
+            calls = [ToolCall(ZOOM, {"box": box.to_list()})] if ZOOM in tools and self._weights(episode)[ZOOM] > 0 else self._followups(episode, tools, box)
             if not calls:
                 return self._finish(episode, tools, thought + " Closer inspection is warranted but no tool is available.")
             return Step(thought=thought + " Looking closer because " + "; ".join(reasons) + ".", tool_calls=calls)
@@ -142,10 +160,11 @@ class EmbeddedPolicy:
         ablation showed to cost accuracy (``docs/benchmarks.md``).
         """
         gate = episode.product.gate
+        weights = self._weights(episode)
         calls = []
-        if COMPARE in tools and gate.aligned_informative and gate.w_compare > 0:
+        if COMPARE in tools and gate.aligned_informative and weights[COMPARE] > 0:
             calls.append(ToolCall(COMPARE, {"box": box.to_list()}))
-        if HIGHFREQ in tools and gate.w_highfreq > 0 and (gate.texture or episode.look.hot_area < gate.small_area):
+        if HIGHFREQ in tools and weights[HIGHFREQ] > 0 and (gate.texture or episode.look.hot_area < gate.small_area):
             calls.append(ToolCall(HIGHFREQ, {"box": box.to_list()}))
         return calls
 
@@ -172,8 +191,7 @@ class EmbeddedPolicy:
         return ("Evidence so far: " + ", ".join(parts) + ".") if parts else ""
 
     def _evidence(self, episode: Episode) -> list[tuple[float, float]]:
-        gate = episode.product.gate
-        weights = {ZOOM: gate.w_zoom, COMPARE: gate.w_compare, HIGHFREQ: gate.w_highfreq}
+        weights = self._weights(episode)
         best: dict[str, float] = {}  # several readings of one tool (a scan): the strongest counts
         for call, obs in self._observations(episode):
             if call.name in weights and "evidence" in obs.data:

@@ -7,7 +7,16 @@ from iad_agent.tools.priors import PriorRetriever
 from iad_agent.tools.retriever import ComparativeRetriever
 from iad_agent.tools.zoom import PerceptiveZoomer
 
-__all__ = ["AnomalyMap", "ComparativeRetriever", "HighFrequencyEnhancer", "PerceptiveZoomer", "PriorRetriever", "Tool", "default_tools", "execute"]
+__all__ = ["TOOL_ALIASES", "AnomalyMap", "ComparativeRetriever", "HighFrequencyEnhancer", "PerceptiveZoomer", "PriorRetriever", "Tool",
+           "default_tools", "execute"]
+
+#: Short tool names, usable in policy names (``embedded-no-zoom``, ``embedded+highfreq``) and ``--disable-tool``.
+TOOL_ALIASES = {
+    "zoom": "perceptive_zoomer",
+    "retriever": "comparative_retriever",
+    "highfreq": "high_frequency_enhancer",
+    "priors": "prior_retriever",
+}
 
 
 def default_tools(disable: tuple[str, ...] = (), anomaly_map: bool = False) -> dict[str, Tool]:
