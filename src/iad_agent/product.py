@@ -46,7 +46,7 @@ class GateParams:
         band_low / band_high: the uncertainty band on the global score ratio
             (score / threshold); inside it the policy looks closer.
         small_area: a hot spot covering less than this fraction of the image counts as
-            fine-grained and is zoomed into even outside the band.
+            fine-grained (then the high-frequency check, if weighted, follows the zoom).
         texture: the product is texture-like (set at registration from how much position
             matters).
         zoom_textures: a texture is zoomed into even when its global score is clearly
