@@ -338,6 +338,15 @@ def _plt():
     return plt
 
 
+def _save_figure(fig, out_dir: Path, name: str) -> str:  # noqa: ANN001 - a matplotlib Figure
+    """Lay ``fig`` out, write it to ``out_dir/name`` (PNG, 110 dpi), close it, and return ``name``."""
+    fig.tight_layout()
+    (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / name, dpi=110)
+    _plt().close(fig)
+    return name
+
+
 def plot_roc(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
     """One PNG per category: ROC curves (all seeds pooled) of every policy, one panel per shots."""
     from sklearn.metrics import roc_curve
@@ -364,12 +373,7 @@ def plot_roc(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
             ax.set_ylabel("true-positive rate", fontsize=7)
             ax.tick_params(labelsize=6)
         axes[0][-1].legend(fontsize=6, loc="lower right")
-        fig.tight_layout()
-        name = f"plots/roc_{cat.replace('/', '_')}.png"
-        (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
-        files.append(name)
+        files.append(_save_figure(fig, out_dir, f"plots/roc_{cat.replace('/', '_')}.png"))
     return files
 
 
@@ -397,11 +401,7 @@ def plot_auroc_bars(aggregates: list[dict[str, Any]], out_dir: Path) -> list[str
         ax.set_ylabel(f"image AUROC\nshots={s}", fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
     axes[0][0].legend(fontsize=6, ncol=len(policies), loc="lower left")
-    fig.tight_layout()
-    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / "plots/auroc_bars.png", dpi=110)
-    plt.close(fig)
-    return ["plots/auroc_bars.png"]
+    return [_save_figure(fig, out_dir, "plots/auroc_bars.png")]
 
 
 def plot_examples(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
@@ -438,12 +438,7 @@ def plot_examples(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
                 ax.set_title(f"{ex['kind']}: {r['category']} ({truth})\nscore/thr {ex['score'] / max(ex['threshold'], 1e-9):.2f}"
                              f" → {ex['verdict']}", fontsize=6)
         fig.suptitle(f"{policy}, shots={s}: best and worst cases (white: answer box, green: ground truth)", fontsize=8)
-        fig.tight_layout()
-        name = f"plots/examples_{policy}_shots{s}.png"
-        (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
-        files.append(name)
+        files.append(_save_figure(fig, out_dir, f"plots/examples_{policy}_shots{s}.png"))
     return files
 
 
