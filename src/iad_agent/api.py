@@ -12,6 +12,9 @@ messages or HTTP status codes:
 * :class:`ProductNotFound` (a ``LookupError``): no product of that name in the workspace.
 * :class:`ProductError` (a ``RuntimeError``): a stored product that cannot be loaded.
 * :class:`PolicyConfigError` (a ``ValueError``): unknown policy / tool name, or bad backend options.
+* :class:`MissingExtra` (an ``ImportError``): a VLM policy without ``pip install 'iad-agent[vlm]'``.
+
+All of them but :class:`ImageError` derive from :class:`IADError`.
 
 Example (the README's main job)::
 
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from iad_agent.errors import PolicyConfigError, ProductError, ProductNotFound, RegistrationError
+from iad_agent.errors import IADError, MissingExtra, PolicyConfigError, ProductError, ProductNotFound, RegistrationError
 from iad_agent.imageio import ImageError
 from iad_agent.policies import ResolvedPolicy, VLMOptions, resolve_policy
 
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from iad_agent.types import Sample
 
 __all__ = [
-    "ImageError", "InspectionOutcome", "PolicyConfigError", "ProductError", "ProductNotFound", "RegistrationError",
+    "IADError", "ImageError", "InspectionOutcome", "MissingExtra", "PolicyConfigError", "ProductError", "ProductNotFound", "RegistrationError",
     "ResolvedPolicy", "VLMOptions", "inspect", "inspect_many", "list_products", "load_product", "make_inspector",
     "read_priors", "register", "resolve_policy",
 ]

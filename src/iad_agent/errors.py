@@ -41,3 +41,7 @@ class ProductError(IADError, RuntimeError):
 
 class PolicyConfigError(IADError, ValueError):
     """An unknown policy or tool name, or backend options the chosen policy cannot work with."""
+
+
+class MissingExtra(IADError, ImportError):
+    """A feature needs an optional part of the install (``pip install 'iad-agent[<extra>]'``)."""

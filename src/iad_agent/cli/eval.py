@@ -153,7 +153,7 @@ def eval_command(
     try:
         for name in policies:  # fail on a bad name before any work
             api.resolve_policy(name, disable_tool, options)
-    except api.PolicyConfigError as exc:
+    except (api.PolicyConfigError, api.MissingExtra) as exc:
         fail(str(exc))
     if questions is not None and questions != "mmad-style":
         fail(f"--questions takes 'mmad-style', got {questions!r}")

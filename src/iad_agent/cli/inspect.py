@@ -108,7 +108,7 @@ def inspect(
         else:
             prod = api.load_product(product, workspace)
         outcomes = api.inspect_many(images, prod, resolved, max_steps=max_steps)
-    except (api.RegistrationError, api.ProductNotFound, api.ProductError, api.PolicyConfigError) as exc:
+    except api.IADError as exc:
         fail(str(exc))
     failures = 0
     for outcome in outcomes:

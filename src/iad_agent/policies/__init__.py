@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from iad_agent.errors import PolicyConfigError
+from iad_agent.extras import require
 from iad_agent.policies.base import Policy, ScriptedPolicy
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions |
     Raises:
         PolicyConfigError: an unknown policy or tool name, or options the backend refuses
             (e.g. ``openai`` without a base URL).
+        MissingExtra: a VLM backend without the ``vlm`` extra installed.
     """
     from iad_agent.tools import default_tools
 
@@ -183,6 +185,7 @@ def make_policy(name: str, **options: Any) -> Policy:
 
     Raises:
         PolicyConfigError: unknown policy or tool name, or the hf policy without a model.
+        MissingExtra: a VLM backend without the ``vlm`` extra installed.
         ValueError: a backend refusing its options.
     """
     options = {k: v for k, v in options.items() if v is not None}
@@ -205,14 +208,16 @@ def make_policy(name: str, **options: Any) -> Policy:
 
         return KnnPolicy()
     if name == "openai":
+        require("vlm", "openai")
         from iad_agent.policies.openai import OpenAIPolicy
 
         return OpenAIPolicy(**_accepted(OpenAIPolicy, options, name))
     if name == "hf":
-        from iad_agent.policies.hf import HFPolicy
-
         if "model" not in options:
             raise PolicyConfigError("the hf policy needs --model (a local folder of weights, e.g. Qwen2.5-VL-3B-Instruct)")
+        require("vlm", "transformers", "accelerate", *(["peft"] if options.get("adapter") else []))
+        from iad_agent.policies.hf import HFPolicy
+
         return HFPolicy(**_accepted(HFPolicy, options, name))
     raise PolicyConfigError(f"unknown policy {name!r}; choose knn, embedded, embedded+<tool>, openai or hf, "
                             "optionally with -no-<tool> suffixes (e.g. embedded-no-zoom)")
