@@ -66,14 +66,9 @@ def test_trace_records_every_call_and_timing(hazelnut_inspector, data_root):
 
 
 def test_gate_skips_tools_when_the_evidence_is_clear(hazelnut_product, data_root):
-    from dataclasses import replace
-
     from iad_agent.inspector import Inspector
-    from iad_agent.product import Product
 
-    narrow = Product(hazelnut_product.name, hazelnut_product.bank, replace(hazelnut_product.gate, band_low=5.0, band_high=6.0, small_area=0.0),
-                     defects=hazelnut_product.defects, priors=hazelnut_product.priors)
-    narrow._extractor = hazelnut_product.extractor
+    narrow = _with_gate(hazelnut_product, band_low=5.0, band_high=6.0, small_area=0.0)
     result = Inspector(narrow).inspect(data_root / "mvtec_ad/hazelnut/test/good/000.png")
     assert result.to_dict()["tool_calls"] == [] and result.trajectory.answer.anomaly_present is False
 
@@ -83,7 +78,8 @@ def _with_gate(product, **changes):
 
     from iad_agent.product import Product
 
-    p = Product(product.name, product.bank, replace(product.gate, **changes), defects=product.defects, priors=product.priors)
+    p = Product(product.name, product.bank, replace(product.gate, **changes), defects=product.defects, priors=product.priors,
+                image_size=product.image_size, limits=product.limits)
     p._extractor = product.extractor
     return p
 

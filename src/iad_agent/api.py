@@ -125,8 +125,9 @@ def register(
 ) -> Product:
     """Register a product from good images, or add to a registered one; sets its threshold from them alone.
 
-    A new product gets MMAD's domain-knowledge priors for its name (when it is one of MMAD's
-    categories), overridden by ``priors``. The product is written into the workspace
+    A new product gets the domain-knowledge priors of its name (MMAD's, packaged, or the file
+    ``$IAD_PRIORS`` names; see :mod:`iad_agent.tools.priors`) when it is one of their
+    categories, overridden by ``priors``. The product is written into the workspace
     atomically: a failed registration never loses what was registered before.
 
     Args:
@@ -162,7 +163,10 @@ def register(
     files = _image_files(normals, list_images)
     user_priors = dict(priors) if isinstance(priors, Mapping) else read_priors(priors) if priors is not None else {}
     if existing is None:
-        user_priors = {**domain_priors(name), **user_priors}
+        try:
+            user_priors = {**domain_priors(name), **user_priors}
+        except ValueError as exc:  # a broken $IAD_PRIORS file
+            raise RegistrationError(str(exc)) from exc
     try:
         product = Product.build(name, files, FeatureConfig(backbone=backbone, resolution=resolution), fpr=fpr,
                                 defects_dir=defects, priors=user_priors, allow_mixed_sizes=allow_mixed_sizes,

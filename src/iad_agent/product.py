@@ -24,6 +24,7 @@ from PIL import Image
 
 from iad_agent.errors import RegistrationError
 from iad_agent.imageio import DEFAULT_MAX_SIDE, ImageError, atomic_write_text, load_image
+from iad_agent.tools.base import ToolLimits
 from iad_agent.vision.features import FeatureConfig, FeatureExtractor
 from iad_agent.vision.normal_bank import NormalBank, image_score
 
@@ -63,8 +64,9 @@ class GateParams:
             has weight 0 by default: in the benchmark's ablation (``docs/benchmarks.md``) the
             agent was more accurate without it at 1 and 4 shots. It stays available to VLM
             policies and to users who set a weight.
-        zoom_threshold / compare_threshold / highfreq_threshold: each tool's normal level,
-            calibrated on held-out good images at registration.
+
+    Each tool's calibrated normal level is not a gate parameter: it is the product's
+    :class:`~iad_agent.tools.base.ToolLimits` (``limits.json``).
     """
 
     band_low: float = 0.75
@@ -77,9 +79,6 @@ class GateParams:
     w_zoom: float = 1.0
     w_compare: float = 0.5
     w_highfreq: float = 0.0
-    zoom_threshold: float = 1.5
-    compare_threshold: float = 1.0
-    highfreq_threshold: float = 1.5
     type_from_priors: bool = True
 
     @classmethod
@@ -129,11 +128,13 @@ class Product:
 
     def __init__(self, name: str, bank: NormalBank, gate: GateParams, folder: Path | None = None,
                  defects: DefectExamples | None = None, priors: dict[str, str] | None = None,
-                 max_side: int = DEFAULT_MAX_SIDE, image_size: tuple[int, int] | None = None) -> None:
+                 max_side: int = DEFAULT_MAX_SIDE, image_size: tuple[int, int] | None = None,
+                 limits: ToolLimits | None = None) -> None:
         self.name = name
         self.image_size = tuple(image_size) if image_size else None  # (width, height) of the good images
         self.bank = bank
         self.gate = gate
+        self.limits = limits or ToolLimits()  # each tool's normal level (set by calibration)
         self.folder = folder
         self.defects = defects or DefectExamples()
         self.priors = priors or {}
@@ -274,6 +275,7 @@ class Product:
         try:
             self.bank.save(tmp / "bank")
             atomic_write_text(tmp / "gate.json", json.dumps(asdict(self.gate), indent=1))
+            atomic_write_text(tmp / "limits.json", json.dumps(self.limits.to_dict(), indent=1))
             atomic_write_text(tmp / "product.json", json.dumps({"name": self.name, "max_side": self.max_side, "image_size": self.image_size}, indent=1))
             if self.priors:
                 atomic_write_text(tmp / "priors.json", json.dumps(self.priors, indent=1))
@@ -298,14 +300,17 @@ class Product:
         if not (folder / "product.json").exists():
             raise FileNotFoundError(f"{folder}: no registered product here (product.json missing)")
         meta = json.loads((folder / "product.json").read_text())
-        gate = GateParams.from_dict(json.loads((folder / "gate.json").read_text()))
+        gate_dict = json.loads((folder / "gate.json").read_text())
+        gate = GateParams.from_dict(gate_dict)
+        # products saved before limits.json kept the tool limits in gate.json
+        limits = ToolLimits.from_dict(json.loads((folder / "limits.json").read_text()) if (folder / "limits.json").exists() else gate_dict)
         priors = json.loads((folder / "priors.json").read_text()) if (folder / "priors.json").exists() else {}
         defects = None
         if (folder / "defects.npy").exists():
             d = json.loads((folder / "defects.json").read_text())
             defects = DefectExamples(d["types"], np.load(folder / "defects.npy"), d["paths"])
         return cls(meta["name"], NormalBank.load(folder / "bank"), gate, folder, defects, priors, meta.get("max_side", DEFAULT_MAX_SIDE),
-                   meta.get("image_size"))
+                   meta.get("image_size"), limits)
 
 
 def _load_all(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, reference_size: tuple[int, int] | None = None) -> list[Image.Image]:
