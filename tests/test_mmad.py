@@ -80,7 +80,7 @@ def test_single_type_category_has_no_classification_question():
 
 def test_generate_questions_on_real_data(data_root, tmp_path):
     from iad_agent.datasets import load_dataset
-    from iad_agent.eval.harness import split_dataset
+    from iad_agent.eval.plan import split_dataset
 
     samples = load_dataset("mvtec", data_root / "mvtec_ad", "hazelnut")
     split = split_dataset(samples)
