@@ -1,6 +1,5 @@
 """The agent loop (step budget, errors) and the embedded policy's verdicts on real images."""
 
-import numpy as np
 import pytest
 
 from iad_agent.agent.loop import run_episode

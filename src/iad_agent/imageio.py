@@ -8,6 +8,7 @@ memory, and images beyond ``MAX_PIXELS`` are refused before they are decoded.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -154,3 +155,24 @@ def save_png(img: Image.Image, path: str | Path) -> None:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def data_url(img: Image.Image, fmt: str = "png", max_side: int | None = None) -> str:
+    """The image as a ``data:`` URL (the HTML report, VLM requests), RGB.
+
+    Args:
+        fmt: ``png`` (lossless) or ``jpeg`` (quality 95).
+        max_side: downsize (never upsize) so that the longer side is at most this.
+
+    >>> data_url(Image.new("RGB", (4, 2)), max_side=2)[:22]
+    'data:image/png;base64,'
+    """
+    if max_side and max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.convert("RGB").save(buf, format="JPEG", quality=95)
+    else:
+        img.convert("RGB").save(buf, format="PNG")
+    return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode()
