@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from iad_agent.cli import app
-from iad_agent.eval import plan, report
+from iad_agent.eval import aggregate, plan, report
 from iad_agent.eval import runner as eval_runner
 from iad_agent.eval import records as recordfile
 from iad_agent.types import ANOMALOUS, NORMAL, FinalAnswer, Sample
@@ -143,7 +143,7 @@ def test_answer_score_uses_the_policy_score_else_its_verdict():
 def _rec(category, seed, policy, auroc, n_normal=2, n_anomalous=3, shots=1, **kw):
     r = {"dataset": "d", "category": category, "shots": shots, "seed": seed, "policy": policy, "n_normal": n_normal,
          "n_anomalous": n_anomalous, "protocol": "train"}
-    r.update({m: None for m in report.METRICS})
+    r.update({m: None for m in aggregate.METRICS})
     r.update(image_auroc=auroc, balanced_accuracy=auroc, ms_per_image_p50=10.0 * (seed + 1), **kw)
     return r
 
@@ -152,11 +152,11 @@ def test_aggregate_mean_std_over_seeds_and_two_class_summary():
     records = [_rec("a", 0, "knn", 0.6), _rec("a", 1, "knn", 0.8), _rec("b", 0, "knn", 1.0),
                _rec("c", 0, "knn", None, n_normal=0, box_hit_rate=0.5)]
     records[-1]["balanced_accuracy"] = 0.2  # defined on one class only: left out of the image-level mean
-    aggs = {a["category"]: a for a in report.aggregate(records)}
+    aggs = {a["category"]: a for a in aggregate.aggregate(records)}
     assert aggs["a"]["image_auroc_mean"] == pytest.approx(0.7)
     assert aggs["a"]["image_auroc_std"] == pytest.approx(0.1414, abs=1e-4)  # sample std over 2 seeds
     assert aggs["a"]["n_seeds"] == 2 and aggs["b"]["image_auroc_std"] == 0.0
-    (summary,) = report.summarize(list(aggs.values()))
+    (summary,) = aggregate.summarize(list(aggs.values()))
     assert summary["image_auroc_mean"] == pytest.approx(0.85)  # (0.7 + 1.0) / 2
     assert summary["balanced_accuracy_mean"] == pytest.approx(0.85)  # c is one-class: excluded
     assert summary["box_hit_rate_mean"] == 0.5 and summary["n_categories"] == 3
@@ -176,7 +176,7 @@ def test_records_file_survives_a_torn_last_line(tmp_path):
 
 def test_benchmarks_markdown_renders_from_metrics(tmp_path):
     records = [_rec("a", 0, "knn", 0.6), _rec("a", 0, "embedded", 0.8)]
-    doc = report.build_metrics(records, {"runs": [{"command": "iad eval --x", "wall_s": 12.0, "cores": 2}], "cores": 2,
+    doc = aggregate.build_metrics(records, {"runs": [{"command": "iad eval --x", "wall_s": 12.0, "cores": 2}], "cores": 2,
                                          "date": "2026-01-01", "total_wall_s": 12.0, "compute_s": 10.0})
     memory = {"normals": 200, "bank_patches": 16384, "build_s": 20.0, "peak_rss_mb_after_build": 1200.0,
               "peak_rss_mb": 1250.0, "ms_per_image_p50": 150.0, "date": "2026-01-01", "policy": "embedded",
@@ -238,7 +238,7 @@ def test_iad_eval_end_to_end_and_resume(tmp_path, monkeypatch):
     assert records["embedded-no-zoom"]["disabled_tools"] == ["perceptive_zoomer"]
 
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["schema"] == report.SCHEMA and len(doc["records"]) == 2
+    assert doc["schema"] == aggregate.SCHEMA and len(doc["records"]) == 2
     for r in doc["records"]:
         assert REQUIRED_KEYS <= set(r), REQUIRED_KEYS - set(r)
         assert (r["n_normal"], r["n_anomalous"]) == (1, 2)
