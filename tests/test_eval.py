@@ -270,16 +270,6 @@ def test_iad_eval_refuses_bad_options(tmp_path):
     assert not (tmp_path / recordfile.RECORDS_FILE).exists()
 
 
-
-def test_doctests():
-    import doctest
-
-    from iad_agent.policies import knn
-
-    for module in (plan, recordfile, eval_runner, report, knn):
-        assert doctest.testmod(module).failed == 0, module.__name__
-
-
 def test_set_threads_limits_torch_faiss_and_blas_pools():
     import torch
     from threadpoolctl import threadpool_info

@@ -217,9 +217,3 @@ def test_iad_eval_mmad_style_then_reuse_the_file(data_root, tmp_path):
                                  "--policy", "knn", "--out", str(again)])
     assert second.exit_code == 0, second.output
     assert json.loads((again / "mmad_scores.json").read_text()) == scores
-
-
-def test_doctests():
-    import doctest
-
-    assert doctest.testmod(mmad).failed == 0

@@ -68,7 +68,7 @@ def domain_priors(category: str, path: str | Path | None = None) -> dict[str, st
         ValueError: the file cannot be read as such a JSON object; the message names it.
 
     >>> sorted(domain_priors("hazelnut"))
-    ['crack', 'cut', 'hole', 'print']
+    ['crack', 'cut', 'good', 'hole', 'print']
     """
     path = Path(path or domain_knowledge_path())
     try:
