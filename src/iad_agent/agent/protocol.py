@@ -14,6 +14,10 @@ boxes, answers with missing fields. Whatever can be repaired is (and noted in
 ``ParsedTurn.repairs``); whatever cannot becomes an entry of ``ParsedTurn.errors``, which the
 loop shows the model on its next turn. It never raises. The format is documented in
 ``docs/protocol.md``.
+
+Longer than our usual ~400 lines on purpose: rendering and lenient reading of one format are
+kept side by side so that they cannot drift apart; most of the length is the list of damage
+models really produce (boxes in pixels, fields under other names, ...), one small function each.
 """
 
 from __future__ import annotations

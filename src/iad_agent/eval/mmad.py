@@ -30,6 +30,9 @@ a question type a source dataset has no question of is left out of its mean (MMA
 with one class only, *Anomaly Detection* is that class's accuracy (MMAD averages with 0).
 Normal vs anomalous is read from the Anomaly Detection answer (``No`` = normal) where the
 question is present, else from ``good`` in the path as MMAD does.
+
+A little over our usual ~400 lines: generating, answering and scoring are one protocol, and
+the deliberate differences from MMAD's script above are only checkable when they sit together.
 """
 
 from __future__ import annotations
