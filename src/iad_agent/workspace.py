@@ -1,0 +1,186 @@
+"""The workspace: the folder of registered products, and every change to them as one locked step.
+
+``Workspace(root)`` is ``--workspace``, else ``$IAD_WORKSPACE``, else ``~/.iad``; products live
+in ``root/products/`` (see ``iad_agent.store`` for the layout). Every change — register,
+re-set the false-alarm rate, remove good images, remove a product — checks first that the
+workspace is a writable folder (before any feature is computed), then takes the product's
+lock, re-loads the product inside it (so two registrations of one product at once both land,
+one after the other), and stores the result as a new version. Nothing here prints: results are
+returned, waiting for another registration is reported through ``on_wait``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from iad_agent import store
+from iad_agent.product import (
+    NAME_RE,
+    Product,
+    ProductNotFound,
+    WorkspaceError,
+    check_name,
+)
+from iad_agent.registration import Registration
+
+
+class Workspace:
+    """The folder of registered products: ``--workspace``, else ``$IAD_WORKSPACE``, else ``~/.iad``."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root or os.environ.get("IAD_WORKSPACE") or Path.home() / ".iad").expanduser()
+
+    @property
+    def products_dir(self) -> Path:
+        return self.root / "products"
+
+    def product_dir(self, name: str) -> Path:
+        return self.products_dir / check_name(name)
+
+    # ------------------------------------------------------------------ reading
+    def products(self) -> list[str]:
+        """Names of the registered products (never temporaries or other hidden entries)."""
+        return [n for n in store.names(self.products_dir) if NAME_RE.fullmatch(n)]
+
+    def exists(self, name: str) -> bool:
+        return store.current(self.product_dir(name)) is not None
+
+    def load(self, name: str) -> Product:
+        """The product's current version, validated.
+
+        Raises:
+            ProductNotFound: not registered here (the message lists what is).
+            DamagedProduct: a stored file is damaged (the message names it and the repair).
+        """
+        folder = self.product_dir(name)
+        if store.current(folder) is None:
+            known = ", ".join(self.products()) or "none"
+            where = self.root if self.root.is_dir() else f"{self.root} (which does not exist)"
+            raise ProductNotFound(f"product {name!r} is not registered in {where} (registered: {known}); "
+                                  f"run `iad register {name} --normals DIR` first")
+        return Product.load(folder)
+
+    def summaries(self, good_images: bool = False) -> list[dict]:
+        """Per product: ``name, images, threshold, fpr, method, defect_types, labelled_defect_types,
+        created, updated, version, folder`` (``good_images``: their paths, when asked; ``error``
+        for a damaged product), read without loading any bank."""
+        from iad_agent.product_files import read_summary
+
+        return [read_summary(self.product_dir(n), good_images) for n in self.products()]
+
+    # ------------------------------------------------------------------ checks
+    def ensure_writable(self) -> Path:
+        """Check that the workspace is (or can be made) a writable folder; create ``products/``.
+
+        Raises:
+            WorkspaceError: the workspace (or a folder on its path) is a file, or it cannot be
+                written (read-only folder or file system, no permission).
+        """
+        hint = "give --workspace DIR (or set $IAD_WORKSPACE) to a writable folder"
+        for p in [self.root, *self.root.parents]:
+            if p.exists() and not p.is_dir():
+                raise WorkspaceError(f"{self.root}: workspace cannot be used: {p} is a file, not a folder; {hint}")
+            if p.exists():
+                break
+        try:
+            self.products_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.products_dir / f".write-check-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise WorkspaceError(f"{self.root}: workspace is not writable ({exc.strerror or exc}); {hint}") from exc
+        return self.root
+
+    # ------------------------------------------------------------------ changes
+    def lock(self, name: str, on_wait: Callable[[str], None] | None = None, timeout: float | None = None):
+        """Hold ``name``'s lock (context manager); ``on_wait(holder)`` is called if it must wait."""
+        self.ensure_writable()
+        return store.lock(self.product_dir(name), on_wait, timeout)
+
+    def register(self, name: str, normals: Sequence[str | Path] = (), *, on_wait: Callable[[str], None] | None = None,
+                 default_priors: dict[str, str] | None = None, **options) -> Registration:
+        """Register good images as ``name`` (new, or added to the stored product) and store it.
+
+        Inside the product's lock the stored product is re-loaded and extended, so concurrent
+        registrations of one product add up. Images already registered are skipped; with
+        nothing to add and the same settings, nothing is stored (``changed`` False). With no
+        images, a different ``fpr`` re-sets the threshold and tool limits from the stored scores.
+
+        Args:
+            normals: good image files.
+            on_wait: called with the lock holder (``"pid 1234"``) when another registration
+                of this product is running; this one then waits for it.
+            default_priors: priors for a new product (merged under ``options['priors']``);
+                ignored when the product exists.
+            options: ``Product.register``'s: ``config, fpr, defects_dir, priors,
+                allow_mixed_sizes, max_side, max_patches, progress``.
+
+        Raises:
+            WorkspaceError: the workspace is not a writable folder (checked first).
+            RegistrationError, DamagedProduct: as ``Product.register`` / ``Product.load``.
+        """
+        folder = self.product_dir(name)
+        waited: list[str] = []
+        with self.lock(name, _noting(on_wait, waited)):
+            existing = self.load(name) if store.current(folder) is not None else None
+            if existing is None and default_priors:
+                options["priors"] = {**default_priors, **(options.get("priors") or {})}
+            reg = Product.register(name, list(normals), existing=existing, **options)
+            reg.waited_for = waited[0] if waited else None
+            if reg.changed:
+                reg.folder = reg.product.save(folder)
+        return reg
+
+    def set_fpr(self, name: str, fpr: float, on_wait: Callable[[str], None] | None = None) -> Registration:
+        """Re-set ``name``'s threshold and tool limits for false-alarm rate ``fpr`` from its stored
+        calibration scores (nothing extracted) and store it. Same as ``register(name, fpr=fpr)``."""
+        return self.register(name, (), on_wait=on_wait, fpr=fpr)
+
+    def remove_images(self, name: str, paths: Sequence[str | Path], on_wait: Callable[[str], None] | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> Registration:
+        """Remove good images (by the path they were registered under) from ``name`` and store it.
+
+        The coreset is rebuilt from the stored features and the product recalibrated.
+
+        Raises:
+            RegistrationError: a path not registered, or removing the last good image.
+        """
+        waited: list[str] = []
+        with self.lock(name, _noting(on_wait, waited)):
+            reg = self.load(name).without_images(paths, progress)
+            reg.waited_for = waited[0] if waited else None
+            reg.folder = reg.product.save(self.product_dir(name))
+        return reg
+
+    def remove(self, name: str, on_wait: Callable[[str], None] | None = None) -> Path:
+        """Delete product ``name`` (every version); a damaged product can be removed too.
+
+        Returns:
+            The removed product's folder.
+
+        Raises:
+            ProductNotFound: nothing of that name is stored.
+        """
+        folder = self.product_dir(name)
+        if store.current(folder) is None:
+            raise ProductNotFound(f"product {name!r} is not registered in {self.root} "
+                                  f"(registered: {', '.join(self.products()) or 'none'})")
+        with self.lock(name, on_wait):
+            try:
+                found = store.remove(folder)
+            except OSError as exc:
+                raise WorkspaceError(f"{folder}: cannot remove product {name!r} ({exc.strerror or exc})") from exc
+        if not found:
+            raise ProductNotFound(f"product {name!r} is not registered in {self.root}")
+        return folder
+
+
+def _noting(on_wait: Callable[[str], None] | None, waited: list[str]) -> Callable[[str], None]:
+    def note(holder: str) -> None:
+        waited.append(holder)
+        if on_wait is not None:
+            on_wait(holder)
+
+    return note
