@@ -83,16 +83,6 @@ def register(
 
 
 @app.command()
-def products(workspace: Path = WORKSPACE) -> None:
-    """List registered products."""
-    from iad_agent.product import Workspace
-
-    ws = Workspace(workspace)
-    for name in ws.products():
-        typer.echo(name)
-
-
-@app.command()
 def inspect(
     images: list[Path] = typer.Argument(..., help="Image(s) to inspect."),
     product: str = typer.Option(None, "--product", help="A registered product."),
