@@ -69,7 +69,7 @@ def _siblings(pointer: Path) -> list[Path]:
     prefix = f".{pointer.name}~"
     try:
         return [p for p in pointer.parent.iterdir() if p.name.startswith(prefix)]
-    except FileNotFoundError:
+    except OSError:  # no such folder, or not a folder: nothing stored
         return []
 
 
@@ -88,7 +88,7 @@ def _legacy_debris(pointer: Path) -> list[Path]:
     pattern = re.compile(re.escape(f".{pointer.name}.") + r"(old|[a-z0-9_]{8})")
     try:
         return [p for p in pointer.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir()]
-    except FileNotFoundError:
+    except OSError:
         return []
 
 
