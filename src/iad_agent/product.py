@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from iad_agent.imageio import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, ImageError, content_hash, load_image, scan_images
+from iad_agent.errors import (  # noqa: F401  (the errors of stored products; importable from here too)
+    ConcurrentRegistration,
+    DamagedProduct,
+    IADError,
+    ProductError,
+    ProductNotFound,
+    RegistrationError,
+    WorkspaceError,
+)
+from iad_agent.imageio import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, ImageError, content_hash, load_image, scan_images  # noqa: F401
 
 if TYPE_CHECKING:
     from iad_agent.registration import Registration
@@ -39,30 +48,6 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # used with fullmatch:
 DEFAULT_FPR = 0.05
 
 
-class ProductError(ValueError):
-    """A product cannot be registered, stored or loaded; the message says why and what to do."""
-
-
-class RegistrationError(ProductError):
-    """Registration refused; the message names the offending file or folder."""
-
-
-class ConcurrentRegistration(RegistrationError):
-    """Another registration stored a new version of the product while this one was computed."""
-
-
-class DamagedProduct(ProductError):
-    """A stored product's file is missing or damaged; the message names it and how to repair."""
-
-
-class ProductNotFound(ProductError, FileNotFoundError):
-    """No product of that name in the workspace."""
-
-
-class WorkspaceError(ProductError):
-    """The workspace is not a writable folder (or a write into it failed)."""
-
-
 def check_name(name: str) -> str:
     """``name`` if it is a valid product name, else ``RegistrationError``.
 
@@ -71,7 +56,7 @@ def check_name(name: str) -> str:
     >>> check_name("hazelnut\\n")
     Traceback (most recent call last):
     ...
-    iad_agent.product.RegistrationError: invalid product name 'hazelnut\\n': use 1-64 letters, digits, '_', '-', '.' (starting with a letter or digit)
+    iad_agent.errors.RegistrationError: invalid product name 'hazelnut\\n': use 1-64 letters, digits, '_', '-', '.' (starting with a letter or digit)
     """
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise RegistrationError(f"invalid product name {name!r}: use 1-64 letters, digits, '_', '-', '.' (starting with a letter or digit)")

@@ -102,7 +102,7 @@ def read_product(pointer: Path) -> Product:
     """
     src = store.current(pointer)
     if src is None:
-        raise ProductNotFound(f"{pointer}: no registered product here (product.json missing)")
+        raise ProductNotFound(pointer.name, pointer.parent.parent, store.names(pointer.parent))
     tried = []
     while src is not None:
         try:
@@ -122,7 +122,7 @@ def read_product(pointer: Path) -> Product:
             continue
         product.folder, product.version = pointer, src.name
         return product
-    raise ProductNotFound(f"{pointer}: no registered product here")
+    raise ProductNotFound(pointer.name, pointer.parent.parent, store.names(pointer.parent))
 
 
 def read_json(path: Path, name: str, kind: type = dict) -> Any:

@@ -56,10 +56,8 @@ class Workspace:
         """
         folder = self.product_dir(name)
         if store.current(folder) is None:
-            known = ", ".join(self.products()) or "none"
             where = self.root if self.root.is_dir() else f"{self.root} (which does not exist)"
-            raise ProductNotFound(f"product {name!r} is not registered in {where} (registered: {known}); "
-                                  f"run `iad register {name} --normals DIR` first")
+            raise ProductNotFound(name, where, self.products())
         return Product.load(folder)
 
     def summaries(self, good_images: bool = False) -> list[dict]:
@@ -165,15 +163,14 @@ class Workspace:
         """
         folder = self.product_dir(name)
         if store.current(folder) is None:
-            raise ProductNotFound(f"product {name!r} is not registered in {self.root} "
-                                  f"(registered: {', '.join(self.products()) or 'none'})")
+            raise ProductNotFound(name, self.root, self.products())
         with self.lock(name, on_wait):
             try:
                 found = store.remove(folder)
             except OSError as exc:
                 raise WorkspaceError(f"{folder}: cannot remove product {name!r} ({exc.strerror or exc})") from exc
         if not found:
-            raise ProductNotFound(f"product {name!r} is not registered in {self.root}")
+            raise ProductNotFound(name, self.root, self.products())
         return folder
 
 

@@ -98,7 +98,7 @@ def rm(
     workspace: Path = typer.Option(None, "--workspace", help=WORKSPACE_HELP),
 ) -> None:
     """Remove a registered product (all its stored versions). Its good images are not touched."""
-    from iad_agent.product import ProductError
+    from iad_agent.errors import IADError
     from iad_agent.product_files import read_summary
 
     ws = _workspace(workspace, ctx)
@@ -115,7 +115,7 @@ def rm(
                 console.print("not removed", highlight=False)
                 raise typer.Exit(1)
         folder = ws.remove(name, on_wait=_waiting(name))
-    except ProductError as exc:
+    except IADError as exc:
         fail(str(exc))
     typer.echo(f"removed product {name} ({folder})")
 
@@ -132,7 +132,7 @@ def rm_images(
     threshold recalibrated from the remaining images (the last one cannot be removed)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from iad_agent.product import ProductError
+    from iad_agent.errors import IADError
 
     ws = _workspace(workspace, ctx)
     try:
@@ -141,7 +141,7 @@ def rm_images(
             reg = ws.remove_images(name, paths, on_wait=_waiting(name),
                                    progress=lambda done, total: bar.update(task, completed=done, total=total,
                                                                            description=f"recalibrating {name}"))
-    except ProductError as exc:
+    except IADError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{exc.filename or ws.root}: {exc.strerror or exc}")
