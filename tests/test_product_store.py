@@ -101,6 +101,16 @@ def test_registering_the_same_images_again_is_a_noop(ws, goods, tmp_path):
     assert ws.load("haz").bank.paths == _resolved(goods[:4])
 
 
+def test_defect_examples_registered_again_are_skipped(ws, data_root, tmp_path):
+    (tmp_path / "defects" / "hole").mkdir(parents=True)
+    shutil.copy(data_root / "mvtec_ad/hazelnut/test/hole/000.png", tmp_path / "defects" / "hole" / "000.png")
+    reg = ws.register("haz", defects_dir=tmp_path / "defects")
+    assert reg.changed and reg.defects_added == 1
+    again = ws.register("haz", defects_dir=tmp_path / "defects")
+    assert not again.changed and again.defects_added == 0
+    assert ws.load("haz").defects.types == ["hole"]
+
+
 def test_building_onto_a_product_skips_what_it_holds_and_leaves_it_unchanged(ws, goods):
     """The path `iad register` takes today (Product.build with existing=) keeps the product as it is."""
     existing = ws.load("haz")

@@ -35,7 +35,7 @@ from iad_agent.errors import (  # noqa: F401  (the errors of stored products; im
     RegistrationError,
     WorkspaceError,
 )
-from iad_agent.imageio import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, ImageError, content_hash, load_image, scan_images  # noqa: F401
+from iad_agent.imageio import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, ImageError, load_image, scan_images  # noqa: F401
 
 if TYPE_CHECKING:
     from iad_agent.registration import Registration
@@ -222,19 +222,11 @@ class Product:
               defects_dir: str | Path | None = None, priors: dict[str, str] | None = None, allow_mixed_sizes: bool = False,
               max_side: int = DEFAULT_MAX_SIDE, max_patches: int = 16_384, progress: Callable[[int, int], None] | None = None,
               existing: Product | None = None) -> Product:
-        """Register good images (and optional defect examples) as a product: ``register(...).product``."""
-        return cls.register(name, normals, config, fpr, defects_dir, priors, allow_mixed_sizes, max_side, max_patches,
-                            progress, existing).product
-
-    @classmethod
-    def register(cls, name: str, normals: Sequence[str | Path], config: FeatureConfig | None = None, fpr: float | None = None,
-                 defects_dir: str | Path | None = None, priors: dict[str, str] | None = None, allow_mixed_sizes: bool = False,
-                 max_side: int = DEFAULT_MAX_SIDE, max_patches: int = 16_384, progress: Callable[[int, int], None] | None = None,
-                 existing: Product | None = None) -> Registration:
-        """Register good images as a new product or onto ``existing``: see ``registration.register``."""
+        """Register good images (and optional defect examples) as a product: ``registration.register(...).product``."""
         from iad_agent.registration import register
 
-        return register(name, normals, config, fpr, defects_dir, priors, allow_mixed_sizes, max_side, max_patches, progress, existing)
+        return register(name, normals, config, fpr, defects_dir, priors, allow_mixed_sizes, max_side, max_patches,
+                        progress, existing).product
 
     def _copy(self) -> Product:
         """A copy that can be extended without changing this product (arrays are shared, never mutated)."""
@@ -270,41 +262,10 @@ class Product:
         self.tool_readings = readings if isinstance(readings, dict) else None
 
     def add_defect_examples(self, folder: str | Path, allow_mixed_sizes: bool = True) -> int:
-        """Register labelled defect examples: ``folder/<defect_type>/*.png``; returns how many were new.
+        """Register labelled defect examples ``folder/<defect_type>/*.png``: see ``registration.add_defect_examples``."""
+        from iad_agent.registration import add_defect_examples
 
-        Examples whose content is already registered are skipped.
-        """
-        folder = Path(folder)
-        subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
-        if not subdirs:
-            raise RegistrationError(f"{folder}: expected one subfolder per defect type with example images")
-        types, sigs, paths, hashes = list(self.defects.types), [], list(self.defects.paths), list(self.defect_hashes)
-        known = set(h for h in hashes if h)
-        for sub in subdirs:
-            files = list_images(sub)
-            if not files:
-                raise RegistrationError(f"{sub}: defect type folder has no images")
-            imgs = _load_all(files, True, self.max_side)
-            keep = []
-            for f, img in zip(files, imgs):
-                h = content_hash(img)
-                if h not in known:
-                    known.add(h)
-                    keep.append((f, img, h))
-            if not keep:
-                continue
-            grids = self.extractor([img for _, img, _ in keep])
-            for (f, _, h), grid in zip(keep, grids):
-                sigs.append(anomaly_signature(grid, self.bank.patch_distances(grid)))
-                types.append(sub.name)
-                paths.append(str(f.resolve()))
-                hashes.append(h)
-        if sigs:
-            old = self.defects.signatures
-            new = np.stack(sigs)
-            self.defects = DefectExamples(types, new if old is None else np.concatenate([old, new]), paths)
-            self.defect_hashes = hashes
-        return len(sigs)
+        return add_defect_examples(self, folder, allow_mixed_sizes)
 
     # ------------------------------------------------- threshold and removal
     def limits(self) -> dict[str, float]:

@@ -24,12 +24,15 @@ from PIL import Image
 from iad_agent.imageio import DEFAULT_MAX_SIDE, ImageError, content_hash, load_image
 from iad_agent.product import (
     DEFAULT_FPR,
+    DefectExamples,
     GateParams,
     Product,
     RegistrationError,
     _load_all,
+    anomaly_signature,
     augmented_views,
     check_name,
+    list_images,
     same_shape,
 )
 
@@ -169,7 +172,7 @@ def register(
     elif fpr is not None and fpr != stored_fpr:
         set_fpr(product, fpr)
     if defects_dir is not None:
-        reg.defects_added = product.add_defect_examples(defects_dir, allow_mixed_sizes)
+        reg.defects_added = add_defect_examples(product, defects_dir, allow_mixed_sizes)
     check_limits(product)
     reg.limits = _changes(before, product.limits())
     reg.changed = bool(reg.created or reg.added or reg.defects_added or reg.limits
@@ -211,6 +214,51 @@ def _drop_known(product: Product | None, paths: list[Path], images: list[Image.I
         keep_i.append(img)
         keep_h.append(h)
     return keep_p, keep_i, keep_h
+
+
+def add_defect_examples(product: Product, folder: str | Path, allow_mixed_sizes: bool = True) -> int:
+    """Register labelled defect examples ``folder/<defect_type>/*.png`` into ``product``, in place.
+
+    Examples whose content is already registered are skipped (a product stored before hashes
+    were kept gets them from the example files still there). Returns how many were added.
+
+    Raises:
+        RegistrationError: ``folder`` has no defect-type subfolders, or one has no images.
+    """
+    folder = Path(folder)
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
+    if not subdirs:
+        raise RegistrationError(f"{folder}: expected one subfolder per defect type with example images")
+    types, paths, hashes = list(product.defects.types), list(product.defects.paths), list(product.defect_hashes)
+    for i, (p, h) in enumerate(zip(paths, hashes)):
+        if h is None:
+            try:
+                hashes[i] = content_hash(load_image(p, product.max_side))
+            except ImageError:
+                pass
+    known, sigs = {h for h in hashes if h}, []
+    for sub in subdirs:
+        files = list_images(sub)
+        if not files:
+            raise RegistrationError(f"{sub}: defect type folder has no images")
+        keep = []
+        for f, img in zip(files, _load_all(files, True, product.max_side)):
+            h = content_hash(img)
+            if h not in known:
+                known.add(h)
+                keep.append((f, img, h))
+        if not keep:
+            continue
+        for (f, _, h), grid in zip(keep, product.extractor([img for _, img, _ in keep])):
+            sigs.append(anomaly_signature(grid, product.bank.patch_distances(grid)))
+            types.append(sub.name)
+            paths.append(str(f.resolve()))
+            hashes.append(h)
+    if sigs:
+        old, new = product.defects.signatures, np.stack(sigs)
+        product.defects = DefectExamples(types, new if old is None else np.concatenate([old, new]), paths)
+    product.defect_hashes = hashes
+    return len(sigs)
 
 
 def set_fpr(product: Product, fpr: float) -> dict[str, tuple[float | None, float]]:

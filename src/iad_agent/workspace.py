@@ -23,7 +23,7 @@ from iad_agent.product import (
     WorkspaceError,
     check_name,
 )
-from iad_agent.registration import Registration
+from iad_agent.registration import Registration, register
 
 
 class Workspace:
@@ -112,12 +112,12 @@ class Workspace:
                 of this product is running; this one then waits for it.
             default_priors: priors for a new product (merged under ``options['priors']``);
                 ignored when the product exists.
-            options: ``Product.register``'s: ``config, fpr, defects_dir, priors,
+            options: ``registration.register``'s: ``config, fpr, defects_dir, priors,
                 allow_mixed_sizes, max_side, max_patches, progress``.
 
         Raises:
             WorkspaceError: the workspace is not a writable folder (checked first).
-            RegistrationError, DamagedProduct: as ``Product.register`` / ``Product.load``.
+            RegistrationError, DamagedProduct: as ``registration.register`` / ``Product.load``.
         """
         folder = self.product_dir(name)
         waited: list[str] = []
@@ -125,7 +125,7 @@ class Workspace:
             existing = self.load(name) if store.current(folder) is not None else None
             if existing is None and default_priors:
                 options["priors"] = {**default_priors, **(options.get("priors") or {})}
-            reg = Product.register(name, list(normals), existing=existing, **options)
+            reg = register(name, list(normals), existing=existing, **options)
             reg.waited_for = waited[0] if waited else None
             if reg.changed:
                 reg.folder = reg.product.save(folder)
