@@ -49,9 +49,10 @@ class DamagedProduct(ProductError):
     the file and how to repair the product."""
 
 
-class WorkspaceError(IADError, ValueError):
+class WorkspaceError(RegistrationError):
     """The workspace is not a writable folder (a file, read-only, no permission), or a write
-    into it failed; the message names the folder. Checked before any work starts."""
+    into it failed; the message names the folder. Checked before any work starts. A kind of
+    RegistrationError: the change to the stored products is refused."""
 
 
 class PolicyConfigError(IADError, ValueError):
