@@ -261,9 +261,11 @@ def test_building_outside_the_lock_refuses_instead_of_losing_work(ws, goods):
     with pytest.raises(ConcurrentRegistration, match="changed by another registration.*nothing was overwritten"):
         second.save(ws.product_dir("haz"))
     assert ws.load("haz").bank.paths == _resolved(goods[:4])
-    fresh = Product.build("haz", goods[:1])  # a new product saved where one exists: refused too
-    with pytest.raises(ConcurrentRegistration):
+    fresh = ws.load("haz")  # a product from elsewhere (not loaded from there) saved where one exists: refused too
+    fresh.folder, fresh.version = None, None
+    with pytest.raises(ConcurrentRegistration, match="expected no product"):
         fresh.save(ws.product_dir("haz"))
+    fresh.save(ws.product_dir("haz"), replace=True)  # unless asked to replace it
 
 
 # ------------------------------------------------------------------ item 7: SIGKILL
