@@ -216,17 +216,22 @@ def _require_lock(pointer: Path) -> None:
         raise RuntimeError(f"{pointer}: write without holding its lock")
 
 
-def clean_debris(pointer: Path, keep: tuple[Path | None, ...] = ()) -> list[Path]:
-    """Remove temporaries and unused versions of ``pointer`` (lock held: none is in use).
+def clean_debris(pointer: Path, keep: tuple[Path | None, ...] = (), versions_too: bool = True) -> list[Path]:
+    """Remove temporaries (and, with ``versions_too``, unused versions) of ``pointer``.
+
+    The lock must be held: then no temporary is in use, every one is a dead writer's.
 
     Args:
         keep: folders to keep (the current and the previous version).
     """
     _require_lock(pointer)
     keep_names = {p.name for p in keep if p is not None}
+    cur = current(pointer)
     removed = []
     for p in _siblings(pointer) + _legacy_debris(pointer):
-        if p.name in keep_names or p == lock_path(pointer):
+        if p.name in keep_names or p == lock_path(pointer) or (cur is not None and p.name == cur.name):
+            continue
+        if not versions_too and _VERSION.fullmatch(p.name[len(pointer.name) + 2 :]) and p.name.startswith(f".{pointer.name}~"):
             continue
         try:
             if p.is_dir() and not p.is_symlink():

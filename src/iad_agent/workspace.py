@@ -122,6 +122,7 @@ class Workspace:
         folder = self.product_dir(name)
         waited: list[str] = []
         with self.lock(name, _noting(on_wait, waited)):
+            store.clean_debris(folder, versions_too=False)  # a killed registration's temporaries
             existing = self.load(name) if store.current(folder) is not None else None
             if existing is None and default_priors:
                 options["priors"] = {**default_priors, **(options.get("priors") or {})}
@@ -147,6 +148,7 @@ class Workspace:
         """
         waited: list[str] = []
         with self.lock(name, _noting(on_wait, waited)):
+            store.clean_debris(self.product_dir(name), versions_too=False)
             reg = self.load(name).without_images(paths, progress)
             reg.waited_for = waited[0] if waited else None
             reg.folder = reg.product.save(self.product_dir(name))
