@@ -93,6 +93,14 @@ def test_registering_the_same_images_again_is_a_noop(ws, goods, tmp_path):
                        "020.png": ("already registered", "020.png"),
                        "copy_of_000.png": ("same content as a registered image", "000.png"),
                        "010_as.bmp": ("same content as a registered image", "010.png")}
+    again = tmp_path / "again"  # a folder: its subfolders' images are reported, not used
+    (again / "sub").mkdir(parents=True)
+    for g in goods[:3]:
+        shutil.copy(g, again / g.name)
+    shutil.copy(goods[4], again / "sub" / "x.png")
+    reg = ws.register("haz", again)
+    assert not reg.changed and len(reg.skipped) == 3 and _version(ws) == before
+    assert reg.warnings == [f"1 image in subfolders of {again} (sub) were not used; pass --recursive to include them"]
     twice = tmp_path / "030_again.png"
     shutil.copy(goods[3], twice)
     reg = ws.register("haz", [goods[3], twice])
@@ -490,6 +498,10 @@ def test_unused_images_in_subfolders_are_reported(tmp_path, goods):
     scan = scan_images(tmp_path / "good")
     assert [p.name for p in scan.files] == ["a.png"] and scan.unused == 2
     assert scan.warning == f"2 images in subfolders of {tmp_path / 'good'} (more, more/deep) were not used; pass --recursive to include them"
+    (tmp_path / "nested" / "inner").mkdir(parents=True)
+    shutil.copy(goods[0], tmp_path / "nested" / "inner" / "a.png")
+    with pytest.raises(RegistrationError, match=r"nested: no images found \(1 in subfolders: pass --recursive\)"):
+        Workspace(tmp_path / "ws").register("haz", tmp_path / "nested")
     deep = scan_images(tmp_path / "good", recursive=True)
     assert [p.name for p in deep.files] == ["a.png", "b.png", "c.PNG"] and deep.warning is None
     assert list_images(tmp_path / "good", recursive=True) == deep.files

@@ -16,10 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from iad_agent import store
+from iad_agent.imageio import IMAGE_SUFFIXES, scan_images
 from iad_agent.product import (
     NAME_RE,
     Product,
     ProductNotFound,
+    RegistrationError,
     WorkspaceError,
     check_name,
 )
@@ -97,17 +99,21 @@ class Workspace:
         self.ensure_writable()
         return store.lock(self.product_dir(name), on_wait, timeout)
 
-    def register(self, name: str, normals: Sequence[str | Path] = (), *, on_wait: Callable[[str], None] | None = None,
-                 default_priors: dict[str, str] | None = None, **options) -> Registration:
+    def register(self, name: str, normals: str | Path | Sequence[str | Path] = (), *, recursive: bool = False,
+                 on_wait: Callable[[str], None] | None = None, default_priors: dict[str, str] | None = None,
+                 **options) -> Registration:
         """Register good images as ``name`` (new, or added to the stored product) and store it.
 
-        Inside the product's lock the stored product is re-loaded and extended, so concurrent
-        registrations of one product add up. Images already registered are skipped; with
-        nothing to add and the same settings, nothing is stored (``changed`` False). With no
-        images, a different ``fpr`` re-sets the threshold and tool limits from the stored scores.
+        The workspace is checked first (before any image is read). Inside the product's lock
+        the stored product is re-loaded and extended, so concurrent registrations of one
+        product add up. Images already registered are skipped; with nothing to add and the same
+        settings, nothing is stored (``changed`` False). With no images, a different ``fpr``
+        re-sets the threshold and tool limits from the stored scores.
 
         Args:
-            normals: good image files.
+            normals: a folder of good images, or good image files.
+            recursive: with a folder, include the images in its subfolders; without it, a
+                warning in the result says how many there were.
             on_wait: called with the lock holder (``"pid 1234"``) when another registration
                 of this product is running; this one then waits for it.
             default_priors: priors for a new product (merged under ``options['priors']``);
@@ -120,14 +126,17 @@ class Workspace:
             RegistrationError, DamagedProduct: as ``registration.register`` / ``Product.load``.
         """
         folder = self.product_dir(name)
+        self.ensure_writable()
+        files, warnings = _image_files(normals, recursive)
         waited: list[str] = []
         with self.lock(name, _noting(on_wait, waited)):
             store.clean_debris(folder, versions_too=False)  # a killed registration's temporaries
             existing = self.load(name) if store.current(folder) is not None else None
             if existing is None and default_priors:
                 options["priors"] = {**default_priors, **(options.get("priors") or {})}
-            reg = register(name, list(normals), existing=existing, **options)
+            reg = register(name, files, existing=existing, **options)
             reg.waited_for = waited[0] if waited else None
+            reg.warnings[:0] = warnings
             if reg.changed:
                 reg.folder = reg.product.save(folder)
         return reg
@@ -174,6 +183,19 @@ class Workspace:
         if not found:
             raise ProductNotFound(name, self.root, self.products())
         return folder
+
+
+def _image_files(normals: str | Path | Sequence[str | Path], recursive: bool) -> tuple[list[Path], list[str]]:
+    if not isinstance(normals, (str, Path)):
+        return [Path(p) for p in normals], []
+    try:
+        scan = scan_images(normals, recursive)
+    except NotADirectoryError as exc:
+        raise RegistrationError(str(exc)) from exc
+    if not scan.files:
+        inside = f" ({scan.unused} in subfolders: pass --recursive)" if scan.unused else ""
+        raise RegistrationError(f"{normals}: no images found{inside} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return scan.files, [scan.warning] if scan.warning else []
 
 
 def _noting(on_wait: Callable[[str], None] | None, waited: list[str]) -> Callable[[str], None]:
