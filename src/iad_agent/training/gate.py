@@ -41,7 +41,7 @@ class GateTrainConfig:
     epochs: int = 300
     learning_rate: float = 0.05
     l2: float = 1e-3
-    weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "gated_tool": 0.2, "behaviour": 0.5})
+    weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "gated_tool": 0.2, "behaviour": 0.0})
     balance: bool = True  # weigh images so that every category, and both labels in it, count alike
 
 
