@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from iad_agent.errors import RegistrationError
 from iad_agent.imageio import DEFAULT_MAX_SIDE, ImageError, atomic_write_text, load_image
 from iad_agent.vision.features import FeatureConfig, FeatureExtractor
 from iad_agent.vision.normal_bank import NormalBank, image_score
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class RegistrationError(ValueError):
-    """Registration refused; the message names the offending file or folder."""
 
 
 @dataclass

@@ -40,6 +40,13 @@ def sft_command(
     print_config: bool = typer.Option(False, "--print-config", help="Print the resulting settings as commented YAML and exit."),
 ) -> None:
     """Fine-tune with TRL's SFTTrainer; loss only on the model's own turns (prompts and tool observations masked)."""
+    from iad_agent.errors import MissingExtra
+    from iad_agent.extras import require
+
+    try:
+        require("train", "trl", "peft", "datasets", "accelerate")
+    except MissingExtra as exc:
+        fail(str(exc))
     from iad_agent.training import SFTRunConfig, train_sft
 
     overrides = {"model": model, "data": str(data) if data else None, "out": str(out) if out else None, "lora": lora,

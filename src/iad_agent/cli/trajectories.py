@@ -55,7 +55,16 @@ def build_command(
 ) -> None:
     """Build trajectories with the real tools and a ground-truth teacher (or RL prompts); export them for TRL."""
     from iad_agent.datasets import DatasetError, data_root
+    from iad_agent.errors import MissingExtra
+    from iad_agent.extras import require
     from iad_agent.product import RegistrationError
+
+    try:
+        require("train", "datasets")
+        if teacher_model:
+            require("vlm", "openai")
+    except MissingExtra as exc:
+        fail(str(exc))
     from iad_agent.trajectories import BuildConfig, build, parse_style_weights
     from iad_agent.trajectories.export import save
 
