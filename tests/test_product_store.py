@@ -340,6 +340,21 @@ def test_incomplete_current_version_falls_back_to_the_previous(ws, caplog):
     assert p.bank.calibration.fpr == 0.05 and "gate.json missing" in caplog.text and "previous version" in caplog.text
 
 
+def test_files_installed_in_a_product_survive_its_new_versions(ws):
+    """A learned gate (``iad train gate --product``) lives in the product folder: a later
+    registration must not drop it (nothing stored is lost)."""
+    (ws.product_dir("haz") / "learned_gate.json").write_text('{"w": 1}')  # the way `iad train gate` installs it today
+    ws.set_fpr("haz", 0.02)
+    assert (ws.product_dir("haz") / "learned_gate.json").read_text() == '{"w": 1}'
+    ws.install_file("haz", "learned_gate.json", b'{"w": 2}')  # the locked, versioned way
+    ws.set_fpr("haz", 0.03)
+    assert (ws.product_dir("haz") / "learned_gate.json").read_text() == '{"w": 2}'
+    assert ws.load("haz").bank.calibration.fpr == 0.03
+    for bad in ("gate.json", "../x", ".hidden", ""):
+        with pytest.raises(RegistrationError, match="cannot install a file named"):
+            ws.install_file("haz", bad, b"{}")
+
+
 # ------------------------------------------------------------------ item 8: damage
 def _truncate(path: Path) -> None:
     data = path.read_bytes()

@@ -307,7 +307,7 @@ class Product:
             The new version's folder.
         """
         from iad_agent import store
-        from iad_agent.product_files import write_product
+        from iad_agent.product_files import OWN_FILES, write_product
         from iad_agent.registration import check_limits, now_iso
 
         pointer = Path(folder)
@@ -319,7 +319,8 @@ class Product:
                 expected = False if replace else (self.version if same_place else None)
                 self.updated = now_iso()
                 self.created = self.created or self.updated
-                new = store.commit(pointer, lambda tmp: write_product(self, tmp), expected)
+                new = store.commit(pointer, lambda tmp: write_product(self, tmp), expected,
+                                   carry=lambda name: name not in OWN_FILES)
         except store.ConcurrentChange as exc:
             raise ConcurrentRegistration(
                 f"product {self.name!r} in {pointer.parent} was changed by another registration while this one ran "

@@ -34,6 +34,10 @@ from iad_agent.product import DamagedProduct, DefectExamples, GateParams, Produc
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # 1: before versions, content hashes and summaries were stored
+#: What ``write_product`` writes (or leaves out on purpose); any other file in a version (e.g. a
+#: learned gate installed there) is carried over into the next version.
+OWN_FILES = frozenset({"bank", "gate.json", "good_images.json", "priors.json", "defects.npy", "defects.json",
+                       "tools.json", store.MARKER})
 
 
 class _Missing(Exception):

@@ -260,15 +260,20 @@ def _mkdir_new(parent: Path, prefix: str) -> Path:
     raise StoreError(f"{parent}: cannot create a temporary folder")
 
 
-def commit(pointer: Path, write: Callable[[Path], None], expected: str | None | bool = False) -> Path:
+def commit(pointer: Path, write: Callable[[Path], None], expected: str | None | bool = False,
+           carry: Callable[[str], bool] | None = None) -> Path:
     """Write a new version of ``pointer`` with ``write(folder)`` and make it current.
 
-    The caller must hold ``lock(pointer)``. ``write`` must create ``MARKER`` last.
+    The caller must hold ``lock(pointer)``. ``write`` must create ``MARKER`` last (or
+    ``carry`` bring it from the current version).
 
     Args:
         expected: the version (``version_of``) the new data was derived from; when the current
             version differs (another writer got there first), nothing is written and
-            ``StoreError`` is raised. ``False`` skips the check.
+            ``ConcurrentChange`` is raised. ``False`` skips the check.
+        carry: entries of the current version (by name) to copy into the new one when
+            ``write`` did not create them: files that others keep with the data (e.g. a
+            learned gate installed in a product) survive a new version.
 
     Returns:
         The new version's folder.
@@ -293,6 +298,8 @@ def commit(pointer: Path, write: Callable[[Path], None], expected: str | None | 
     try:
         _step("tmp-created")
         write(tmp)
+        if carry is not None and base is not None:
+            _carry_over(base, tmp, carry)
         if not (tmp / MARKER).is_file():
             raise StoreError(f"{tmp}: the writer did not create {MARKER}")
         for f in tmp.rglob("*"):  # data files are fsynced by their writers; make the folders durable
@@ -317,6 +324,18 @@ def commit(pointer: Path, write: Callable[[Path], None], expected: str | None | 
     clean_debris(pointer, keep=(new, base))
     _step("cleaned")
     return new
+
+
+def _carry_over(base: Path, new: Path, carry: Callable[[str], bool]) -> None:
+    for entry_ in sorted(base.iterdir()):
+        target = new / entry_.name
+        if target.exists() or not carry(entry_.name):
+            continue
+        if entry_.is_dir():
+            shutil.copytree(entry_, target)
+        else:
+            shutil.copy2(entry_, target)
+        log.debug("%s carried over into the new version", entry_.name)
 
 
 def remove(pointer: Path) -> bool:

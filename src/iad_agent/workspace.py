@@ -163,6 +163,30 @@ class Workspace:
             reg.folder = reg.product.save(self.product_dir(name))
         return reg
 
+    def install_file(self, name: str, filename: str, data: bytes, on_wait: Callable[[str], None] | None = None) -> Path:
+        """Store ``data`` as ``filename`` in product ``name``, as a new version (atomic, locked).
+
+        For what others keep with a product (a learned gate: ``learned_gate.json``); such files
+        are carried over into every later version. Returns the new version's folder.
+
+        Raises:
+            ProductNotFound: no such product. RegistrationError: a bad file name.
+        """
+        from iad_agent.imageio import atomic_write_bytes
+        from iad_agent.product_files import OWN_FILES
+
+        if filename in OWN_FILES or not filename or filename.startswith(".") or "/" in filename or filename in ("..",):
+            raise RegistrationError(f"cannot install a file named {filename!r} in a product")
+        folder = self.product_dir(name)
+        with self.lock(name, on_wait):
+            if store.current(folder) is None:
+                raise ProductNotFound(name, self.root, self.products())
+            try:
+                return store.commit(folder, lambda tmp: atomic_write_bytes(tmp / filename, data),
+                                    carry=lambda entry: entry != filename)
+            except OSError as exc:
+                raise WorkspaceError(f"{folder}: cannot store {filename} ({exc.strerror or exc})") from exc
+
     def remove(self, name: str, on_wait: Callable[[str], None] | None = None) -> Path:
         """Delete product ``name`` (every version); a damaged product can be removed too.
 
