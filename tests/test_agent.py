@@ -78,7 +78,7 @@ def _with_gate(product, **changes):
     from iad_agent.product import Product
 
     p = Product(product.name, product.bank, replace(product.gate, **changes), defects=product.defects, priors=product.priors,
-                image_size=product.image_size, limits=product.limits)
+                image_size=product.image_size, tool_limits=product.tool_limits)
     p._extractor = product.extractor
     return p
 

@@ -206,7 +206,7 @@ def test_tool_readings_are_typed_and_the_trace_keeps_their_dict(episode, tools):
 
     zoom = execute(ToolCall("perceptive_zoomer", {"box": [0.2, 0.2, 0.6, 0.6]}), tools, episode)
     assert isinstance(zoom.reading, ZoomReading) and zoom.data == zoom.reading.to_dict()
-    assert zoom.reading.limit == episode.product.limits.zoom and zoom.reading.evidence == zoom.data["evidence"]
+    assert zoom.reading.limit == episode.product.tool_limits.zoom_threshold and zoom.reading.evidence == zoom.data["evidence"]
     whole = execute(ToolCall("comparative_retriever", {}), tools, episode)
     assert isinstance(whole.reading, ComparisonReading) and whole.reading.evidence is None and "evidence" not in whole.data
     assert isinstance(execute(ToolCall("high_frequency_enhancer", {}), tools, episode).reading, HighFrequencyReading)
@@ -220,7 +220,7 @@ def test_no_tool_divides_by_a_zero_or_non_finite_limit(hazelnut_product, data_ro
     from iad_agent.tools import ToolLimits
 
     broken = Product(hazelnut_product.name, hazelnut_product.bank, hazelnut_product.gate, priors=hazelnut_product.priors,
-                     limits=ToolLimits(zoom=bad, compare=bad, highfreq=bad))
+                     tool_limits=ToolLimits(zoom_threshold=bad, compare_threshold=bad, highfreq_threshold=bad))
     broken._extractor = hazelnut_product.extractor
     tools = default_tools()
     ep, _ = Inspector(broken, tools={}).episode(data_root / "mvtec_ad/hazelnut/test/crack/000.png")
@@ -236,17 +236,22 @@ def test_no_tool_divides_by_a_zero_or_non_finite_limit(hazelnut_product, data_ro
 def test_limits_of_products_saved_before_limits_json_still_load(hazelnut_product, tmp_path):
     import json
 
+    from iad_agent import store
     from iad_agent.product import Product
 
     hazelnut_product.save(tmp_path / "p")
-    saved = Product.load(tmp_path / "p").limits
-    assert saved == hazelnut_product.limits
-    gate = json.loads((tmp_path / "p/gate.json").read_text())
+    saved = Product.load(tmp_path / "p")
+    assert saved.tool_limits == hazelnut_product.tool_limits
+    assert saved.tool_readings["highfreq"] and len(saved.tool_readings["zoom"]) == len(saved.tool_readings["compare"])
+    version = store.current(tmp_path / "p")
+    gate = json.loads((version / "gate.json").read_text())
+    assert not any(k.endswith("_threshold") for k in gate)  # the limits are not gate parameters any more
     gate.update(zoom_threshold=3.25, compare_threshold=2.5, highfreq_threshold=1.75)  # the old layout
-    (tmp_path / "p/gate.json").write_text(json.dumps(gate))
-    (tmp_path / "p/limits.json").unlink()
+    (version / "gate.json").write_text(json.dumps(gate))
+    (version / "limits.json").unlink()
     old = Product.load(tmp_path / "p")
-    assert (old.limits.zoom, old.limits.compare, old.limits.highfreq) == (3.25, 2.5, 1.75)
+    limits = old.tool_limits
+    assert (limits.zoom_threshold, limits.compare_threshold, limits.highfreq_threshold) == (3.25, 2.5, 1.75)
     assert not hasattr(old.gate, "zoom_threshold")
 
 

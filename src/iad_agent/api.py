@@ -81,13 +81,11 @@ def load_product(name: str, workspace: PathLike | None = None) -> Product:
     from iad_agent.product import Workspace
 
     ws = Workspace(workspace)
-    if not ws.exists(name):
-        raise ProductNotFound(name, ws.root, ws.products())
     try:
         return ws.load(name)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        if isinstance(exc, RegistrationError):
-            raise
+    except IADError:  # ProductNotFound, DamagedProduct (a ProductError), RegistrationError (the name)
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ProductError(f"{ws.product_dir(name)}: cannot load product {name!r} ({exc}); "
                            f"register it again with `iad register {name} --normals DIR`") from exc
 

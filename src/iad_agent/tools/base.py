@@ -68,35 +68,30 @@ class ToolLimits:
     """Each tool's normal limit, calibrated on held-out good images at registration.
 
     Saved with the product (``limits.json``); products registered before it existed kept
-    these as ``zoom_threshold`` / ``compare_threshold`` / ``highfreq_threshold`` in their
-    ``gate.json``, which :meth:`from_dict` still reads.
+    the same keys in their ``gate.json``, which :meth:`from_dict` reads as well.
 
     Attributes:
-        zoom: normal level of the perceptive zoomer's re-scored crop (feature-distance units).
-        compare: normal level of the comparative retriever's position-wise region distance.
-        highfreq: normal level of the high-frequency energy ratio (unit-free, >= 1).
+        zoom_threshold: normal level of the perceptive zoomer's re-scored crop (feature distance).
+        compare_threshold: normal level of the comparative retriever's position-wise region distance.
+        highfreq_threshold: normal level of the high-frequency energy ratio (unit-free, >= 1).
     """
 
-    zoom: float = 1.5
-    compare: float = 1.0
-    highfreq: float = 1.5
-
-    _LEGACY: ClassVar[dict[str, str]] = {"zoom_threshold": "zoom", "compare_threshold": "compare",
-                                         "highfreq_threshold": "highfreq"}
+    zoom_threshold: float = 1.5
+    compare_threshold: float = 1.0
+    highfreq_threshold: float = 1.5
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ToolLimits:
-        """Read ``limits.json`` or, for an older product, its ``gate.json``.
+        """Read ``limits.json`` or, for an older product, its ``gate.json`` (other keys are ignored).
 
         >>> ToolLimits.from_dict({"zoom_threshold": 2.0, "band_low": 0.75})
-        ToolLimits(zoom=2.0, compare=1.0, highfreq=1.5)
+        ToolLimits(zoom_threshold=2.0, compare_threshold=1.0, highfreq_threshold=1.5)
         """
         names = {f.name for f in fields(cls)}
-        values = {cls._LEGACY.get(k, k): v for k, v in d.items()}
-        return cls(**{k: float(v) for k, v in values.items() if k in names})
+        return cls(**{k: float(v) for k, v in d.items() if k in names})
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {k: float(v) for k, v in asdict(self).items()}
 
 
 def evidence_ratio(value: float, limit: float) -> float | None:

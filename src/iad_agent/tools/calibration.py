@@ -36,12 +36,17 @@ log = logging.getLogger(__name__)
 
 
 def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 2, seed: int = 0,
-                    views: tuple[list, np.ndarray] | None = None) -> None:
-    """Set the zoom / compare / high-frequency normal limits (``product.limits``).
+                    views: tuple[list, np.ndarray] | None = None) -> dict[str, list[float]]:
+    """Set the zoom / compare / high-frequency normal limits (``product.tool_limits``).
 
     Args:
         views: for a single good image, its augmented views and their feature grids (made
             here when not given).
+
+    Returns:
+        The held-out readings behind them (``zoom`` and ``compare``: tool reading / global
+        score; ``highfreq``: the energy ratio), stored with the product so that a new
+        false-alarm rate re-sets the limits without reading an image again.
     """
     from iad_agent.product import augmented_views
 
@@ -72,8 +77,10 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
             zoom.append(zoom_evidence(product, image, b, refs)["score"] / global_score)
             compare.append(image_score(region_of(aligned, b.clamped(0.05))) / global_score)
             highfreq.append(highfreq_ratio(image, reference, b)[2])
-    product.limits = ToolLimits(zoom=float(np.median(zoom)) * cal.threshold,
-                                compare=float(np.median(compare)) * cal.threshold,
-                                highfreq=threshold_for_fpr(highfreq, cal.fpr))
+    product.tool_limits = ToolLimits(zoom_threshold=float(np.median(zoom)) * cal.threshold,
+                                     compare_threshold=float(np.median(compare)) * cal.threshold,
+                                     highfreq_threshold=threshold_for_fpr(highfreq, cal.fpr))
+    limits = product.tool_limits
     log.info("tool limits for %s: zoom %.3f, compare %.3f, highfreq %.3f", product.name,
-             product.limits.zoom, product.limits.compare, product.limits.highfreq)
+             limits.zoom_threshold, limits.compare_threshold, limits.highfreq_threshold)
+    return {"zoom": [float(v) for v in zoom], "compare": [float(v) for v in compare], "highfreq": [float(v) for v in highfreq]}

@@ -83,7 +83,7 @@ class HighFrequencyEnhancer(Tool):
         ref_index = episode.product.bank.nearest(episode.grid, 1)[0][0]
         reference = episode.product.reference_image(ref_index)
         eq, er, ratio, detail = highfreq_ratio(episode.query, reference, b)
-        limit = episode.product.limits.highfreq
+        limit = episode.product.tool_limits.highfreq_threshold
         view = visualize(detail)
         more = "more" if eq > er else "less"
         text = (

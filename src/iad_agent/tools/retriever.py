@@ -79,7 +79,7 @@ class ComparativeRetriever(Tool):
         dmap = aligned_distance(episode.grid, bank.grids[ref_index].astype(np.float32))
         score = image_score(region_of(dmap, b))
         cal = bank.calibration
-        limit = episode.product.limits.compare
+        limit = episode.product.tool_limits.compare_threshold
         evidence = evidence_ratio(score, limit)
         q_crop = crop(episode.query, b, OUTPUT_SIDE)
         r_crop = crop(images[0], b, OUTPUT_SIDE)

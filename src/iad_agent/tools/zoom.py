@@ -106,7 +106,7 @@ class PerceptiveZoomer(Tool):
                               image_captions=["zoomed crop"])
         refs = [i for i, _ in episode.product.bank.nearest(episode.grid, self.n_references)]
         ev = zoom_evidence(episode.product, episode.query, b, refs)
-        limit = episode.product.limits.zoom
+        limit = episode.product.tool_limits.zoom_threshold
         ratio = evidence_ratio(ev["score"], limit)
         hot = ev["map"]
         peak = np.unravel_index(int(np.argmax(hot)), hot.shape)

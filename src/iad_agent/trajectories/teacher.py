@@ -162,7 +162,7 @@ class TeacherPolicy:
                 parts.append(p.zoom_seen(sample.category, anomalous, sample.defect_type, state.truth or state.region,
                                          obs.reading.evidence, first_sentence(prior) if prior else None))
             elif isinstance(obs.reading, ComparisonReading):
-                parts.append(p.compare_seen(anomalous, obs.reading.region_distance, episode.product.limits.compare,
+                parts.append(p.compare_seen(anomalous, obs.reading.region_distance, episode.product.tool_limits.compare_threshold,
                                             obs.reading.evidence))
             elif isinstance(obs.reading, HighFrequencyReading):
                 parts.append(p.highfreq_seen(anomalous, sample.defect_type, obs.reading.ratio))
