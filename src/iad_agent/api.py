@@ -27,8 +27,13 @@ Example (the README's main job)::
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import re
+import shutil
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +52,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IADError", "ImageError", "InspectionOutcome", "MissingExtra", "PolicyConfigError", "ProductError", "ProductNotFound", "RegistrationError",
-    "ResolvedPolicy", "VLMOptions", "inspect", "inspect_many", "list_products", "load_product", "make_inspector",
-    "read_priors", "register", "resolve_policy",
+    "ResolvedPolicy", "VLMOptions", "delete_product", "fpr_for_threshold", "inspect", "inspect_many", "list_products",
+    "load_product", "make_inspector", "product_version", "read_priors", "register", "resolve_policy", "set_fpr",
+    "threshold_for_fpr",
 ]
 
 #: Step budget of one inspection (turns of the policy).
@@ -173,6 +179,110 @@ def register(
         raise RegistrationError(str(exc)) from exc
     if ws is not None:
         product.save(ws.product_dir(name))
+    return product
+
+
+def product_version(name: str, workspace: PathLike | None = None) -> str:
+    """A short fingerprint of what is stored for a registered product (changes whenever it does).
+
+    A hash of the product's small JSON files (metadata, gate, calibration scores and good-image
+    paths, priors, defect labels): every re-registration, added image or new false-alarm rate
+    changes it. The service keys its loaded products by it and records it with every inspection.
+
+    Raises:
+        ProductNotFound: no product of that name is registered.
+        RegistrationError: ``name`` is not a valid product name.
+    """
+    from iad_agent.product import Workspace
+
+    ws = Workspace(workspace)
+    folder = ws.product_dir(name)
+    for _ in range(5):  # a registration may swap the folder while it is read: read again
+        if not ws.exists(name):
+            raise ProductNotFound(name, ws.root, ws.products())
+        digest = hashlib.sha256()
+        try:
+            for path in sorted(folder.rglob("*.json")):
+                rel = path.relative_to(folder)
+                if any(part.startswith(".") for part in rel.parts):
+                    continue
+                digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        except OSError:
+            continue
+        return digest.hexdigest()[:16]
+    raise ProductError(f"{folder}: product {name!r} keeps changing while it is read; try again")
+
+
+def delete_product(name: str, workspace: PathLike | None = None) -> None:
+    """Remove a registered product from the workspace (one rename: it is gone or still whole).
+
+    Raises:
+        ProductNotFound: no product of that name is registered.
+        RegistrationError: ``name`` is not a valid product name.
+    """
+    from iad_agent.product import Workspace
+
+    ws = Workspace(workspace)
+    folder = ws.product_dir(name)
+    if not ws.exists(name):
+        raise ProductNotFound(name, ws.root, ws.products())
+    trash = folder.with_name(f".{folder.name}.deleted-{uuid.uuid4().hex[:8]}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+#: The range of false-alarm rates a threshold may be set for (as ``iad register --fpr``).
+FPR_RANGE = (0.001, 0.5)
+
+
+def threshold_for_fpr(product: Product, fpr: float) -> float:
+    """The threshold that ``product``'s held-out good scores give for false-alarm rate ``fpr``."""
+    from iad_agent.vision.normal_bank import threshold_for_fpr as from_scores
+
+    return from_scores(product.bank.calibration.global_scores, fpr)
+
+
+def fpr_for_threshold(product: Product, threshold: float) -> float:
+    """The expected false-alarm rate of ``threshold``: the smallest rate that sets it this low.
+
+    The inverse of :func:`threshold_for_fpr`, clipped to :data:`FPR_RANGE` (a threshold above
+    the one for 0.1 % means "at most 0.1 %"). The threshold falls as the rate grows, except
+    where few scores switch it from a normal fit to the empirical quantile, so the first
+    crossing is found on a log grid and then refined by bisection.
+    """
+    grid = [math.exp(math.log(FPR_RANGE[0]) + i / 199 * math.log(FPR_RANGE[1] / FPR_RANGE[0])) for i in range(200)]
+    crossing = next((i for i, f in enumerate(grid) if threshold_for_fpr(product, f) <= threshold), None)
+    if crossing is None:
+        return FPR_RANGE[1]
+    if crossing == 0:
+        return FPR_RANGE[0]
+    lo, hi = grid[crossing - 1], grid[crossing]  # threshold(lo) > threshold >= threshold(hi)
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        if threshold_for_fpr(product, mid) > threshold:
+            lo = mid
+        else:
+            hi = mid
+    return round(hi, 6)
+
+
+def set_fpr(name: str, fpr: float, workspace: PathLike | None = None) -> Product:
+    """Set a registered product's threshold for a new false-alarm rate, from its stored good scores.
+
+    The threshold and each tool's normal limit are set exactly as a registration with ``fpr``
+    would set them (from the held-out good scores stored at registration; nothing is
+    re-registered), and the product is saved atomically.
+
+    Raises:
+        RegistrationError: ``fpr`` outside :data:`FPR_RANGE`, or an invalid name.
+        ProductNotFound, ProductError: as for :func:`load_product`.
+    """
+    if not FPR_RANGE[0] <= fpr <= FPR_RANGE[1]:
+        raise RegistrationError(f"false-alarm rate must be between {FPR_RANGE[0]} and {FPR_RANGE[1]}, got {fpr}")
+    product = load_product(name, workspace)
+    product.bank.calibration.fpr = float(fpr)
+    product._calibrate_gate()  # the tool limits follow the threshold, as at registration
+    product.save(product.folder)
     return product
 
 
