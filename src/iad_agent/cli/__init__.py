@@ -29,3 +29,4 @@ from iad_agent.cli import inspect as _inspect  # noqa: E402,F401  (registers com
 from iad_agent.cli import trajectories as _trajectories  # noqa: E402,F401
 from iad_agent.cli import train as _train  # noqa: E402,F401
 from iad_agent.cli import eval as _eval  # noqa: E402,F401  (registers `iad eval`)
+from iad_agent.cli import batch as _batch  # noqa: E402,F401  (registers `iad batch`)
