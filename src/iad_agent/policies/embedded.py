@@ -87,13 +87,17 @@ class EmbeddedPolicy:
     #: high-frequency enhancer's weight before the ablation set it to 0).
     TRIAL_WEIGHT = 0.25
 
-    def __init__(self, always_look: bool = False, weights: dict[str, float] | None = None) -> None:
+    def __init__(self, always_look: bool = False, weights: dict[str, float] | None = None, gate=None) -> None:  # noqa: ANN001
         """
         Args:
             always_look: call the tools on every image, not only on uncertain ones.
             weights: per-tool fusion weights overriding the product's ``gate.json`` (the
                 benchmark's ``embedded+highfreq`` uses this to keep measuring a switched-off tool).
+            gate: a learned gate (:class:`~iad_agent.policies.gate.LearnedGate`) replacing the
+                hand-set band; by default the one installed in the product folder, if any.
         """
+        self.gate = gate
+        self._installed: dict = {}
         self.always_look = always_look
         self.weights = dict(weights or {})
         if self.weights:
@@ -104,6 +108,11 @@ class EmbeddedPolicy:
         return {ZOOM: gate.w_zoom, COMPARE: gate.w_compare, HIGHFREQ: gate.w_highfreq, **self.weights}
 
     def act(self, episode: Episode, tools: dict[str, Tool]) -> Step:
+        from iad_agent.policies.gate import gated_step, installed_gate
+
+        learned = self.gate or installed_gate(episode.product, self._installed)
+        if learned is not None:  # a gate trained by RL (iad train gate) replaces the hand-set band
+            return gated_step(self, episode, tools, learned)
         gate = episode.product.gate
         look = episode.look
         steps = episode.trajectory.steps
