@@ -133,6 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        runtime.warm_up()  # the first inspection need not wait for torch and the backbone
         interrupted = batches.mark_interrupted()
         if interrupted:
             log.warning("%d batch(es) were running when the server stopped; resume them from /batches", interrupted)

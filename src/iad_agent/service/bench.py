@@ -3,8 +3,9 @@
     python -m iad_agent.service.bench --clients 50 --duration 60
 
 starts ``iad serve`` on a free port with a fresh workspace (hazelnut registered from 10 good
-images of ``shared/data``), has each client upload test images to ``POST /api/inspect`` one
-after the other for the duration, then checks the history: every answer the clients got is
+images of ``shared/data``), warms it up (4 inspections, not counted: the workers load their
+models), has each client upload test images to ``POST /api/inspect`` one after the other for
+the duration, then checks the history: every answer the clients got is
 stored (no lost records) and nothing else is. Prints the figures as JSON (errors, lost
 records, requests, throughput, p50 / p95 / max latency). ``--url`` measures a running
 service instead (``--product`` must be registered there; ``$IAD_API_KEY`` is sent if set).
@@ -113,6 +114,15 @@ def run_load(url: str, product: str, images: Sequence[Path], clients: int = 50, 
                                    for k in range(clients)))
             return time.perf_counter() - start
 
+    async def warm_up() -> None:  # every worker loads its models and the product before the clock starts
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as http:
+            replies = await asyncio.gather(*(http.post("/api/inspect", files={"file": (name, data, "image/png")},
+                                                       data={"product": product, "policy": policy})
+                                             for name, data in (payload * 4)[:4]))
+            for r in replies:
+                r.raise_for_status()
+
+    asyncio.run(warm_up())
     with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
         before = http.get("/api/inspections", params={"product": product, "limit": 1}).json()["total"]
     wall = asyncio.run(main())

@@ -58,6 +58,12 @@ def _limit_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
+def _warm() -> None:
+    from iad_agent.vision.features import FeatureConfig, _load_backbone
+
+    _load_backbone(FeatureConfig().backbone)
+
+
 class Runtime:
     """Worker pool, product cache and the operations the routes call (each runs in a worker)."""
 
@@ -72,6 +78,11 @@ class Runtime:
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` in a worker thread and wait for it without blocking the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def warm_up(self) -> None:
+        """Start every worker and load torch, faiss and the default backbone, in the background."""
+        for _ in range(self.settings.workers):
+            self.executor.submit(_warm)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
