@@ -33,7 +33,7 @@ def setup(tmp_path_factory, data_root):
     api.register("hazelnut", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:3], workspace=ws)
     folder = tmp_path_factory.mktemp("parts")
     for kind in ("good", "hole", "print"):
-        for p in sorted((data_root / f"mvtec_ad/hazelnut/test/{kind}").glob("*.png")):
+        for p in sorted((data_root / f"mvtec_ad/hazelnut/test/{kind}").glob("*.png"))[:1]:
             shutil.copy(p, folder / f"{kind}_{p.name}")
     (folder / "broken.png").write_bytes(b"GIF89a")
     return ws, folder
@@ -57,7 +57,7 @@ def test_ray_answers_equal_the_local_engine_and_resume_skips_what_is_done(local_
                             "--out", str(tmp_path / "ray.parquet"), "--jsonl", str(tmp_path / "ray.jsonl"), "--actors", "2",
                             "--batch-size", "2", "--resume"])
     assert r.exit_code == local_tally.exit_code == 1, r.output
-    assert "7 images: 4 anomalous, 2 normal, 0 no answer, 1 failed (1 done before, not inspected again)" in r.stdout
+    assert "4 images: 2 anomalous, 1 normal, 0 no answer, 1 failed (1 done before, not inspected again)" in r.stdout
     ray_rows = {row["image"]: _key(row) for row in read_parquet(tmp_path / "ray.parquet")}
     local_rows = {row["image"]: _key(row) for row in local.done.values()}
     assert ray_rows == local_rows

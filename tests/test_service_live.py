@@ -42,9 +42,18 @@ def line(tmp_path_factory, data_root):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, line):
+def registered(tmp_path_factory, line):
+    """A workspace with hazelnut registered from 2 good images (tests copy it: registering costs seconds)."""
+    ws = tmp_path_factory.mktemp("template")
+    api.register("hazelnut", line[2][:2], workspace=ws)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, line, registered):
     root, _, _ = line
     ws = tmp_path_factory.mktemp("ws")
+    shutil.copytree(registered, ws, dirs_exist_ok=True)
     with start_server(ws, "--folder-root", str(root), "--workers", "2", log=ws / "serve.log") as (url, _):
         yield url, ws
 
@@ -139,10 +148,9 @@ def test_browser_user_path_register_inspect_history_threshold_batch(server, line
 
 def test_50_clients_no_errors_no_lost_records(server, data_root):
     """A short version of `python -m iad_agent.service.bench` (whose 60-s figures are in the README)."""
-    url, ws = server
-    api.register("load", sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:2], workspace=ws)
+    url, _ = server
     images = sorted((data_root / "mvtec_ad/hazelnut/test").glob("*/*.png"))
-    result = run_load(url, "load", images, clients=50, duration=5, policy="knn")  # knn: the same path, cheaper
+    result = run_load(url, "hazelnut", images, clients=50, duration=5, policy="knn")  # knn: the same path, cheaper
     assert result["errors"] == 0, result["error_samples"]
     assert result["lost_records"] == 0 and result["extra_records"] == 0
     assert result["ok"] >= 50
@@ -153,10 +161,10 @@ def _sql(db: Path, query: str):
         return con.execute(query).fetchall()
 
 
-def test_sigkill_mid_batch_keeps_history_and_the_batch_resumes(tmp_path, line):
+def test_sigkill_mid_batch_keeps_history_and_the_batch_resumes(tmp_path, line, registered):
     root, parts, goods = line
     ws = tmp_path / "ws"
-    api.register("hazelnut", goods[:2], workspace=ws)
+    shutil.copytree(registered, ws)
     db = ws / "service" / "history.sqlite"
     with start_server(ws, "--folder-root", str(root), "--workers", "1", log=tmp_path / "serve.log") as (url, proc):
         first = httpx.post(f"{url}/api/inspect", files={"file": ("a.png", goods[2].read_bytes(), "image/png")},

@@ -36,6 +36,7 @@ class BatchRunner:
         self.runtime, self.db = runtime, runtime.db
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel: set[str] = set()
+        self._stopping = False
 
     def mark_interrupted(self) -> int:
         """At start: batches that were running when the server stopped can be resumed."""
@@ -60,10 +61,13 @@ class BatchRunner:
             s.add_all(BatchItem(batch_id=batch.id, position=i, path=str(p), status="pending") for i, p in enumerate(images))
         return recorder.batch_json(batch)
 
-    def start(self, batch_id: str) -> None:
-        """Run (or resume) a batch in the background."""
-        if batch_id in self._tasks and not self._tasks[batch_id].done():
-            return
+    async def start(self, batch_id: str) -> None:
+        """Run (or resume) a batch in the background (after the images in flight of a cancelled run)."""
+        previous = self._tasks.get(batch_id)
+        if previous is not None and not previous.done():
+            if batch_id not in self._cancel:
+                return  # running already
+            await asyncio.gather(previous, return_exceptions=True)
         self._cancel.discard(batch_id)
         with self.db.write() as s:
             s.execute(update(Batch).where(Batch.id == batch_id).values(status="running", message=None, finished_at=None,
@@ -79,6 +83,7 @@ class BatchRunner:
 
     async def shutdown(self) -> None:
         """Stop every batch (they stay resumable) and wait for the images in flight."""
+        self._stopping = True
         self._cancel.update(self._tasks)
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self.mark_interrupted()
@@ -96,7 +101,9 @@ class BatchRunner:
         try:
             await asyncio.gather(*(self._consume(queue, batch_id, batch.product, batch.policy)
                                    for _ in range(self.runtime.settings.batch_workers)))
-            if batch_id in self._cancel:
+            if self._stopping:
+                status, message = "interrupted", "the server stopped while this batch ran; resume it"
+            elif batch_id in self._cancel:
                 status, message = "cancelled", "cancelled; resume it to inspect the rest"
         except Exception as exc:  # noqa: BLE001 - a product that vanished, a full disk: stop and say why
             log.exception("batch %s failed", batch_id)

@@ -246,7 +246,7 @@ def _batch(request: Request, batch_id: str) -> dict[str, Any]:
 async def create_batch(request: Request, body: BatchRequest) -> dict[str, Any]:
     runner = request.app.state.batches
     created = await _rt(request).run(runner.create, body.product, body.folder, body.policy, body.recursive)
-    runner.start(created["id"])
+    await runner.start(created["id"])
     return _batch(request, created["id"])
 
 
@@ -273,7 +273,7 @@ async def resume_batch(request: Request, batch_id: str) -> dict[str, Any]:  # as
     state = _batch(request, batch_id)
     if state["status"] == "done":
         raise HTTPException(409, f"batch {batch_id} is done; nothing to resume")
-    request.app.state.batches.start(batch_id)
+    await request.app.state.batches.start(batch_id)
     return _batch(request, batch_id)
 
 
