@@ -7,6 +7,7 @@ is served from files shipped with ``fastapi-offline``, so it works without inter
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -133,13 +134,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
-        runtime.warm_up()  # the first inspection need not wait for torch and the backbone
+        # load torch and the backbone in the background once the server answers (importing torch while it
+        # starts would hold the interpreter and slow the start), so the first inspection need not wait
+        warming = asyncio.get_running_loop().call_later(1.0, runtime.warm_up)
         interrupted = batches.mark_interrupted()
         if interrupted:
             log.warning("%d batch(es) were running when the server stopped; resume them from /batches", interrupted)
         try:
             yield
         finally:
+            warming.cancel()
             await batches.shutdown()
             runtime.close()
             db.dispose()
