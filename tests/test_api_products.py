@@ -22,7 +22,8 @@ def test_set_fpr_equals_registering_with_that_fpr(tmp_path, good_files):
     before = api.product_version("a", tmp_path)
     changed = api.set_fpr("a", 0.2, tmp_path)
     gate = lambda n: json.loads((tmp_path / "products" / n / "gate.json").read_text())  # noqa: E731
-    assert gate("a") == gate("b")  # tool limits follow the threshold exactly as at registration
+    for limit in ("zoom_threshold", "compare_threshold"):  # tool limits follow the threshold as at registration
+        assert gate("a")[limit] == pytest.approx(gate("b")[limit], rel=1e-9)
     assert changed.bank.calibration.threshold == pytest.approx(api.load_product("b", tmp_path).bank.calibration.threshold)
     assert api.product_version("a", tmp_path) != before
     with pytest.raises(api.RegistrationError, match="between 0.001 and 0.5"):
@@ -40,7 +41,7 @@ def test_fpr_for_threshold_inverts_threshold_for_fpr(tmp_path, good_files):
 def test_version_is_stable_and_delete_removes_the_product(tmp_path, good_files):
     api.register("nut", good_files[:1], workspace=tmp_path)
     v = api.product_version("nut", tmp_path)
-    assert v == api.product_version("nut", tmp_path) and len(v) == 16
+    assert v == api.product_version("nut", tmp_path) and v.startswith("v")
     api.delete_product("nut", tmp_path)
     assert api.list_products(tmp_path) == [] and not list((tmp_path / "products").iterdir())
     with pytest.raises(api.ProductNotFound):

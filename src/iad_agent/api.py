@@ -30,10 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +50,8 @@ if TYPE_CHECKING:
 __all__ = [
     "IADError", "ImageError", "InspectionOutcome", "MissingExtra", "PolicyConfigError", "ProductError", "ProductNotFound", "RegistrationError",
     "ResolvedPolicy", "VLMOptions", "delete_product", "fpr_for_threshold", "inspect", "inspect_many", "list_products",
-    "load_product", "make_inspector", "product_version", "read_priors", "register", "resolve_policy", "set_fpr",
-    "threshold_for_fpr",
+    "load_product", "make_inspector", "product_summaries", "product_version", "read_priors", "register", "resolve_policy",
+    "set_fpr", "threshold_for_fpr",
 ]
 
 #: Step budget of one inspection (turns of the policy).
@@ -183,52 +180,52 @@ def register(
 
 
 def product_version(name: str, workspace: PathLike | None = None) -> str:
-    """A short fingerprint of what is stored for a registered product (changes whenever it does).
+    """A short fingerprint of the stored product's current version (changes whenever it does).
 
-    A hash of the product's small JSON files (metadata, gate, calibration scores and good-image
-    paths, priors, defect labels): every re-registration, added image or new false-alarm rate
-    changes it. The service keys its loaded products by it and records it with every inspection.
+    The stored version's number (``v7``: every registration, added image, new false-alarm rate
+    or installed file makes a new one) and a hash of its ``product.json`` (which tells apart a
+    product removed and registered again under the same name). The service keys its loaded
+    products by it and records it with every inspection.
 
     Raises:
         ProductNotFound: no product of that name is registered.
         RegistrationError: ``name`` is not a valid product name.
     """
-    from iad_agent.product import Workspace
+    from iad_agent import store
+    from iad_agent.workspace import Workspace
 
     ws = Workspace(workspace)
-    folder = ws.product_dir(name)
-    for _ in range(5):  # a registration may swap the folder while it is read: read again
-        if not ws.exists(name):
+    pointer = ws.product_dir(name)
+    for _ in range(5):  # a new version may replace the one being read: read again
+        folder = store.current(pointer)
+        if folder is None:
             raise ProductNotFound(name, ws.root, ws.products())
-        digest = hashlib.sha256()
         try:
-            for path in sorted(folder.rglob("*.json")):
-                rel = path.relative_to(folder)
-                if any(part.startswith(".") for part in rel.parts):
-                    continue
-                digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+            meta = (folder / store.MARKER).read_bytes()
         except OSError:
             continue
-        return digest.hexdigest()[:16]
-    raise ProductError(f"{folder}: product {name!r} keeps changing while it is read; try again")
+        return f"{folder.name.partition('~')[2] or 'v0'}-{hashlib.sha256(meta).hexdigest()[:8]}"
+    raise ProductError(f"{pointer}: product {name!r} keeps changing while it is read; try again")
+
+
+def product_summaries(workspace: PathLike | None = None) -> list[dict]:
+    """Per registered product: ``name, images, threshold, fpr, method, defect_types, created, updated,
+    version`` (``error`` for a damaged one), read without loading any product (fast)."""
+    from iad_agent.workspace import Workspace
+
+    return Workspace(workspace).summaries()
 
 
 def delete_product(name: str, workspace: PathLike | None = None) -> None:
-    """Remove a registered product from the workspace (one rename: it is gone or still whole).
+    """Remove a registered product, every stored version of it (a crash leaves all or nothing).
 
     Raises:
         ProductNotFound: no product of that name is registered.
         RegistrationError: ``name`` is not a valid product name.
     """
-    from iad_agent.product import Workspace
+    from iad_agent.workspace import Workspace
 
-    ws = Workspace(workspace)
-    folder = ws.product_dir(name)
-    if not ws.exists(name):
-        raise ProductNotFound(name, ws.root, ws.products())
-    trash = folder.with_name(f".{folder.name}.deleted-{uuid.uuid4().hex[:8]}")
-    os.replace(folder, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    Workspace(workspace).remove(name)
 
 
 #: The range of false-alarm rates a threshold may be set for (as ``iad register --fpr``).
@@ -270,20 +267,21 @@ def set_fpr(name: str, fpr: float, workspace: PathLike | None = None) -> Product
     """Set a registered product's threshold for a new false-alarm rate, from its stored good scores.
 
     The threshold and each tool's normal limit are set exactly as a registration with ``fpr``
-    would set them (from the held-out good scores stored at registration; nothing is
-    re-registered), and the product is saved atomically.
+    would set them (nothing is re-extracted), and stored as a new version (locked, atomic):
+    ``iad register NAME --fpr F`` does the same.
 
     Raises:
         RegistrationError: ``fpr`` outside :data:`FPR_RANGE`, or an invalid name.
         ProductNotFound, ProductError: as for :func:`load_product`.
     """
+    from iad_agent.workspace import Workspace
+
     if not FPR_RANGE[0] <= fpr <= FPR_RANGE[1]:
         raise RegistrationError(f"false-alarm rate must be between {FPR_RANGE[0]} and {FPR_RANGE[1]}, got {fpr}")
-    product = load_product(name, workspace)
-    product.bank.calibration.fpr = float(fpr)
-    product._calibrate_gate()  # the tool limits follow the threshold, as at registration
-    product.save(product.folder)
-    return product
+    ws = Workspace(workspace)
+    if not ws.exists(name):
+        raise ProductNotFound(name, ws.root, ws.products())
+    return ws.set_fpr(name, float(fpr)).product
 
 
 def one_off_name(folder: PathLike) -> str:

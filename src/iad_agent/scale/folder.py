@@ -56,7 +56,7 @@ def find_images(specs: str | Path | Sequence[str | Path], recursive: bool = True
     Raises:
         BatchError: a spec names nothing, or no image was found at all.
     """
-    from iad_agent.product import IMAGE_SUFFIXES
+    from iad_agent.imageio import IMAGE_SUFFIXES
 
     specs = [specs] if isinstance(specs, (str, Path)) else list(specs)
     found: dict[Path, None] = {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -126,24 +125,23 @@ class Runtime:
             return self._product_locks.setdefault(name, threading.Lock())
 
     def list_products(self) -> list[dict[str, Any]]:
+        """Every product's summary, read without loading any (a damaged one carries its ``error``)."""
         out = []
-        for name in api.list_products(self.settings.workspace):
-            try:
-                out.append(self.details(name, curve=False))
-            except IADError as exc:  # a damaged product is listed with its problem, not hidden
-                out.append({"name": name, "error": str(exc)})
+        for summary in api.product_summaries(self.settings.workspace):
+            summary.pop("folder", None)
+            summary["registered_at"] = summary.get("created")
+            out.append(summary)
         return out
 
     def details(self, name: str, curve: bool = True) -> dict[str, Any]:
         """What the product page shows: images, threshold, false-alarm rate and what it means."""
         version, product = self.product(name)
         cal = product.bank.calibration
-        folder = product.folder
         d = {"name": name, "version": version, "images": len(product.bank), "image_size": product.image_size,
              "backbone": product.bank.config.backbone, "resolution": product.bank.config.resolution,
              "defect_types": product.defect_types, "labelled_defects": len(product.defects.types),
-             "priors": sorted(product.priors), "registered_at": _mtime(folder / "product.json") if folder else None,
-             **threshold_meaning(product, cal.fpr, cal.threshold)}
+             "priors": sorted(product.priors), "registered_at": getattr(product, "created", None),
+             "updated_at": getattr(product, "updated", None), **threshold_meaning(product, cal.fpr, cal.threshold)}
         if curve:
             steps = [api.FPR_RANGE[0] * (api.FPR_RANGE[1] / api.FPR_RANGE[0]) ** (i / (FPR_STEPS - 1)) for i in range(FPR_STEPS)]
             d["curve"] = [{"fpr": round(f, 6), "threshold": round(api.threshold_for_fpr(product, f), 6)} for f in steps]
@@ -271,12 +269,3 @@ def threshold_meaning(product: Product, fpr: float, threshold: float) -> dict[st
             "held_out": len(scores), "held_out_flagged": flagged,
             "meaning": (f"about {fpr:.1%} of good parts (1 in {one_in}) will be flagged as anomalous; "
                         f"{flagged} of the {len(scores)} held-out good images score above {threshold:.4g}")}
-
-
-def _mtime(path: Path) -> str | None:
-    from datetime import UTC, datetime
-
-    try:
-        return datetime.fromtimestamp(os.stat(path).st_mtime, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    except OSError:
-        return None
