@@ -30,7 +30,7 @@ def serve(
     from iad_agent.extras import require
 
     try:
-        require("serve", "fastapi", "uvicorn", "sqlalchemy", "alembic", "multipart", "fastapi_offline")
+        require("serve", "fastapi", "uvicorn", "sqlalchemy", "alembic", "python_multipart", "fastapi_offline")
     except MissingExtra as exc:
         fail(str(exc))
     import uvicorn
