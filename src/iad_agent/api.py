@@ -45,12 +45,14 @@ if TYPE_CHECKING:
 
     from iad_agent.inspector import InspectionResult, Inspector
     from iad_agent.product import Product
+    from iad_agent.registration import Registration
     from iad_agent.types import Sample
 
 __all__ = [
     "IADError", "ImageError", "InspectionOutcome", "MissingExtra", "PolicyConfigError", "ProductError", "ProductNotFound", "RegistrationError",
     "ResolvedPolicy", "VLMOptions", "delete_product", "fpr_for_threshold", "inspect", "inspect_many", "list_products",
-    "load_product", "make_inspector", "product_summaries", "product_version", "read_priors", "register", "resolve_policy",
+    "load_product", "make_inspector", "product_summaries", "product_version", "read_priors", "register",
+    "register_details", "resolve_policy",
     "set_fpr", "threshold_for_fpr",
 ]
 
@@ -78,19 +80,20 @@ def load_product(name: str, workspace: PathLike | None = None) -> Product:
 
     Raises:
         ProductNotFound: no product of that name is registered there.
-        ProductError: the stored product cannot be read; the message names the folder.
+        ProductError: the stored product cannot be loaded (``DamagedProduct``: the message
+            names the damaged file and the repair), or its folder cannot be read.
         RegistrationError: ``name`` is not a valid product name.
     """
-    from iad_agent.product import Workspace
+    from iad_agent.workspace import Workspace
 
     ws = Workspace(workspace)
     try:
         return ws.load(name)
-    except IADError:  # ProductNotFound, DamagedProduct (a ProductError), RegistrationError (the name)
-        raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ProductError(f"{ws.product_dir(name)}: cannot load product {name!r} ({exc}); "
-                           f"register it again with `iad register {name} --normals DIR`") from exc
+    except OSError as exc:  # a permission problem in the workspace; anything else is not the product's fault
+        folder = ws.product_dir(name)
+        if not str(exc.filename or "").startswith(str(folder)):
+            raise
+        raise ProductError(f"{exc.filename}: cannot read product {name!r} ({exc.strerror or exc})") from exc
 
 
 def read_priors(path: PathLike) -> dict[str, str]:
@@ -117,68 +120,121 @@ def register(
     workspace: PathLike | None = None,
     defects: PathLike | None = None,
     priors: PathLike | Mapping[str, str] | None = None,
-    fpr: float = 0.05,
+    fpr: float | None = None,
+    recursive: bool = False,
     backbone: str = "efficientnet-lite0",
     resolution: int = 256,
     allow_mixed_sizes: bool = False,
     save: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Product:
     """Register a product from good images, or add to a registered one; sets its threshold from them alone.
 
-    A new product gets the domain-knowledge priors of its name (MMAD's, packaged, or the file
-    ``$IAD_PRIORS`` names; see :mod:`iad_agent.tools.priors`) when it is one of their
-    categories, overridden by ``priors``. The product is written into the workspace
-    atomically: a failed registration never loses what was registered before.
+    The product as :func:`register_details` leaves it (which see for the arguments); the
+    example in the module docstring is the README's main job.
+    """
+    return register_details(name, normals, workspace=workspace, defects=defects, priors=priors, fpr=fpr,
+                            recursive=recursive, backbone=backbone, resolution=resolution,
+                            allow_mixed_sizes=allow_mixed_sizes, save=save, progress=progress, on_wait=on_wait).product
+
+
+def register_details(
+    name: str,
+    normals: PathLike | Sequence[PathLike] | None = None,
+    *,
+    workspace: PathLike | None = None,
+    defects: PathLike | None = None,
+    priors: PathLike | Mapping[str, str] | None = None,
+    fpr: float | None = None,
+    recursive: bool = False,
+    backbone: str = "efficientnet-lite0",
+    resolution: int = 256,
+    allow_mixed_sizes: bool = False,
+    save: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> Registration:
+    """Register good images, defect examples or priors, or a new false-alarm rate; say what changed.
+
+    Goes through :meth:`iad_agent.workspace.Workspace.register`: the workspace is checked
+    first (before any image is read), the product's lock is taken (a concurrent registration of
+    the same product is waited for, ``on_wait`` is told), images already registered — the same
+    picture under any name — are skipped, and the result is stored as a new version
+    atomically. Running the same registration twice leaves the product as it was
+    (``changed`` False). A new product gets the domain-knowledge priors of its name (MMAD's,
+    packaged, or the file ``$IAD_PRIORS`` names; see :mod:`iad_agent.tools.priors`) under
+    ``priors``.
 
     Args:
-        name: product name (letters, digits, ``_``, ``-``, ``.``).
-        normals: a folder of good images, or a list of image files.
+        name: product name (1-64 letters, digits, ``_``, ``-``, ``.``).
+        normals: a folder of good images, or a list of image files; ``None`` to change only
+            the defect examples, the priors or the false-alarm rate of a registered product.
         workspace: the products folder (default ``$IAD_WORKSPACE``, else ``~/.iad``).
-        defects: a folder with one subfolder of example images per defect type.
+        defects: a folder with one subfolder of example images per defect type (its layout is
+            checked before anything else).
         priors: a priors JSON file or a mapping ``{"good": text, "<defect type>": text}``.
-        fpr: false-alarm rate on good parts that the threshold is set for.
+        fpr: false-alarm rate on good parts that the threshold is set for; ``None`` keeps the
+            stored one (0.05 for a new product). Given alone, the threshold and the tools'
+            limits are re-set from the stored held-out scores (nothing is extracted).
+        recursive: with a folder, include the images in its subfolders (without it they are
+            left out with a warning in ``warnings``).
         backbone: feature extractor of a new product (``efficientnet-lite0`` / ``-lite1`` / ``-lite2``).
         resolution: input resolution of the feature extractor of a new product.
         allow_mixed_sizes: accept good images of different sizes.
-        save: write the product into the workspace; ``False`` builds a one-off product that
-            is only returned (the workspace is not read either).
-        progress: called as ``progress(done, total)`` while the good images are read.
+        save: store the product in the workspace; ``False`` builds a one-off product that
+            is only returned (the workspace is neither read nor written).
+        progress: called as ``progress(done, total)`` while features are extracted.
+        on_wait: called with the holder of the product's lock (``"pid 1234"``) when another
+            registration of it is running; this one then waits for it.
 
     Returns:
-        The registered product (``product.folder`` is where it was saved).
+        The :class:`~iad_agent.registration.Registration`: the product, what was added or
+        skipped (and why), the limits before and after, warnings, whom it waited for.
 
     Raises:
         RegistrationError: nothing to register, no or unreadable images, mixed sizes, a bad
-            priors file or defects folder, an invalid name.
+            priors file or defects folder, an invalid name, ``fpr`` out of range; a
+            ``WorkspaceError`` (one of them) when the workspace is not a writable folder.
+        ProductNotFound: only ``fpr``, defects or priors given for a product not registered.
         ProductError: the stored product to extend cannot be loaded.
     """
-    from iad_agent.product import Product, Workspace, list_images
+    from iad_agent.registration import check_defects_dir
+    from iad_agent.registration import register as build
     from iad_agent.tools.priors import domain_priors
     from iad_agent.vision.features import FeatureConfig
+    from iad_agent.workspace import Workspace
 
-    if normals is None and defects is None and priors is None:
-        raise RegistrationError("nothing to register: give good images, defect examples or priors")
-    ws = Workspace(workspace) if save else None
-    existing = load_product(name, workspace) if ws is not None and ws.exists(name) else None
-    files = _image_files(normals, list_images)
+    if normals is None and defects is None and priors is None and fpr is None:
+        raise RegistrationError("nothing to register: give good images (--normals DIR), defect examples (--defects DIR), "
+                                "priors (--priors FILE) or a false-alarm rate (--fpr)")
+    if fpr is not None and not FPR_RANGE[0] <= fpr <= FPR_RANGE[1]:
+        raise RegistrationError(f"false-alarm rate must be between {FPR_RANGE[0]} and {FPR_RANGE[1]}, got {fpr}")
+    if defects is not None:
+        check_defects_dir(defects)
     user_priors = dict(priors) if isinstance(priors, Mapping) else read_priors(priors) if priors is not None else {}
-    if existing is None:
-        try:
-            user_priors = {**domain_priors(name), **user_priors}
-        except ValueError as exc:  # a broken $IAD_PRIORS file
-            raise RegistrationError(str(exc)) from exc
     try:
-        product = Product.build(name, files, FeatureConfig(backbone=backbone, resolution=resolution), fpr=fpr,
-                                defects_dir=defects, priors=user_priors, allow_mixed_sizes=allow_mixed_sizes,
-                                progress=progress, existing=existing)
-    except RegistrationError:
+        default_priors = domain_priors(name)
+    except ValueError as exc:  # a broken $IAD_PRIORS file
+        raise RegistrationError(str(exc)) from exc
+    config = FeatureConfig(backbone=backbone, resolution=resolution)
+    try:
+        if not save:
+            from iad_agent.product import list_images
+
+            files = _image_files(normals, lambda folder: list_images(folder, recursive))
+            return build(name, files, config, fpr, defects, {**default_priors, **user_priors}, allow_mixed_sizes,
+                         progress=progress)
+        ws = Workspace(workspace)
+        if normals is None and not ws.exists(name):
+            raise ProductNotFound(name, ws.root, ws.products())
+        return ws.register(name, () if normals is None else normals, recursive=recursive, on_wait=on_wait,
+                           default_priors=default_priors, config=config, fpr=fpr, defects_dir=defects,
+                           priors=user_priors or None, allow_mixed_sizes=allow_mixed_sizes, progress=progress)
+    except IADError:
         raise
     except (FileNotFoundError, ValueError) as exc:  # an image that vanished, a bad backbone or resolution, ...
         raise RegistrationError(str(exc)) from exc
-    if ws is not None:
-        product.save(ws.product_dir(name))
-    return product
 
 
 def product_version(name: str, workspace: PathLike | None = None) -> str:

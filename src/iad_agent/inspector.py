@@ -9,6 +9,7 @@ product (the benchmark's policies side by side) without extracting anything agai
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,10 @@ class InspectionResult:
         return self.episode.trajectory
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``iad inspect --json`` object: plain JSON types, floats to 6 significant digits."""
+        return tidy_numbers(self._raw_dict())
+
+    def _raw_dict(self) -> dict[str, Any]:
         traj = self.trajectory
         ans = traj.answer
         look = self.episode.look
@@ -53,6 +58,7 @@ class InspectionResult:
             "threshold": round(float(ans.threshold if ans and ans.threshold is not None else look.threshold), 6),
             "box": ans.box.to_list() if ans and ans.box else None,
             "defect_type": ans.defect_type if ans else None,
+            "defect_source": ans.defect_source if ans else None,
             "defect_candidates": ans.defect_candidates if ans else [],
             "confidence": ans.confidence if ans else None,
             "reason": ans.reason if ans else "",
@@ -63,6 +69,25 @@ class InspectionResult:
             "warnings": self.warnings,
             "trace": traj.to_dict(),
         }
+
+
+def tidy_numbers(value: Any, digits: int = 6) -> Any:
+    """``value`` with every float (numpy's too) rounded to ``digits`` significant digits, NaN/inf as ``None``.
+
+    >>> tidy_numbers({"score": np.float64(59.21704816818237), "box": [0.40625], "n": 3, "bad": float("nan")})
+    {'score': 59.217, 'box': [0.40625], 'n': 3, 'bad': None}
+    """
+    if isinstance(value, dict):
+        return {k: tidy_numbers(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [tidy_numbers(v, digits) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(f"{float(value):.{digits}g}") if math.isfinite(value) else None
+    return value
 
 
 class Inspector:

@@ -39,6 +39,7 @@ from iad_agent.imageio import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, ImageError, load
 from iad_agent.tools.base import ToolLimits
 
 if TYPE_CHECKING:
+    from iad_agent.defect_types import TextIndex
     from iad_agent.registration import Registration
     from iad_agent.vision.features import FeatureConfig, FeatureExtractor
     from iad_agent.vision.normal_bank import NormalBank
@@ -136,6 +137,7 @@ class DefectExamples:
     types: list[str] = field(default_factory=list)
     signatures: np.ndarray | None = None  # (n, C) L2-normalised
     paths: list[str] = field(default_factory=list)
+    min_similarity: float | None = None  # a type is named only above this (calibrated: ``defect_types``)
 
     def classify(self, signature: np.ndarray, top: int = 3) -> list[dict]:
         """Defect-type candidates by the best cosine similarity of their examples."""
@@ -187,6 +189,7 @@ class Product:
         self.updated: str | None = None
         self.version: str | None = None
         self.tool_readings: dict | None = None  # the tools' calibration readings (re-setting the fpr re-uses them)
+        self.text_index: TextIndex | None = None  # embedded defect descriptions and evidence words (``defect_types``)
         self._extractor: FeatureExtractor | None = None
         self._images: OrderedDict[int, Image.Image] = OrderedDict()
 

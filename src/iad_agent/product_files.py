@@ -6,7 +6,8 @@ A version folder holds::
     gate.json                       the embedded policy's gate parameters
     limits.json                     each tool's calibrated normal limit (before: in gate.json)
     good_images.json                content hash and date of each good image (parallel to the bank's paths)
-    priors.json, defects.npy/.json  optional: priors, labelled defect examples
+    priors.json, defects.npy/.json  optional: priors, labelled defect examples (and the similarity a type must exceed)
+    text_index.npz                  optional: embedded defect descriptions and evidence words (``defect_types``)
     tools.json                      optional: the tools' calibration readings
     product.json                    written last: name, image size, dates, and a summary for listings
 
@@ -39,7 +40,7 @@ FORMAT = 2  # 1: before versions, content hashes and summaries were stored
 #: What ``write_product`` writes (or leaves out on purpose); any other file in a version (e.g. a
 #: learned gate installed there) is carried over into the next version.
 OWN_FILES = frozenset({"bank", "gate.json", "limits.json", "good_images.json", "priors.json", "defects.npy", "defects.json",
-                       "tools.json", store.MARKER})
+                       "tools.json", "text_index.npz", store.MARKER})
 
 
 class _Missing(Exception):
@@ -77,7 +78,14 @@ def write_product(product: Product, folder: Path) -> None:
         np.save(buf, product.defects.signatures)
         atomic_write_bytes(folder / "defects.npy", buf.getvalue())
         atomic_write_text(folder / "defects.json", _json_text({"types": product.defects.types, "paths": product.defects.paths,
-                                                               "sha256": product.defect_hashes}))
+                                                               "sha256": product.defect_hashes,
+                                                               "min_similarity": product.defects.min_similarity}))
+    if product.text_index is not None:
+        buf = io.BytesIO()
+        index = product.text_index
+        np.savez(buf, texts=np.array(index.texts, dtype=str), vectors=index.vectors.astype(np.float32),
+                 min_similarity=np.array(np.nan if index.min_similarity is None else index.min_similarity))
+        atomic_write_bytes(folder / "text_index.npz", buf.getvalue())
     if product.tool_readings:
         atomic_write_text(folder / "tools.json", _json_text(product.tool_readings))
     cal = product.bank.calibration
@@ -226,6 +234,8 @@ def _read(pointer: Path, src: Path) -> Product:
         product.defect_hashes = defect_hashes
     if (src / "tools.json").exists():
         product.tool_readings = read_json(src / "tools.json", name)
+    if (src / "text_index.npz").exists():
+        product.text_index = _read_text_index(src / "text_index.npz", name)
     product.created, product.updated = meta.get("created"), meta.get("updated")
     return product
 
@@ -287,7 +297,23 @@ def _read_defects(src: Path, name: str, dim: int) -> tuple[DefectExamples | None
     hashes = d.get("sha256")
     if hashes is not None and not (isinstance(hashes, list) and len(hashes) == len(d["types"])):
         raise _damaged(js, name, "has a sha256 list that does not match its examples")
-    return DefectExamples(d["types"], sigs.astype(np.float32), d["paths"]), hashes
+    limit = d.get("min_similarity")
+    if limit is not None and not _number(limit):
+        raise _damaged(js, name, f"'min_similarity' is {json.dumps(limit)}, should be a finite number or null")
+    return DefectExamples(d["types"], sigs.astype(np.float32), d["paths"], limit), hashes
+
+
+def _read_text_index(path: Path, name: str):  # noqa: ANN202 - a defect_types.TextIndex
+    from iad_agent.defect_types import TextIndex
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            texts, vectors, limit = [str(t) for t in z["texts"]], z["vectors"].astype(np.float32), float(z["min_similarity"])
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign file
+        raise _damaged(path, name, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    if vectors.ndim != 2 or vectors.shape[0] != len(texts) or not np.isfinite(vectors).all():
+        raise _damaged(path, name, f"should hold one finite vector per text ({len(texts)})")
+    return TextIndex(texts, vectors, None if math.isnan(limit) else limit)
 
 
 def read_summary(pointer: Path, good_images: bool = False) -> dict:

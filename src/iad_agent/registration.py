@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from iad_agent import defect_types
 from iad_agent.imageio import DEFAULT_MAX_SIDE, ImageError, content_hash, load_image
 from iad_agent.product import (
     DEFAULT_FPR,
@@ -128,6 +129,7 @@ def register(
     if product is not None and not images and defects_dir is None:  # nothing to extract
         if priors and any(product.priors.get(k) != v for k, v in priors.items()):
             product.priors.update(priors)
+            defect_types.refresh(product)
             reg.changed = True
         if fpr is not None and fpr != product.bank.calibration.fpr:
             reg.limits = set_fpr(product, fpr)
@@ -173,6 +175,7 @@ def register(
         set_fpr(product, fpr)
     if defects_dir is not None:
         reg.defects_added = add_defect_examples(product, defects_dir, allow_mixed_sizes)
+    defect_types.refresh(product)  # the limits that name a defect type (or say "unknown")
     check_limits(product)
     reg.limits = _changes(before, product.limits())
     reg.changed = bool(reg.created or reg.added or reg.defects_added or reg.limits
@@ -216,6 +219,34 @@ def _drop_known(product: Product | None, paths: list[Path], images: list[Image.I
     return keep_p, keep_i, keep_h
 
 
+def check_defects_dir(folder: str | Path) -> dict[str, list[Path]]:
+    """The labelled defect examples of ``folder/<defect type>/*.png``, checked before any work starts.
+
+    Returns:
+        ``{defect type: image files}``, types sorted.
+
+    Raises:
+        RegistrationError: ``folder`` is not a folder, has no defect-type subfolders (images
+            lying directly in it are named), or a subfolder holds no images.
+    """
+    folder = Path(folder)
+    layout = f"expected one subfolder of example images per defect type, e.g. {folder / 'crack' / '000.png'}"
+    if not folder.is_dir():
+        raise RegistrationError(f"{folder}: not a folder; {layout}")
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not subdirs:
+        loose = list_images(folder)
+        found = f" (found {len(loose)} image{'s' * (len(loose) != 1)} directly in it, e.g. {loose[0].name})" if loose else ""
+        raise RegistrationError(f"{folder}: no defect-type subfolders{found}; {layout}")
+    examples = {}
+    for sub in subdirs:
+        files = list_images(sub)
+        if not files:
+            raise RegistrationError(f"{sub}: defect type folder has no images; {layout}")
+        examples[sub.name] = files
+    return examples
+
+
 def add_defect_examples(product: Product, folder: str | Path, allow_mixed_sizes: bool = True) -> int:
     """Register labelled defect examples ``folder/<defect_type>/*.png`` into ``product``, in place.
 
@@ -225,10 +256,7 @@ def add_defect_examples(product: Product, folder: str | Path, allow_mixed_sizes:
     Raises:
         RegistrationError: ``folder`` has no defect-type subfolders, or one has no images.
     """
-    folder = Path(folder)
-    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
-    if not subdirs:
-        raise RegistrationError(f"{folder}: expected one subfolder per defect type with example images")
+    examples = check_defects_dir(folder)
     types, paths, hashes = list(product.defects.types), list(product.defects.paths), list(product.defect_hashes)
     for i, (p, h) in enumerate(zip(paths, hashes)):
         if h is None:
@@ -237,10 +265,7 @@ def add_defect_examples(product: Product, folder: str | Path, allow_mixed_sizes:
             except ImageError:
                 pass
     known, sigs = {h for h in hashes if h}, []
-    for sub in subdirs:
-        files = list_images(sub)
-        if not files:
-            raise RegistrationError(f"{sub}: defect type folder has no images")
+    for defect_type, files in examples.items():
         keep = []
         for f, img in zip(files, _load_all(files, True, product.max_side)):
             h = content_hash(img)
@@ -251,7 +276,7 @@ def add_defect_examples(product: Product, folder: str | Path, allow_mixed_sizes:
             continue
         for (f, _, h), grid in zip(keep, product.extractor([img for _, img, _ in keep])):
             sigs.append(anomaly_signature(grid, product.bank.patch_distances(grid)))
-            types.append(sub.name)
+            types.append(defect_type)
             paths.append(str(f.resolve()))
             hashes.append(h)
     if sigs:
@@ -346,6 +371,7 @@ def remove_images(product: Product, paths: Sequence[str | Path], progress: Calla
     except ImageError as exc:
         raise RegistrationError(f"cannot recalibrate {product.name!r} without those images: a remaining good image "
                                 f"cannot be read ({exc})") from exc
+    defect_types.refresh(new)
     check_limits(new)
     if progress:
         progress(2, 2)

@@ -61,7 +61,12 @@ class Box:
         return cls(xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
 
     def to_list(self, ndigits: int | None = 4) -> list[float]:
-        vals = [self.x1, self.y1, self.x2, self.y2]
+        """The corners as plain Python floats (never numpy scalars: they print as ``np.float64(...)``).
+
+        >>> Box(np.float64(0.40625), 0.5, 0.6, 0.75).to_list(2)
+        [0.41, 0.5, 0.6, 0.75]
+        """
+        vals = [float(v) for v in (self.x1, self.y1, self.x2, self.y2)]
         return [round(v, ndigits) for v in vals] if ndigits is not None else vals
 
     def clamped(self, min_size: float = 0.0) -> Box:
@@ -253,6 +258,7 @@ class FinalAnswer:
     score: float | None = None
     threshold: float | None = None
     defect_candidates: list[dict[str, Any]] = field(default_factory=list)
+    defect_source: str | None = None  # "labelled examples" or "descriptions": where defect_type comes from
 
     @classmethod
     def no_answer(cls, reason: str) -> FinalAnswer:

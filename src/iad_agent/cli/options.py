@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import typer
 
-BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
-MODEL = typer.Option(None, "--model", help="Model name (openai) or path to weights (hf).")
-API_KEY_ENV = typer.Option(None, "--api-key-env", help="openai: env var holding the API key (default OPENAI_API_KEY).")
-TIMEOUT = typer.Option(None, "--timeout", help="openai: seconds per request.")
-MAX_RETRIES = typer.Option(None, "--max-retries", help="openai: retries on 429/5xx/timeouts.")
-NATIVE_TOOLS = typer.Option(None, "--native-tools/--text-tools", help="openai: native function calling or the text protocol.")
-MAX_IMAGE_SIDE = typer.Option(None, "--max-image-side", help="VLM: longest image side sent to the model.")
-ADAPTER = typer.Option(None, "--adapter", help="hf: PEFT LoRA adapter folder.")
-DTYPE = typer.Option(None, "--dtype", help="hf: auto, float32, bfloat16, float16.")
-DEVICE = typer.Option(None, "--device", help="hf: cpu, cuda, auto.")
-TEMPERATURE = typer.Option(None, "--temperature", help="VLM: 0 = greedy decoding.")
-MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", help="VLM: tokens per turn.")
-
+BASE_URL = typer.Option(None, "--base-url", metavar="URL", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.",
+                        show_default="$OPENAI_BASE_URL")
+MODEL = typer.Option(None, "--model", metavar="NAME|DIR", help="Model name (openai) or folder of the weights (hf).",
+                     show_default="openai: the one model the server serves")
+API_KEY_ENV = typer.Option(None, "--api-key-env", metavar="VAR", help="openai: environment variable holding the API key.",
+                           show_default="OPENAI_API_KEY")
+TIMEOUT = typer.Option(None, "--timeout", metavar="SECONDS", help="openai: seconds per request.", show_default="120")
+MAX_RETRIES = typer.Option(None, "--max-retries", metavar="N", help="openai: retries on 429/5xx/timeouts/malformed replies.",
+                           show_default="3")
+NATIVE_TOOLS = typer.Option(None, "--native-tools/--text-tools", help="openai: native function calling or the text protocol.",
+                            show_default="--text-tools")
+MAX_IMAGE_SIDE = typer.Option(None, "--max-image-side", metavar="PIXELS", help="VLM: longest image side sent to the model.",
+                              show_default="768")
+ADAPTER = typer.Option(None, "--adapter", metavar="DIR", help="hf: PEFT LoRA adapter folder.", show_default="none")
+DTYPE = typer.Option(None, "--dtype", metavar="auto|float32|bfloat16|float16", help="hf: weight type.", show_default="auto")
+DEVICE = typer.Option(None, "--device", metavar="cpu|cuda|auto", help="hf: where the model runs.", show_default="cpu")
+TEMPERATURE = typer.Option(None, "--temperature", metavar="T", help="VLM: sampling temperature; 0 = greedy decoding.",
+                           show_default="0")
+MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", metavar="N", help="VLM: tokens per turn.",
+                              show_default="openai 1024, hf 512")
 
 def vlm_options(**given: object):  # noqa: ANN201 - VLMOptions, imported lazily
     """The VLM flags of a command as one :class:`~iad_agent.policies.VLMOptions` (unset flags stay ``None``)."""

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import typer
 
-from iad_agent.cli import app, console, fail
+from iad_agent.cli import IADTyper, app, console, fail
 
-products_app = typer.Typer(no_args_is_help=False, add_completion=False,
+products_app = IADTyper(no_args_is_help=False, add_completion=False,
                            help="Registered products: list them (default), remove one (rm), remove good images (rm-images).")
 app.add_typer(products_app, name="products")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import typer
 
-from iad_agent.cli import app, console, fail
+from iad_agent.cli import IADTyper, app, console, fail
 
-train_app = typer.Typer(no_args_is_help=True, help="Train the agent's vision-language model on trajectories.")
+train_app = IADTyper(no_args_is_help=True, help="Train the agent's vision-language model on trajectories.")
 app.add_typer(train_app, name="train")
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from iad_agent.cli import app, console, fail
+from iad_agent.cli import IADTyper, app, console, fail
 
-trajectories_app = typer.Typer(no_args_is_help=True, help="Build trajectory datasets for supervised fine-tuning.")
+trajectories_app = IADTyper(no_args_is_help=True, help="Build trajectory datasets for supervised fine-tuning.")
 app.add_typer(trajectories_app, name="trajectories")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from iad_agent.defect_types import DefectNaming, describe_evidence, name_from_descriptions, name_from_examples
 from iad_agent.product import anomaly_signature, same_shape
 from iad_agent.tools import (
     ComparativeRetriever,
@@ -71,22 +72,70 @@ def squash(value: float, low: float, high: float) -> float:
 
 
 def describe(episode: Episode) -> str:
-    """The visual evidence in words, to match against defect descriptions (priors)."""
+    """The visual evidence in words, to match against defect descriptions (priors).
+
+    Said with :func:`iad_agent.defect_types.describe_evidence`'s fixed vocabulary, which the
+    product embeds at registration, so matching it needs no language model.
+    """
     look = episode.look
-    box = look.hot_box
-    cx, cy = box.center
-    where = ("upper " if cy < 0.33 else "lower " if cy > 0.66 else "") + ("left" if cx < 0.33 else "right" if cx > 0.66 else "centre")
-    size = "a tiny" if look.hot_area < 0.005 else "a small" if look.hot_area < 0.05 else "a large"
-    words = [f"{size} anomalous region at the {where.strip()} of the {episode.product.name}"]
+    detail, shape = None, False
     for step in episode.trajectory.steps:
         for obs in step.observations:
             reading = obs.reading if obs.ok else None
             if isinstance(reading, HighFrequencyReading):
-                words.append("with thin sharp lines such as scratches or cracks" if reading.energy > reading.reference_energy
-                             else "smoother than normal, with missing texture or detail")
+                detail = "sharp" if reading.energy > reading.reference_energy else "smooth"
             if isinstance(reading, ComparisonReading) and reading.evidence is not None and reading.evidence > 1:
-                words.append("where a part is missing, misplaced or deformed compared with a good one")
-    return ", ".join(words)
+                shape = True
+    return describe_evidence(look.hot_box.center, look.hot_area, detail, shape)
+
+
+# ------------------------------------------------------------------ wording (what a quality engineer reads)
+def percent(ratio: float) -> str:
+    """A score ratio as a share of the threshold.
+
+    >>> percent(1.2345), percent(0.5)
+    ('123%', '50%')
+    """
+    return f"{ratio:.0%}"
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.2f}×"
+
+
+def tool_sentence(name: str, reading: Evidence, product) -> str:  # noqa: ANN001 - a Product
+    """One tool's evidence in words, the tool named: how unusual compared with good parts."""
+    r = reading.evidence
+    if name == ZOOM:
+        return (f"Perceptive zoomer: zoomed in, the region differs from the same region of the nearest good parts "
+                f"{_times(r)} as much as good parts do")
+    if name == COMPARE:
+        ref = ""
+        refs = getattr(reading, "references", None)
+        if refs:
+            from pathlib import Path
+
+            ref = f" ({Path(product.bank.paths[refs[0]]).name})" if 0 <= refs[0] < len(product.bank.paths) else ""
+        return (f"Comparative retriever: position by position, the region differs from the nearest good part{ref} "
+                f"{_times(r)} as much as good parts do")
+    if name == HIGHFREQ:
+        return f"High-frequency enhancer: the region's fine detail differs from a good part's {_times(r)} as much as good parts' does"
+    return f"{name.replace('_', ' ').capitalize()}: {_times(r)} its normal level"
+
+
+def reason_text(anomalous: bool, fused: float, global_ratio: float, readings: list[tuple[str, Evidence]], product,  # noqa: ANN001
+                naming: DefectNaming | None) -> str:
+    """The reason line: the verdict, the overall evidence as a share of the threshold, then each source in words."""
+    verdict = "anomalous" if anomalous else "normal"
+    side = "above" if anomalous else "at or below"
+    parts = [f"The part is {verdict}: the evidence stands at {percent(fused)} of the threshold ({side} 100%)."]
+    whole = f"Whole image: the anomaly score is {percent(global_ratio)} of the threshold"
+    parts.append(whole + ("; the tools' findings below are weighed in." if readings else "."))
+    for name, reading in readings:
+        parts.append(tool_sentence(name, reading, product) + ".")
+    if naming is not None and naming.source is not None:
+        parts.append(naming.sentence())
+    return " ".join(parts)
 
 
 class EmbeddedPolicy:
@@ -132,15 +181,16 @@ class EmbeddedPolicy:
         if not steps:
             reasons = []
             if gate.band_low <= r <= gate.band_high:
-                reasons.append(f"the score ratio {r:.2f} lies in the uncertainty band [{gate.band_low}, {gate.band_high}]")
+                reasons.append(f"the score ({percent(r)} of the threshold) lies in the uncertain range "
+                               f"{percent(gate.band_low)}–{percent(gate.band_high)}")
             if gate.texture and gate.zoom_textures and r < gate.band_high:
                 reasons.append("the product is a texture, where fine breaks hide at low resolution")
             if 0 < look.hot_area < gate.small_area and gate.band_low <= r <= gate.band_high:
                 reasons.append(f"the hot spot is small ({look.hot_area:.1%} of the image)")
             if self.always_look:
                 reasons.append("the policy is set to always look closer")
-            thought = (f"Global look at {episode.product.name}: anomaly score {look.score:.3f} against threshold "
-                       f"{look.threshold:.3f} (ratio {r:.2f}); hottest region {box.to_list(2)}.")
+            thought = (f"Global look at {episode.product.name}: anomaly score {look.score:.4g}, {percent(r)} of the "
+                       f"threshold {look.threshold:.4g}; hottest region {box.to_list(2)}.")
             if not reasons:
                 return self._finish(episode, tools, thought + " The evidence is clear; no tool is needed.")
             if not self._positional(episode):
@@ -202,12 +252,14 @@ class EmbeddedPolicy:
                 if obs.ok:
                     yield call, obs
 
+    def _readings(self, episode: Episode) -> list[tuple[str, Evidence]]:
+        """The tools' evidence readings so far, in call order."""
+        return [(call.name, obs.reading) for call, obs in self._observations(episode)
+                if isinstance(obs.reading, Evidence) and obs.reading.evidence is not None]
+
     def _evidence_text(self, episode: Episode) -> str:
-        parts = []
-        for call, obs in self._observations(episode):
-            if isinstance(obs.reading, Evidence) and obs.reading.evidence is not None:
-                parts.append(f"{call.name.replace('_', ' ')} reads {obs.reading.evidence:.2f}× its normal limit")
-        return ("Evidence so far: " + ", ".join(parts) + ".") if parts else ""
+        parts = [tool_sentence(name, reading, episode.product) for name, reading in self._readings(episode)]
+        return ("So far: " + "; ".join(parts) + ".") if parts else ""
 
     def _evidence(self, episode: Episode) -> list[tuple[float, float]]:
         weights = self._weights(episode)
@@ -231,23 +283,23 @@ class EmbeddedPolicy:
         anomalous = fused > 1.0
         box = look.hot_box  # the tools re-score this region; the benchmark found their tighter boxes miss more
         confidence = round(0.5 + 0.5 * math.tanh(2.0 * abs(math.log(max(fused, 1e-6)))), 4)
-        candidates: list[dict] = []
-        defect_type = None
-        if anomalous:
-            candidates = episode.product.defects.classify(anomaly_signature(episode.grid, look.patch_map))
-            if not candidates:  # fall back to the priors matched by text, if the policy asked for them
-                for _, obs in self._observations(episode):
-                    if isinstance(obs.reading, PriorMatches) and obs.reading.matches:
-                        candidates = [{"defect_type": k, "similarity": v, "source": "priors"} for k, v in obs.reading.matches[:3]
-                                      if v is not None]
-            defect_type = candidates[0]["defect_type"] if candidates else None
-        verdict = "anomalous" if anomalous else "normal"
-        reason = (f"Fused evidence {fused:.2f} (global {look.ratio:.2f}"
-                  + "".join(f", {w:.2f}-weighted tool reading {e:.2f}" for e, w in evidence)
-                  + f") is {'above' if anomalous else 'at or below'} 1.0, so the part is {verdict}.")
-        if defect_type:
-            reason += f" Closest labelled defect: {defect_type} (similarity {candidates[0]['similarity']:.2f})."
-        answer = FinalAnswer(anomaly_present=anomalous, box=box if anomalous else None, defect_type=defect_type,
-                             confidence=confidence, reason=reason, score=fused * look.threshold,
-                             threshold=look.threshold, defect_candidates=candidates)
+        naming = self._name_defect(episode) if anomalous else None
+        reason = reason_text(anomalous, fused, look.ratio, self._readings(episode), episode.product, naming)
+        answer = FinalAnswer(anomaly_present=anomalous, box=box if anomalous else None,
+                             defect_type=naming.defect_type if naming else None, confidence=confidence, reason=reason,
+                             score=fused * look.threshold, threshold=look.threshold,
+                             defect_candidates=naming.candidates if naming else [],
+                             defect_source=naming.source if naming else None)
         return Step(thought=thought.strip(), answer=answer)
+
+    def _name_defect(self, episode: Episode) -> DefectNaming | None:
+        """The defect type: from labelled examples when the product has them, else from the descriptions
+        the prior retriever matched (if it was asked), each against its calibrated limit."""
+        named = name_from_examples(episode.product, anomaly_signature(episode.grid, episode.look.patch_map))
+        if named is not None:
+            return named
+        for _, obs in self._observations(episode):
+            if isinstance(obs.reading, PriorMatches) and obs.reading.matches and obs.reading.matches[0][1] is not None:
+                index = episode.product.text_index
+                return name_from_descriptions(obs.reading.matches, index.min_similarity if index is not None else None)
+        return None

@@ -10,7 +10,9 @@ is explicit, never the folder the command runs in:
    which override (1).
 
 They are stored with the product at registration. Free-text queries are matched with the
-packaged all-MiniLM-L6-v2 sentence model.
+packaged all-MiniLM-L6-v2 sentence model; the descriptions and every text the embedded policy
+can say are embedded once, at registration, and stored with the product
+(:mod:`iad_agent.defect_types`), so the embedded policy never loads the model to inspect.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from iad_agent.tools.base import Reading, Tool
 from iad_agent.types import ToolResult
 
 if TYPE_CHECKING:
+    from iad_agent.defect_types import TextIndex
     from iad_agent.episode import Episode
 
 log = logging.getLogger(__name__)
@@ -39,9 +42,9 @@ log = logging.getLogger(__name__)
 PRIORS_ENV = "IAD_PRIORS"
 
 
-def domain_knowledge_path() -> Path:
-    """``$IAD_PRIORS`` when set, else the packaged copy of MMAD's ``domain_knowledge.json``."""
-    if os.environ.get(PRIORS_ENV):
+def domain_knowledge_path(packaged: bool = False) -> Path:
+    """``$IAD_PRIORS`` when set (and not ``packaged``), else the packaged copy of MMAD's ``domain_knowledge.json``."""
+    if os.environ.get(PRIORS_ENV) and not packaged:
         return Path(os.environ[PRIORS_ENV])
     return Path(str(resources.files("iad_agent") / "data" / "mmad_domain_knowledge.json"))
 
@@ -109,11 +112,27 @@ def embed_text(text: str) -> np.ndarray:
     return emb
 
 
-def rank_by_text(query: str, texts: dict[str, str]) -> list[tuple[str, float]]:
-    """Keys of ``texts`` ranked by MiniLM cosine similarity of ``key: text`` to ``query``."""
+def embed_texts(texts: list[str]) -> np.ndarray:
+    """MiniLM embeddings of many texts at once, L2-normalised, ``(len(texts), 384)`` (registration)."""
+    return np.asarray(sentence_model().encode(list(texts), normalize_embeddings=True, batch_size=64), dtype=np.float32)
+
+
+def rank_by_text(query: str, texts: dict[str, str], index: TextIndex | None = None) -> list[tuple[str, float]]:
+    """Keys of ``texts`` ranked by MiniLM cosine similarity of ``key: text`` to ``query``.
+
+    With the product's stored ``index`` holding every text (the embedded policy's vocabulary
+    and the descriptions, embedded at registration), no model is loaded.
+    """
+    from iad_agent.defect_types import description_text
+
     keys = list(texts)
-    docs = np.stack([embed_text(f"{k.replace('_', ' ')}: {texts[k]}") for k in keys])
-    sims = docs @ embed_text(query)
+    docs_text = [description_text(k, texts[k]) for k in keys]
+    stored = [index.vector(t) for t in [*docs_text, query]] if index is not None else [None]
+    if all(v is not None for v in stored):
+        docs, q = np.stack(stored[:-1]), stored[-1]
+    else:
+        docs, q = np.stack([embed_text(t) for t in docs_text]), embed_text(query)
+    sims = docs @ q
     order = np.argsort(-sims)
     return [(keys[i], float(sims[i])) for i in order]
 
@@ -158,7 +177,7 @@ class PriorRetriever(Tool):
             text = f"Good {episode.product.name}: {good}\nDefect '{defect_type}': {defects[defect_type]}"
             return ToolResult(text=text, reading=PriorMatches(matches=[[defect_type, 1.0]]))
         if query and defects:
-            ranked = rank_by_text(query, defects)
+            ranked = rank_by_text(query, defects, episode.product.text_index)
             lines = [f"- {k} (match {s:.2f}): {defects[k]}" for k, s in ranked[:3]]
             text = f"Good {episode.product.name}: {good}\nDefect types closest to '{query}':\n" + "\n".join(lines)
             return ToolResult(text=text, reading=PriorMatches(matches=[[k, round(s, 4)] for k, s in ranked]))

@@ -9,6 +9,7 @@ looks normal on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,7 +69,7 @@ class ComparativeRetriever(Tool):
         bank = episode.product.bank
         hits = bank.nearest(episode.grid, k)
         images = [episode.product.reference_image(i) for i, _ in hits]
-        sims = ", ".join(f"#{i} (cosine {s:.3f})" for i, s in hits)
+        sims = ", ".join(f"{Path(bank.paths[i]).name} (cosine {s:.3f})" for i, s in hits)  # by file, as a person finds it
         refs, similarity = [i for i, _ in hits], [s for _, s in hits]
         if box is None:
             text = f"Nearest good image(s) of {episode.product.name}: {sims}."
@@ -85,8 +86,8 @@ class ComparativeRetriever(Tool):
         r_crop = crop(images[0], b, OUTPUT_SIDE)
         differs = "agrees with" if evidence is not None and evidence <= 1 else "differs from" if evidence is not None else "compared with"
         text = (
-            f"Nearest good image: {sims}. In region {b.to_list(3)} the query {differs} the aligned good "
-            f"region: position-wise distance {score:.3f} (normal level {limit:.3f}, "
+            f"Nearest good image: {sims}. In region {b.to_list(3)} the query {differs} the same region of that good "
+            f"image: position-wise distance {score:.3f} (normal level {limit:.3f}, "
             f"whole-image normal level {cal.aligned_threshold:.3f})."
         )
         reading = ComparisonReading(references=refs, similarity=similarity, box=b.to_list(), region_distance=score, evidence=evidence)
