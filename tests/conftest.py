@@ -45,3 +45,35 @@ def tiny_model(tmp_path_factory):
     from iad_agent.testing import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def cli_normals(tmp_path_factory, data_root):
+    """5 good hazelnut images in a folder of their own."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("normals")
+    for p in sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:40:8]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cli_workspace(tmp_path_factory, cli_normals, data_root):
+    """A workspace with hazelnut registered by `iad register` (5 good images, labelled hole and print examples)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from iad_agent.cli import app
+
+    ws = tmp_path_factory.mktemp("ws")
+    defects = tmp_path_factory.mktemp("defects")
+    for kind in ("hole", "print"):
+        (defects / kind).mkdir()
+        shutil.copy(data_root / f"mvtec_ad/hazelnut/test/{kind}/000.png", defects / kind / "000.png")
+    r = CliRunner().invoke(app, ["register", "hazelnut", "--normals", str(cli_normals), "--defects", str(defects),
+                                 "--workspace", str(ws)])
+    assert r.exit_code == 0, r.output
+    assert "registered hazelnut: 5 good images" in r.stdout
+    return ws

@@ -158,4 +158,5 @@ def test_the_verdict_is_the_fusion_of_the_recorded_tool_evidence(hazelnut_inspec
     expected = squash(fuse(look.ratio, evidence), gate.band_low, gate.band_high)
     assert answer.score / answer.threshold == pytest.approx(expected)
     assert answer.anomaly_present == (expected > 1.0) and answer.threshold == look.threshold
-    assert f"global {look.ratio:.2f}" in answer.reason
+    assert f"the anomaly score is {look.ratio:.0%} of the threshold" in answer.reason  # in words, on a readable scale
+    assert f"stands at {expected:.0%} of the threshold" in answer.reason

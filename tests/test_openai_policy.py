@@ -82,16 +82,20 @@ class ScriptedServer:
                         server.release.wait(10)
                         return
                     time.sleep(server.delay)
-                    if isinstance(entry, dict):
-                        self._send(200, json.dumps(entry).encode(), {})
-                    elif isinstance(entry, bytes):
-                        self._send(200, entry, {})
-                    else:
-                        status, payload, headers = entry
-                        self._send(status, payload if isinstance(payload, bytes) else json.dumps(payload).encode(), headers)
                 finally:
+                    # A request stops counting as in flight *before* its reply is written: once the client
+                    # has the reply it may send the next one, which a busy machine can let arrive before this
+                    # thread runs again (a false third request in flight). Three requests really sent at once
+                    # still overlap here, in the delay.
                     with server._lock:
                         server.in_flight -= 1
+                if isinstance(entry, dict):
+                    self._send(200, json.dumps(entry).encode(), {})
+                elif isinstance(entry, bytes):
+                    self._send(200, entry, {})
+                else:
+                    status, payload, headers = entry
+                    self._send(status, payload if isinstance(payload, bytes) else json.dumps(payload).encode(), headers)
 
             def _send(self, status, payload, headers):
                 try:

@@ -395,7 +395,9 @@ def test_a_damaged_product_names_the_file_and_the_repair(ws, data_root, damage):
     assert "`iad products rm haz --yes`" in message and "`iad register haz --normals DIR`" in message
     r = runner.invoke(app, ["inspect", str(data_root / "mvtec_ad/hazelnut/test/good/000.png"), "--product", "haz",
                             "--workspace", str(ws.root), "--json"])
-    assert r.exit_code == 2 and str(path) in r.output and r.stdout.strip() == "" and "Traceback" not in r.output
+    # exit 3: a failure (the stored product), not a usage error; the message once, naming the file
+    assert r.exit_code == 3 and str(path) in r.output and r.stdout.strip() == "" and "Traceback" not in r.output
+    assert r.output.count("iad products rm haz --yes") == 1
     listed = json.loads(runner.invoke(app, ["products", "--workspace", str(ws.root), "--json"]).stdout)
     assert [p["name"] for p in listed] == ["haz"]  # the listing shows it (damage it can see as "error")
     assert rel != "product.json" or listed[0]["error"].startswith(f"{path}: has no product name")

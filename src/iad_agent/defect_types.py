@@ -171,7 +171,7 @@ def calibrate_examples(product: Product) -> float | None:
     if sigs is None or not len(product.defects.types):
         return None
     best = [float((sigs @ anomaly_signature(grid, dmap)).max()) for grid, dmap in _good_looks(product)]
-    return round(float(np.quantile(best, NULL_QUANTILE)), 4) if best else None
+    return float(np.quantile(best, NULL_QUANTILE, method="higher")) if best else None
 
 
 def build_text_index(product: Product, embed_fn=None) -> TextIndex | None:  # noqa: ANN001 - texts -> vectors
@@ -191,7 +191,7 @@ def build_text_index(product: Product, embed_fn=None) -> TextIndex | None:  # no
     vectors = old.vectors if old is not None and old.texts == texts else np.asarray((embed_fn or embed)(texts), np.float32)
     docs, vocabulary = vectors[: len(descriptions)], vectors[len(descriptions):]
     best = (vocabulary @ docs.T).max(axis=1)
-    return TextIndex(texts, vectors, round(float(np.quantile(best, NULL_QUANTILE)), 4))
+    return TextIndex(texts, vectors, float(np.quantile(best, NULL_QUANTILE, method="higher")))
 
 
 @dataclass

@@ -36,6 +36,7 @@ from iad_agent.errors import (  # noqa: F401  (the errors of stored products; im
     WorkspaceError,
 )
 from iad_agent.imageio import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, ImageError, load_image, scan_images  # noqa: F401
+from iad_agent.store import NAME_RE, check_name  # noqa: F401  (product names; kept importable from here)
 from iad_agent.tools.base import ToolLimits
 
 if TYPE_CHECKING:
@@ -46,23 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # used with fullmatch: no trailing newline
 DEFAULT_FPR = 0.05
-
-
-def check_name(name: str) -> str:
-    """``name`` if it is a valid product name, else ``RegistrationError``.
-
-    >>> check_name("hazelnut")
-    'hazelnut'
-    >>> check_name("hazelnut\\n")
-    Traceback (most recent call last):
-    ...
-    iad_agent.errors.RegistrationError: invalid product name 'hazelnut\\n': use 1-64 letters, digits, '_', '-', '.' (starting with a letter or digit)
-    """
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise RegistrationError(f"invalid product name {name!r}: use 1-64 letters, digits, '_', '-', '.' (starting with a letter or digit)")
-    return name
 
 
 @dataclass

@@ -27,12 +27,15 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from iad_agent import store
-from iad_agent.imageio import DEFAULT_MAX_SIDE, atomic_write_bytes, atomic_write_text
-from iad_agent.product import DamagedProduct, DefectExamples, GateParams, Product, ProductNotFound
-from iad_agent.tools.base import ToolLimits
+from iad_agent.errors import DamagedProduct, ProductNotFound
+
+if TYPE_CHECKING:  # imported where used: reading a summary (``iad products``) needs neither numpy nor PIL
+    from iad_agent.product import DefectExamples, Product
+
+DEFAULT_MAX_SIDE = 4096  # as ``imageio.DEFAULT_MAX_SIDE``: products stored before max_side was kept
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,10 @@ def _json_text(data: Any) -> str:
 
 def write_product(product: Product, folder: Path) -> None:
     """Write every file of ``product`` into the new version folder ``folder`` (``product.json`` last)."""
+    import numpy as np
+
+    from iad_agent.imageio import atomic_write_bytes, atomic_write_text
+
     product.bank.save(folder / "bank")
     atomic_write_text(folder / "gate.json", _json_text(asdict(product.gate)))
     atomic_write_text(folder / "limits.json", _json_text(product.tool_limits.to_dict()))
@@ -207,6 +214,9 @@ def _read_meta(src: Path, name: str) -> dict:
 
 
 def _read(pointer: Path, src: Path) -> Product:
+    from iad_agent.product import GateParams, Product
+    from iad_agent.tools.base import ToolLimits
+
     name = pointer.name
     meta = _read_meta(src, name)
     max_side, size = meta.get("max_side", DEFAULT_MAX_SIDE), meta.get("image_size")
@@ -280,6 +290,10 @@ def _read_bank(folder: Path, name: str):
 
 
 def _read_defects(src: Path, name: str, dim: int) -> tuple[DefectExamples | None, list | None]:
+    import numpy as np
+
+    from iad_agent.product import DefectExamples
+
     npy, js = src / "defects.npy", src / "defects.json"
     if not npy.exists() and not js.exists():
         return None, None
@@ -304,6 +318,8 @@ def _read_defects(src: Path, name: str, dim: int) -> tuple[DefectExamples | None
 
 
 def _read_text_index(path: Path, name: str):  # noqa: ANN202 - a defect_types.TextIndex
+    import numpy as np
+
     from iad_agent.defect_types import TextIndex
 
     try:

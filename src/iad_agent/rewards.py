@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iad_agent.agent.protocol import parse_model_output, render_tool_call
+from iad_agent.tools.retriever import ComparativeRetriever
+from iad_agent.tools.zoom import PerceptiveZoomer
 from iad_agent.types import Box, FinalAnswer, Sample, Step, ToolCall, ToolResult, Trajectory
 
-ZOOM, COMPARE = "perceptive_zoomer", "comparative_retriever"
+ZOOM, COMPARE = PerceptiveZoomer.name, ComparativeRetriever.name
 
 
 @dataclass

@@ -38,7 +38,33 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from iad_agent.imageio import fsync_dir
+from iad_agent.errors import RegistrationError
+
+#: Product names: 1-64 letters, digits, ``_``, ``-``, ``.``, starting with a letter or digit (used
+#: with ``fullmatch``, so no trailing newline slips through).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid product name, else ``RegistrationError``.
+
+    >>> check_name("hazelnut")
+    'hazelnut'
+    >>> check_name("hazelnut\\n")
+    Traceback (most recent call last):
+    ...
+    iad_agent.errors.RegistrationError: invalid product name 'hazelnut\\n': use 1-64 letters, digits, '_', '-', '.' (starting with a letter or digit)
+    """
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise RegistrationError(f"invalid product name {name!r}: use 1-64 letters, digits, '_', '-', '.' (starting with a letter or digit)")
+    return name
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """``imageio.fsync_dir``, imported when a change is stored (listing products needs no numpy or PIL)."""
+    from iad_agent.imageio import fsync_dir as sync
+
+    sync(folder)
 
 log = logging.getLogger(__name__)
 

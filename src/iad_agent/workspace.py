@@ -15,17 +15,15 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from iad_agent import store
-from iad_agent.imageio import IMAGE_SUFFIXES, scan_images
-from iad_agent.product import (
-    NAME_RE,
-    Product,
-    ProductNotFound,
-    RegistrationError,
-    WorkspaceError,
-    check_name,
-)
-from iad_agent.registration import Registration, register
+from iad_agent.errors import ProductNotFound, RegistrationError, WorkspaceError
+from iad_agent.store import NAME_RE, check_name
+
+if TYPE_CHECKING:  # imported where used: listing products loads neither numpy nor PIL
+    from iad_agent.product import Product
+    from iad_agent.registration import Registration
 
 
 class Workspace:
@@ -60,6 +58,8 @@ class Workspace:
         if store.current(folder) is None:
             where = self.root if self.root.is_dir() else f"{self.root} (which does not exist)"
             raise ProductNotFound(name, where, self.products())
+        from iad_agent.product import Product
+
         return Product.load(folder)
 
     def summaries(self, good_images: bool = False) -> list[dict]:
@@ -125,6 +125,8 @@ class Workspace:
             WorkspaceError: the workspace is not a writable folder (checked first).
             RegistrationError, DamagedProduct: as ``registration.register`` / ``Product.load``.
         """
+        from iad_agent.registration import register
+
         folder = self.product_dir(name)
         self.ensure_writable()
         files, warnings = _image_files(normals, recursive)
@@ -210,6 +212,8 @@ class Workspace:
 
 
 def _image_files(normals: str | Path | Sequence[str | Path], recursive: bool) -> tuple[list[Path], list[str]]:
+    from iad_agent.imageio import IMAGE_SUFFIXES, scan_images
+
     if not isinstance(normals, (str, Path)):
         return [Path(p) for p in normals], []
     try:

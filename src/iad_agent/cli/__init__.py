@@ -53,6 +53,7 @@ class IADTyper(typer.Typer):
     def __init__(self, *args, cls: type = Group, **kwargs) -> None:  # noqa: ANN002,ANN003
         kwargs.setdefault("add_completion", False)
         kwargs.setdefault("pretty_exceptions_show_locals", False)
+        kwargs.setdefault("context_settings", {"max_content_width": 120})  # help as wide as the terminal, up to 120
         super().__init__(*args, cls=cls, rich_markup_mode=None, **kwargs)
 
     def command(self, *args, cls: type | None = None, **kwargs):  # noqa: ANN002,ANN003,ANN201

@@ -59,3 +59,25 @@ def text_embeddings(
     np.savez_compressed(buf, texts=np.array(texts, dtype=str), vectors=vectors)
     atomic_write_bytes(path, buf.getvalue())
     typer.echo(f"{len(texts)} texts embedded → {path}")
+
+
+@dev_app.command("bench")
+def bench(
+    out: Path = typer.Option(None, "--out", metavar="FILE", help="Also write the figures here (JSON)."),
+    category: str = typer.Option("hazelnut", "--category", metavar="NAME", help="MVTec AD category under the data root."),
+    repeats: int = typer.Option(3, "--repeats", min=1, metavar="N", help="Runs of each short command (the median is kept)."),
+) -> None:
+    """Time the first hour: register 50 and 200 good images, one cold `iad inspect`, `iad products`;
+    quiet and beside a busy process (register_s, cold_start_s, products_s)."""
+    import json
+
+    from iad_agent.datasets import data_root
+    from iad_agent.eval.firsthour import run
+    from iad_agent.imageio import atomic_write_text
+
+    with console.status("timing") as status:
+        figures = run(data_root(), category, repeats, progress=lambda what: status.update(f"timing: {what}"))
+    text = json.dumps(figures, indent=1)
+    if out is not None:
+        atomic_write_text(out, text + "\n")
+    typer.echo(text)

@@ -30,3 +30,35 @@ def phases(bar: Progress, task, what: str, after: str) -> Callable[[int, int], N
             bar.update(task, completed=done, total=total, description=what)
 
     return update
+
+
+def trainer_progress(bar: Progress, what: str):  # noqa: ANN201 - a transformers.TrainerCallback
+    """A ``transformers`` callback that drives ``bar`` (steps done / total, the last loss) on stderr.
+
+    It replaces the trainer's own printing (a tqdm bar and metric dicts written to stdout), so
+    the command prints its final metrics once, on stdout.
+    """
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        task = None
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ANN003
+            self.task = bar.add_task(what, total=state.max_steps or None)
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001,ANN201,ANN003
+            bar.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001,ANN201,ANN003
+            if logs and "loss" in logs:
+                bar.update(self.task, description=f"{what} (loss {logs['loss']:.4g})")
+
+    return _Progress()
+
+
+def quiet_trainer_printing(trainer) -> None:  # noqa: ANN001 - a transformers.Trainer
+    """Remove the trainer's own progress bar and metric printing (see :func:`trainer_progress`)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)

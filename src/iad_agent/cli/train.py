@@ -9,9 +9,21 @@ from pathlib import Path
 import typer
 
 from iad_agent.cli import IADTyper, app, console, fail
+from iad_agent.cli.progress import progress_bar
 
 train_app = IADTyper(no_args_is_help=True, help="Train the agent's vision-language model on trajectories.")
 app.add_typer(train_app, name="train")
+
+
+def _with_progress(bar, what: str):  # noqa: ANN001,ANN202
+    """Prepare a trainer: our progress bar on stderr instead of its own printing to stdout."""
+    from iad_agent.cli.progress import quiet_trainer_printing, trainer_progress
+
+    def prepare(trainer) -> None:  # noqa: ANN001
+        quiet_trainer_printing(trainer)
+        trainer.add_callback(trainer_progress(bar, what))
+
+    return prepare
 
 
 def _overrides(items: list[str]) -> dict:
@@ -59,11 +71,12 @@ def sft_command(
         sys.stdout.write(cfg.to_yaml())
         return
     try:
-        metrics = train_sft(cfg)
+        with progress_bar(transient=False) as bar:
+            metrics = train_sft(cfg, prepare=_with_progress(bar, "fine-tuning (SFT)"))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     console.print(f"[green]trained[/] {cfg.model} on {cfg.data} → {metrics['checkpoint']}", highlight=False)
-    console.print(json.dumps({k: v for k, v in metrics.items() if k != "checkpoint"}), highlight=False)
+    sys.stdout.write(json.dumps(metrics) + "\n")  # the final metrics, once, on stdout
 
 
 @train_app.command("gate")
@@ -139,7 +152,8 @@ def grpo_command(
         sys.stdout.write(cfg.to_yaml())
         return
     try:
-        metrics = train_grpo(cfg)
+        with progress_bar(transient=False) as bar:
+            metrics = train_grpo(cfg, prepare=_with_progress(bar, "reinforcement learning (GRPO)"))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     console.print(f"[green]trained[/] {cfg.model} on {cfg.data} → {metrics['checkpoint']}", highlight=False)

@@ -23,8 +23,6 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import jsonschema
-
 from iad_agent.types import ToolCall, ToolResult
 
 if TYPE_CHECKING:
@@ -121,6 +119,8 @@ class Tool:
         for attr in ("name", "description", "parameters"):
             if not hasattr(cls, attr):
                 raise TypeError(f"tool class {cls.__name__} must define {attr!r}")
+        import jsonschema  # here, not at import: listing products must not pay for it
+
         jsonschema.Draft202012Validator.check_schema(cls.parameters)
         _check_signature(cls)
 
@@ -131,6 +131,8 @@ class Tool:
     def __call__(self, arguments: Any, episode: Episode) -> ToolResult:
         if not isinstance(arguments, dict):
             return ToolResult.failure(f"{self.name}: arguments must be a JSON object, got {type(arguments).__name__}")
+        import jsonschema
+
         errors = sorted(jsonschema.Draft202012Validator(self.parameters).iter_errors(arguments), key=str)
         if errors:
             where = "/".join(str(p) for p in errors[0].absolute_path) or "arguments"

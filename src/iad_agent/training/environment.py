@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from iad_agent.tools import AnomalyMap, ComparativeRetriever, HighFrequencyEnhancer, PerceptiveZoomer, PriorRetriever
 from iad_agent.types import ToolCall, ToolResult
 
 
@@ -93,7 +94,7 @@ class InspectionEnvironment:
         Args:
             box: normalized box [x1, y1, x2, y2] with coordinates in 0..1 of the query image
         """
-        return self._run("perceptive_zoomer", {"box": box})
+        return self._run(PerceptiveZoomer.name, {"box": box})
 
     def comparative_retriever(self, box: list[float] | None = None, k: int | None = None) -> list[dict[str, Any]]:
         """Retrieve the most similar known-good image and compare a region position by position.
@@ -102,7 +103,7 @@ class InspectionEnvironment:
             box: normalized box [x1, y1, x2, y2] with coordinates in 0..1 of the query image
             k: how many good images (default 1)
         """
-        return self._run("comparative_retriever", {"box": box, "k": k})
+        return self._run(ComparativeRetriever.name, {"box": box, "k": k})
 
     def high_frequency_enhancer(self, box: list[float] | None = None) -> list[dict[str, Any]]:
         """Enhance fine detail (scratches, cracks, texture breaks) of the query image or a region.
@@ -110,7 +111,7 @@ class InspectionEnvironment:
         Args:
             box: normalized box [x1, y1, x2, y2] with coordinates in 0..1 of the query image
         """
-        return self._run("high_frequency_enhancer", {"box": box})
+        return self._run(HighFrequencyEnhancer.name, {"box": box})
 
     def prior_retriever(self, defect_type: str | None = None, query: str | None = None) -> list[dict[str, Any]]:
         """What a good part and each known defect type of this product look like (normalcy priors).
@@ -119,7 +120,7 @@ class InspectionEnvironment:
             defect_type: a defect type to describe
             query: a free-text description to match against the defect descriptions
         """
-        return self._run("prior_retriever", {"defect_type": defect_type, "query": query})
+        return self._run(PriorRetriever.name, {"defect_type": defect_type, "query": query})
 
     def anomaly_map(self, box: list[float] | None = None) -> list[dict[str, Any]]:
         """Nearest-neighbour anomaly evidence from the registered good parts: heat map, score and threshold.
@@ -127,4 +128,4 @@ class InspectionEnvironment:
         Args:
             box: normalized box [x1, y1, x2, y2] with coordinates in 0..1 of the query image
         """
-        return self._run("anomaly_map", {"box": box})
+        return self._run(AnomalyMap.name, {"box": box})

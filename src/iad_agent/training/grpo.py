@@ -22,16 +22,18 @@ import functools
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from iad_agent.rewards import DEFAULT_WEIGHTS, REWARDS
+from iad_agent.tools import AnomalyMap, ComparativeRetriever, HighFrequencyEnhancer, PerceptiveZoomer, PriorRetriever
 from iad_agent.training.sft import LORA_TARGETS, YamlConfig, _help, freeze_vision_tower
 
 log = logging.getLogger(__name__)
 
-ALL_TOOLS = ["perceptive_zoomer", "comparative_retriever", "high_frequency_enhancer", "prior_retriever", "anomaly_map"]
+ALL_TOOLS = [PerceptiveZoomer.name, ComparativeRetriever.name, HighFrequencyEnhancer.name, PriorRetriever.name, AnomalyMap.name]
 
 
 @dataclass
@@ -231,9 +233,11 @@ def save_checkpoint(trainer: Any, cfg: GRPORunConfig) -> Path:
     return out
 
 
-def train_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
+def train_grpo(cfg: GRPORunConfig, prepare: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Run GRPO end to end; returns the final metrics, the per-step log and the checkpoint path."""
     trainer = build_trainer(cfg)
+    if prepare is not None:  # e.g. the CLI's progress callback in place of the trainer's printing
+        prepare(trainer)
     result = trainer.train()
     out = save_checkpoint(trainer, cfg)
     metrics = dict(result.metrics)

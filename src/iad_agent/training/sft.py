@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -245,9 +246,11 @@ def save_checkpoint(trainer: Any, cfg: SFTRunConfig) -> Path:
     return out
 
 
-def train_sft(cfg: SFTRunConfig) -> dict[str, Any]:
+def train_sft(cfg: SFTRunConfig, prepare: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Run SFT end to end; returns the trainer's final metrics plus the checkpoint path."""
     trainer = build_trainer(cfg)
+    if prepare is not None:  # e.g. the CLI's progress callback in place of the trainer's printing
+        prepare(trainer)
     result = trainer.train()
     out = save_checkpoint(trainer, cfg)
     metrics = dict(result.metrics)

@@ -6,7 +6,8 @@ Two levels, both recorded in ``split.json`` next to the trajectories:
   categories* (by default every other category of the dataset) are never seen in training and
   are listed with all their images for zero-shot evaluation;
 - **by image**: inside the train categories, a stratified ``test_fraction`` of the images (per
-  label and defect type) is held out as the ``test`` split, and each category's *bank* (the
+  label and defect type) is held out as the ``test`` split (with at least one defect whenever
+  the category has two defective images, even where rounding per type would leave none), and each category's *bank* (the
   good images registered as the product's normal bank, i.e. the tools' references) is kept
   apart from both.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iad_agent.types import Sample
+from iad_agent.types import ANOMALOUS, Sample
 
 PARTS = ("bank", "train", "test", "held_out")
 
@@ -149,6 +150,15 @@ def make_split(samples: list[Sample], dataset: str, root: str | Path, train_cate
             n_test = int(round(test_fraction * len(group)))
             test += [split.key(s.image_path) for s in group[:n_test]]
             train += [split.key(s.image_path) for s in group[n_test:]]
+        defective = {split.key(s.image_path) for k, group in strata.items() if k[0] == ANOMALOUS for s in group}
+        if test_fraction > 0 and not defective & set(test):
+            # Rounding per defect type left the test split without any defect (few anomalous images):
+            # move one from the largest defect type, as long as training keeps one too.
+            defects = sorted((k for k in strata if k[0] == ANOMALOUS), key=lambda k: (-len(strata[k]), k))
+            if defects and len(strata[defects[0]]) >= 2:
+                moved = split.key(strata[defects[0]][0].image_path)
+                train.remove(moved)
+                test.append(moved)
         split.train[cat], split.test[cat] = sorted(train), sorted(test)
     for cat in held:
         split.held_out[cat] = sorted(split.key(s.image_path) for s in by_category[cat])

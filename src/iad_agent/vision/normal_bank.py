@@ -19,12 +19,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 
 import faiss
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
-from scipy.stats import norm
 
 from iad_agent.imageio import atomic_write_bytes, atomic_write_text
 from iad_agent.vision.features import FeatureConfig
@@ -61,7 +61,7 @@ def threshold_for_fpr(scores: Sequence[float], fpr: float) -> float:
     if s.size >= 2 / fpr:
         return float(np.quantile(s, 1 - fpr, method="higher"))
     std = max(float(s.std(ddof=1)) if s.size > 1 else 0.0, 0.05 * abs(float(s.mean())))
-    return float(s.mean() + norm.ppf(1 - fpr) * std)
+    return float(s.mean() + NormalDist().inv_cdf(1 - fpr) * std)  # the stdlib's: scipy.stats costs a second to import
 
 
 def greedy_coreset(features: np.ndarray, n: int, seed: int = 0, proj_dim: int = 32) -> np.ndarray:

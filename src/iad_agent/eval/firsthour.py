@@ -1,0 +1,95 @@
+"""The first-hour figures: registration and cold-start times, quiet and beside a busy process.
+
+``iad dev bench`` runs the README's commands as a new user does — each a fresh ``iad`` process —
+and times them on the wall clock: ``register_s`` (50 good images, and 200), ``cold_start_s``
+(one ``iad inspect`` of an anomalous image, from process start to exit), ``products_s``
+(``iad products``). Each is measured on the machine as it is ("quiet" when nothing else runs)
+and again beside one busy process (a pure-Python loop on one core, the neighbour of issue 9's
+report), with the load average recorded next to it. Not a timed test: the figures depend on
+the machine, so they are recorded, not asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+_BUSY = "import time\nend = time.time() + 3600\nwhile time.time() < end:\n    sum(i * i for i in range(10000))\n"
+
+
+@contextmanager
+def busy_neighbour(enabled: bool = True):
+    """One other process keeping one core busy while the block runs (none when not ``enabled``)."""
+    proc = subprocess.Popen([sys.executable, "-c", _BUSY]) if enabled else None  # noqa: S603 - our own interpreter
+    try:
+        if proc is not None:
+            time.sleep(1.0)  # let it show in the load
+        yield
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+
+def _iad(*args: str, env: dict[str, str]) -> float:
+    """Run ``iad ARGS`` as a new process; its wall time in seconds (it must succeed: exit 0 or 1)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", "from iad_agent.cli import app; app()", *args], env=env,  # noqa: S603
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"iad {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return round(elapsed, 2)
+
+
+def run(data_root: Path, category: str = "hazelnut", repeats: int = 3, sizes: tuple[int, ...] = (50, 200),
+        progress: Callable[[str], None] | None = None) -> dict:
+    """Measure the first-hour figures on ``data_root/mvtec_ad/<category>`` (see the module docstring)."""
+    goods = sorted((data_root / "mvtec_ad" / category / "train" / "good").glob("*.png"))
+    anomalous = sorted(p for p in (data_root / "mvtec_ad" / category / "test").glob("*/*.png") if p.parent.name != "good")[0]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    out: dict = {"category": category, "cores": os.cpu_count(), "python": sys.version.split()[0], "runs": []}
+    tmp = Path(tempfile.mkdtemp(prefix="iad-bench-"))
+    try:
+        for busy in (False, True):
+            label = "busy" if busy else "quiet"
+            with busy_neighbour(busy):
+                for n in sizes:
+                    if n > len(goods):
+                        continue
+                    folder = tmp / f"good{n}"
+                    if not folder.exists():
+                        folder.mkdir()
+                        for p in goods[:n]:
+                            os.symlink(p, folder / p.name)
+                    ws = tmp / f"ws-{label}-{n}"
+                    if progress:
+                        progress(f"register {n} images ({label})")
+                    load = os.getloadavg()[0]
+                    seconds = _iad("register", category, "--normals", str(folder), "--workspace", str(ws), env=env)
+                    out["runs"].append({"what": "register_s", "images": n, "neighbour": label, "seconds": seconds,
+                                        "load_before": round(load, 2)})
+                ws = tmp / f"ws-{label}-{sizes[0]}"
+                for what, args in (("cold_start_s", ["inspect", str(anomalous), "--product", category, "--workspace",
+                                                     str(ws), "--out-dir", str(tmp / "out")]),
+                                   ("products_s", ["products", "--workspace", str(ws)])):
+                    if progress:
+                        progress(f"{what} ({label})")
+                    load = os.getloadavg()[0]
+                    times = [_iad(*args, env=env) for _ in range(repeats)]
+                    out["runs"].append({"what": what, "neighbour": label, "seconds": statistics.median(times),
+                                        "all": times, "load_before": round(load, 2)})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for r in out["runs"]:
+        key = r["what"] + ("" if r["what"] != "register_s" else f"_{r['images']}") + f"_{r['neighbour']}"
+        out[key] = r["seconds"]
+    return out
