@@ -80,6 +80,8 @@ def test_inspect_folder_writes_csv_and_jsonl_and_exits_1_on_an_anomaly(workspace
     assert by_name["c_hole.png"]["anomaly_present"] == "True" and by_name["a_good.png"]["anomaly_present"] == "False"
     assert "e_broken.png" in by_name["e_broken.png"]["error"] and by_name["e_broken.png"]["score"] == ""
     assert len(json.loads(by_name["c_hole.png"]["box"])) == 4
+    heatmaps = [r["heatmap"] for r in rows if not r["error"]]  # into a run folder of the workspace, as for several images
+    assert len(set(heatmaps)) == 4 and all(os.path.isfile(h) and h.startswith(str(workspace / "runs")) for h in heatmaps)
     objects = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(objects) == 5 and "trace" in objects[0] and {"image", "error"} == set(objects[3])
     # the answers are those of `iad inspect --json` on each image

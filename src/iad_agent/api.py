@@ -14,7 +14,8 @@ messages or HTTP status codes:
 * :class:`PolicyConfigError` (a ``ValueError``): unknown policy / tool name, or bad backend options.
 * :class:`MissingExtra` (an ``ImportError``): a VLM policy without ``pip install 'iad-agent[vlm]'``.
 
-All of them but :class:`ImageError` derive from :class:`IADError`.
+All of them but :class:`ImageError` derive from :class:`IADError`. (Over 400 lines on purpose: it is
+the whole public surface in one place, mostly docstrings; the work is done in the modules it calls.)
 
 Example (the README's main job)::
 
@@ -113,30 +114,14 @@ def read_priors(path: PathLike) -> dict[str, str]:
     return data
 
 
-def register(
-    name: str,
-    normals: PathLike | Sequence[PathLike] | None = None,
-    *,
-    workspace: PathLike | None = None,
-    defects: PathLike | None = None,
-    priors: PathLike | Mapping[str, str] | None = None,
-    fpr: float | None = None,
-    recursive: bool = False,
-    backbone: str = "efficientnet-lite0",
-    resolution: int = 256,
-    allow_mixed_sizes: bool = False,
-    save: bool = True,
-    progress: Callable[[int, int], None] | None = None,
-    on_wait: Callable[[str], None] | None = None,
-) -> Product:
+def register(name: str, normals: PathLike | Sequence[PathLike] | None = None, **options) -> Product:
     """Register a product from good images, or add to a registered one; sets its threshold from them alone.
 
-    The product as :func:`register_details` leaves it (which see for the arguments); the
-    example in the module docstring is the README's main job.
+    The product as :func:`register_details` leaves it; ``options`` are its keyword arguments
+    (``workspace, defects, priors, fpr, recursive, backbone, resolution, allow_mixed_sizes,
+    save, progress, on_wait``). The example in the module docstring is the README's main job.
     """
-    return register_details(name, normals, workspace=workspace, defects=defects, priors=priors, fpr=fpr,
-                            recursive=recursive, backbone=backbone, resolution=resolution,
-                            allow_mixed_sizes=allow_mixed_sizes, save=save, progress=progress, on_wait=on_wait).product
+    return register_details(name, normals, **options).product
 
 
 def register_details(

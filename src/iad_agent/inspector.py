@@ -42,8 +42,12 @@ class InspectionResult:
         return self.episode.trajectory
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``iad inspect --json`` object: plain JSON types, floats to 6 significant digits."""
-        return tidy_numbers(self._raw_dict())
+        """The ``iad inspect --json`` object: plain JSON types, floats to 6 significant digits
+        (``score`` and ``threshold``: to 6 decimals, as they were, since scripts compare them)."""
+        raw = self._raw_dict()
+        d = tidy_numbers(raw)
+        d["score"], d["threshold"] = raw["score"], raw["threshold"]
+        return d
 
     def _raw_dict(self) -> dict[str, Any]:
         traj = self.trajectory

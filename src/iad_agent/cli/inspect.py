@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from iad_agent.cli import EXIT_ANOMALOUS, EXIT_FAILURE, EXIT_OK, app, batch, console, fail
 from iad_agent.cli import options as opts
@@ -132,22 +133,26 @@ def inspect(
         fail(str(exc), EXIT_FAILURE)
     except api.IADError as exc:
         fail(str(exc))
-    code = _report_outcomes(outcomes, outputs, as_json, len(images))
+    code = _report_outcomes(outcomes, outputs, as_json, images)
     raise typer.Exit(code)
 
 
-def _report_outcomes(outcomes, outputs, as_json: bool, total: int) -> int:  # noqa: ANN001
-    """Write each outcome's files and print its result as it comes; the exit status."""
+def _report_outcomes(outcomes, outputs, as_json: bool, images: list[Path]) -> int:  # noqa: ANN001
+    """Write each outcome's files and print its result as it comes; the exit status.
+
+    The progress line (stderr) names the image being inspected, with the elapsed time: a VLM
+    policy's turns can take a while.
+    """
     from iad_agent.report import save_heatmap, save_report
 
     anomalous = failed = False
     with progress_bar() as bar:
-        task = bar.add_task(f"inspecting {total} image{'s' * (total != 1)}", total=total if total > 1 else None)
-        for outcome in outcomes:
+        task = bar.add_task(f"inspecting {images[0].name}", total=len(images) if len(images) > 1 else None)
+        for n, outcome in enumerate(outcomes, 1):
             image = Path(outcome.image)
-            bar.advance(task)
+            bar.update(task, completed=n, description=f"inspecting {images[n].name}" if n < len(images) else "done")
             if not outcome.ok:
-                console.print(f"[bold red]error:[/] {outcome.error}", highlight=False)
+                console.print(f"[bold red]error:[/] {escape(str(outcome.error))}", highlight=False)
                 outputs.add_to_index(image, None, None, str(outcome.error))
                 failed = True
                 continue
@@ -167,11 +172,11 @@ def _report_outcomes(outcomes, outputs, as_json: bool, total: int) -> int:  # no
             else:
                 _echo_result(d, hm, rp)
             for w in d["warnings"]:
-                console.print(f"  [yellow]warning:[/] {w}", highlight=False)
+                console.print(f"  [yellow]warning:[/] {escape(w)}", highlight=False)
             sys.stdout.flush()
     outputs.write_index()
     for problem in outputs.problems:
-        console.print(f"[bold red]error:[/] {problem}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
     if outputs.several and outputs.report is not None and not as_json:
         typer.echo(f"reports: {outputs.report}")
     return EXIT_ANOMALOUS if anomalous else EXIT_FAILURE if failed or outputs.problems else EXIT_OK

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from iad_agent.cli import EXIT_FAILURE, app, console, fail
 from iad_agent.cli.progress import phases, progress_bar
@@ -108,7 +109,7 @@ def register(
              "to re-set the threshold of a registered product")
 
     def waiting(holder: str) -> None:
-        console.print(f"waiting for another registration of {name} ({holder}) to finish…", highlight=False)
+        console.print(escape(f"waiting for another registration of {name} ({holder}) to finish…"), highlight=False)
 
     try:
         with progress_bar() as bar:
@@ -123,7 +124,7 @@ def register(
     except api.IADError as exc:
         fail(str(exc))
     for warning in reg.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if as_json:
         sys.stdout.write(json.dumps(as_dict(reg, name)) + "\n")
     else:
