@@ -164,7 +164,11 @@ def _good_looks(product: Product, max_images: int = 16):
 
 
 def calibrate_examples(product: Product) -> float | None:
-    """The similarity a labelled example must exceed: :data:`NULL_QUANTILE` of held-out good images' best."""
+    """The similarity a labelled example must exceed: :data:`NULL_QUANTILE` of held-out good images' best.
+
+    ``None`` (every anomaly gets its nearest example's type, as before) for a product with a
+    single good image: nothing can be held out.
+    """
     from iad_agent.product import anomaly_signature
 
     sigs = product.defects.signatures
@@ -192,6 +196,15 @@ def build_text_index(product: Product, embed_fn=None) -> TextIndex | None:  # no
     docs, vocabulary = vectors[: len(descriptions)], vectors[len(descriptions):]
     best = (vocabulary @ docs.T).max(axis=1)
     return TextIndex(texts, vectors, float(np.quantile(best, NULL_QUANTILE, method="higher")))
+
+
+def text_index_of(product: Product) -> TextIndex | None:
+    """The product's text index; built (and kept on the loaded product, not stored) for a product
+    registered before it was stored — from the packaged embeddings, so only a product with its own
+    descriptions loads MiniLM, once."""
+    if product.text_index is None and not product.defects.types and defect_descriptions(product.priors):
+        product.text_index = build_text_index(product)
+    return product.text_index
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from iad_agent.defect_types import DefectNaming, describe_evidence, name_from_descriptions, name_from_examples
+from iad_agent.defect_types import DefectNaming, describe_evidence, name_from_descriptions, name_from_examples, text_index_of
 from iad_agent.product import anomaly_signature, same_shape
 from iad_agent.tools import (
     ComparativeRetriever,
@@ -300,6 +300,6 @@ class EmbeddedPolicy:
             return named
         for _, obs in self._observations(episode):
             if isinstance(obs.reading, PriorMatches) and obs.reading.matches and obs.reading.matches[0][1] is not None:
-                index = episode.product.text_index
+                index = text_index_of(episode.product)
                 return name_from_descriptions(obs.reading.matches, index.min_similarity if index is not None else None)
         return None

@@ -177,7 +177,9 @@ class PriorRetriever(Tool):
             text = f"Good {episode.product.name}: {good}\nDefect '{defect_type}': {defects[defect_type]}"
             return ToolResult(text=text, reading=PriorMatches(matches=[[defect_type, 1.0]]))
         if query and defects:
-            ranked = rank_by_text(query, defects, episode.product.text_index)
+            from iad_agent.defect_types import text_index_of
+
+            ranked = rank_by_text(query, defects, text_index_of(episode.product))
             lines = [f"- {k} (match {s:.2f}): {defects[k]}" for k, s in ranked[:3]]
             text = f"Good {episode.product.name}: {good}\nDefect types closest to '{query}':\n" + "\n".join(lines)
             return ToolResult(text=text, reading=PriorMatches(matches=[[k, round(s, 4)] for k, s in ranked]))
