@@ -362,7 +362,7 @@ def test_cli_inspect_with_openai_policy(hazelnut_product, data_root, tmp_path, m
         out = CliRunner().invoke(app, ["inspect", str(data_root / CRACK), "--product", "hazelnut", "--workspace",
                                        str(tmp_path / "ws"), "--policy", "openai", "--base-url", server.url,
                                        "--model", "qwen2.5-vl-3b", "--report", str(tmp_path / "r.html"), "--json"])
-    assert out.exit_code == 0, out.output
+    assert out.exit_code == 1, out.output  # 1: the part is anomalous (README, exit status)
     d = json.loads(out.stdout.strip().splitlines()[-1])
     assert d["anomaly_present"] is True and d["defect_type"] == "crack" and d["policy"] == "openai"
     assert d["trace"]["steps"][0]["raw_output"] == ZOOM_TURN
