@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from iad_agent.types import Box, Trajectory
-from iad_agent.vision.normal_bank import image_score, upsample_map
+from iad_agent.vision.normal_bank import image_score, self_similarity_map, upsample_map
 
 if TYPE_CHECKING:
     from iad_agent.product import Product
@@ -22,17 +22,28 @@ if TYPE_CHECKING:
 
 @dataclass
 class GlobalLook:
-    """The normal-bank evidence for the whole image (computed once per episode)."""
+    """The normal-bank evidence for the whole image (computed once per episode).
 
-    patch_map: np.ndarray  # (g, g) patch distances
+    ``patch_map``, ``score`` and ``threshold`` are under the product's scoring (nearest good
+    patch, mixed with self-similarity where the registration chose so); ``knn`` is the same
+    look under plain nearest-neighbour distance (the ``knn`` baseline, the ablations).
+    """
+
+    patch_map: np.ndarray  # (h, w) patch scores
     score: float
     threshold: float
     hot_box: Box
     hot_area: float  # fraction of patches above the per-patch normal threshold
+    knn: GlobalLook | None = None
 
     @property
     def ratio(self) -> float:
         return self.score / self.threshold if self.threshold > 0 else float("inf")
+
+    @property
+    def plain(self) -> GlobalLook:
+        """The plain nearest-neighbour look (this look when the scoring is plain already)."""
+        return self.knn or self
 
 
 @dataclass
@@ -54,14 +65,22 @@ class Episode:
     def look(self) -> GlobalLook:
         """The global look: heat map, score, threshold and the hottest region."""
         bank = self.product.bank
-        dmap = bank.patch_distances(self.grid)
         cal = bank.calibration
-        hot = dmap > cal.patch_threshold
-        return GlobalLook(dmap, image_score(dmap), cal.threshold, hot_spot_box(dmap, cal.patch_threshold), float(hot.mean()))
+        knn_map = bank.patch_distances(self.grid)
+        knn_level = cal.knn_patch_threshold or cal.patch_threshold
+        knn = GlobalLook(knn_map, image_score(knn_map), cal.knn_threshold, hot_spot_box(knn_map, knn_level),
+                         float((knn_map > knn_level).mean()))
+        scoring = bank.scoring
+        if not scoring.uses_self:
+            return knn
+        fused = scoring.fuse(knn_map, self_similarity_map(self.grid))
+        return GlobalLook(fused, image_score(fused), cal.threshold, hot_spot_box(fused, cal.patch_threshold),
+                          float((fused > cal.patch_threshold).mean()), knn=knn)
 
-    def heatmap(self) -> np.ndarray:
-        """Pixel heat map (image size) in patch-distance units."""
-        return upsample_map(self.look.patch_map, self.query.width, self.query.height)
+    def heatmap(self, plain: bool = False) -> np.ndarray:
+        """Pixel heat map (image size) in the look's patch-score units (``plain``: nearest-neighbour map)."""
+        look = self.look.plain if plain else self.look
+        return upsample_map(look.patch_map, self.query.width, self.query.height)
 
     @property
     def defect_types(self) -> list[str]:

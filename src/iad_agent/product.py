@@ -24,7 +24,8 @@ from PIL import Image
 
 from iad_agent.imageio import DEFAULT_MAX_SIDE, ImageError, atomic_write_text, load_image
 from iad_agent.vision.features import FeatureConfig, FeatureExtractor
-from iad_agent.vision.normal_bank import NormalBank, image_score
+from iad_agent.vision.learn import N_SYNTHETIC, augmented_views, learn
+from iad_agent.vision.normal_bank import NormalBank
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,14 @@ class Product:
         max_patches: int = 16_384,
         progress: Callable[[int, int], None] | None = None,
         existing: Product | None = None,
+        selfsim: bool = True,
     ) -> Product:
         """Register good images (and optional defect examples) as a product.
+
+        What the product learns from its good images (the self-similarity weight of its
+        scoring, its calibration) is set here, from synthetic defects and held-out good images
+        (:mod:`iad_agent.vision.learn`), and saved with it. ``selfsim=False`` keeps plain
+        nearest-neighbour scoring. ``progress(done, total)`` counts images and synthetic defects.
 
         Raises:
             RegistrationError: no images, an unreadable image, or (unless
@@ -198,14 +205,15 @@ class Product:
             raise RegistrationError("no good images given: a product needs at least one good image")
         images = _load_all(paths, allow_mixed_sizes, max_side, reference_size=existing.image_size if existing else None)
         extractor = existing.extractor if existing else FeatureExtractor(config or FeatureConfig())
-        grids = []
+        total = len(images) + N_SYNTHETIC
+        grids: list[np.ndarray] = []
         for i in range(0, len(images), extractor.batch_size):
-            grids.append(extractor(images[i : i + extractor.batch_size]))
+            grids.extend(extractor(images[i : i + extractor.batch_size]))
             if progress:
-                progress(min(i + extractor.batch_size, len(images)), len(images))
+                progress(min(i + extractor.batch_size, len(images)), total)
         bank = existing.bank if existing else NormalBank(extractor.config, max_patches=max_patches)
         if grids:
-            bank.add(np.concatenate(grids), [str(p.resolve()) for p in paths])
+            bank.add(grids, [str(p.resolve()) for p in paths])
         gate = existing.gate if existing else GateParams()
         product = cls(name, bank, gate, existing.folder if existing else None,
                       existing.defects if existing else None, dict(existing.priors) if existing else {}, max_side)
@@ -221,8 +229,10 @@ class Product:
         if len(bank) == 1:  # one good image: its augmented views stand in for held-out good parts
             first = images[0] if images else product.reference_image(0)
             images_v = augmented_views(first)
-            views = (images_v, extractor(images_v))
-        bank.calibrate(fpr, augmented=lambda: views[1])
+            views = (images_v, list(extractor(images_v)))
+        step = (lambda done, n: progress(len(images) + done, total)) if progress else None
+        bank.scoring, bank.calibration = learn(bank, extractor, product.reference_image, fpr, views=views,
+                                               selfsim=selfsim, progress=step)
         product._calibrate_gate(views)
         if defects_dir is not None:
             product.add_defect_examples(defects_dir, allow_mixed_sizes)
@@ -238,12 +248,12 @@ class Product:
         from iad_agent.tools.calibration import calibrate_tools
 
         cal = self.bank.calibration
-        ratio = float(np.median(cal.global_scores) / max(np.median(cal.aligned_scores), 1e-8))
+        ratio = float(np.median(cal.knn_scores or cal.global_scores) / max(np.median(cal.aligned_scores), 1e-8))
         # Aligned parts: the nearest patch anywhere is hardly closer than the one in place.
         self.gate.aligned_informative = ratio > 0.6
         if len(self.bank) == 1 and views is None:
             imgs = augmented_views(self.reference_image(0))
-            views = (imgs, self.extractor(imgs))
+            views = (imgs, list(self.extractor(imgs)))
         self.gate.texture = texture_likeness(self.bank, None if len(self.bank) > 1 else views[1][0]) < 0.8
         calibrate_tools(self, views=views)
 
@@ -345,20 +355,6 @@ def same_shape(size: tuple[int, int], other: tuple[int, int], tolerance: float =
     return abs(math.log(a / b)) <= math.log1p(tolerance)
 
 
-def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.Image]:
-    """Slightly shifted, rotated and re-lit copies of a good image (stand-ins for other good parts)."""
-    rng = np.random.default_rng(seed)
-    views = []
-    for _ in range(n):
-        angle = float(rng.uniform(-3, 3))
-        dx, dy = (rng.uniform(-0.02, 0.02, 2) * np.array(img.size)).round()
-        v = img.rotate(angle, resample=Image.Resampling.BILINEAR, translate=(int(dx), int(dy)), fillcolor=None)
-        gain = float(rng.uniform(0.95, 1.05))
-        v = Image.eval(v, lambda px, g=gain: min(255, int(px * g)))
-        views.append(v)
-    return views
-
-
 def texture_likeness(bank: NormalBank, held_out: np.ndarray | None = None) -> float:
     """How well a good image's patches are matched *within itself* versus by another good image.
 
@@ -368,11 +364,11 @@ def texture_likeness(bank: NormalBank, held_out: np.ndarray | None = None) -> fl
     single image (an augmented view of it).
     """
     grid = bank.grids[0].astype(np.float32)
-    g, _, c = grid.shape
+    h, w, c = grid.shape
     flat = grid.reshape(-1, c)
     sub = flat[::3]
     d = np.sqrt(np.maximum((flat**2).sum(1)[:, None] - 2 * flat @ sub.T + (sub**2).sum(1)[None], 0))
-    yy, xx = np.divmod(np.arange(g * g), g)
+    yy, xx = np.divmod(np.arange(h * w), w)
     near = (np.abs(yy[:, None] - yy[None, ::3]) <= 2) & (np.abs(xx[:, None] - xx[None, ::3]) <= 2)
     d[near] = np.inf
     within = float(np.quantile(d.min(axis=1), 0.9))

@@ -198,9 +198,13 @@ def resolve_policy(name: str, disable: Iterable[str] = (), options: dict[str, An
     """
     if name == "knn":
         return make_policy("knn"), {}, ()
+    from iad_agent.policies.embedded import COMPONENTS
+
     base, disabled = split_policy_name(name)
     disabled = tuple(dict.fromkeys((*disabled, *(tool_name(d) for d in disable))))
-    policy = make_policy(base, **(options or {}))
+    without = tuple(d for d in disabled if d in COMPONENTS)  # policy components (embedded-no-selfsim), not tools
+    disabled = tuple(d for d in disabled if d not in COMPONENTS)
+    policy = make_policy(base, **(options or {}), **({"without": without} if without else {}))
     tools = default_tools(disabled, anomaly_map=not base.startswith("embedded"))
     return policy, tools, disabled
 
@@ -412,6 +416,7 @@ class PreparedQuery:
     grid: np.ndarray
     look: Any
     heatmap: np.ndarray
+    plain_heatmap: np.ndarray  # the plain nearest-neighbour map (knn, embedded-no-selfsim)
     ms: float
     cpu_ms: float
 
@@ -429,7 +434,7 @@ class SharedInspector(Inspector):
         episode.trajectory.query_path = prep.path
         episode.__dict__["grid"] = prep.grid  # functools.cached_property storage
         episode.__dict__["look"] = prep.look
-        episode.heatmap = lambda: prep.heatmap
+        episode.heatmap = lambda plain=False: prep.plain_heatmap if plain else prep.heatmap
         return episode, warnings
 
 
@@ -441,9 +446,10 @@ def prepare_query(product: Product, path: Path) -> PreparedQuery:
     grid = episode.grid
     look = episode.look
     heatmap = episode.heatmap()
-    for arr in (grid, look.patch_map, heatmap):
+    plain_heatmap = episode.heatmap(plain=True) if look.knn is not None else heatmap
+    for arr in (grid, look.patch_map, heatmap, plain_heatmap):
         arr.flags.writeable = False  # shared by every policy: a tool that writes into it fails loudly
-    return PreparedQuery(path, image, grid, look, heatmap, (time.perf_counter() - start) * 1000,
+    return PreparedQuery(path, image, grid, look, heatmap, plain_heatmap, (time.perf_counter() - start) * 1000,
                          (time.process_time() - cpu) * 1000)
 
 

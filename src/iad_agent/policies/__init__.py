@@ -31,7 +31,7 @@ def make_policy(name: str, **options: Any) -> Policy:
     """
     options = {k: v for k, v in options.items() if v is not None}
     if name == "embedded":
-        return EmbeddedPolicy()
+        return EmbeddedPolicy(without=tuple(options.get("without", ())))
     if name.startswith("embedded+"):  # embedded+highfreq: a tool the gate has switched off, back on
         from iad_agent.tools import TOOL_ALIASES, default_tools
 
@@ -40,7 +40,7 @@ def make_policy(name: str, **options: Any) -> Policy:
         unknown = [t for t in wanted if t not in known]
         if unknown:
             raise ValueError(f"unknown tool {', '.join(unknown)} in policy {name!r}; tools: {', '.join(sorted(known))}")
-        return EmbeddedPolicy(weights={t: EmbeddedPolicy.TRIAL_WEIGHT for t in wanted})
+        return EmbeddedPolicy(weights={t: EmbeddedPolicy.TRIAL_WEIGHT for t in wanted}, without=tuple(options.get("without", ())))
     if name == "knn":
         from iad_agent.policies.knn import KnnPolicy
 

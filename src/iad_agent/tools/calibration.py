@@ -42,7 +42,7 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
         views: for a single good image, its augmented views and their feature grids (made
             here when not given).
     """
-    from iad_agent.product import augmented_views
+    from iad_agent.vision.learn import augmented_views
 
     bank, gate = product.bank, product.gate
     rng = np.random.default_rng(seed)
@@ -62,7 +62,7 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
         global_score = max(image_score(dmap), 1e-8)
         size = rng.uniform(0.2, 0.4)
         x, y = rng.uniform(0, 1 - size, 2)
-        boxes = [hot_spot_box(dmap, cal.patch_threshold), Box(x, y, x + size, y + size)]
+        boxes = [hot_spot_box(dmap, cal.knn_patch_threshold or cal.patch_threshold), Box(x, y, x + size, y + size)]
         refs = [i for i, _ in bank.nearest(grid, n_references, exclude=exclude)] or [0]
         aligned = aligned_distance(grid, bank.grids[refs[0]].astype(np.float32))
         reference = product.reference_image(refs[0])
@@ -71,8 +71,8 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
             zoom.append(zoom_evidence(product, image, b, refs)["score"] / global_score)
             compare.append(image_score(region_of(aligned, b.clamped(0.05))) / global_score)
             highfreq.append(highfreq_ratio(image, reference, b)[2])
-    gate.zoom_threshold = float(np.median(zoom)) * cal.threshold
-    gate.compare_threshold = float(np.median(compare)) * cal.threshold
+    gate.zoom_threshold = float(np.median(zoom)) * cal.knn_threshold  # tool readings are nearest-neighbour distances
+    gate.compare_threshold = float(np.median(compare)) * cal.knn_threshold
     gate.highfreq_threshold = threshold_for_fpr(highfreq, cal.fpr)
     log.info("tool limits for %s: zoom %.3f, compare %.3f, highfreq %.3f", product.name,
              gate.zoom_threshold, gate.compare_threshold, gate.highfreq_threshold)

@@ -32,6 +32,8 @@ from iad_agent.vision.features import FeatureConfig
 log = logging.getLogger(__name__)
 
 TOP_FRACTION = 0.01  # image score = mean of the top 1 % patch distances
+SELF_K = 4  # self-similarity: distance to the 4th nearest patch of the same image ...
+SELF_RADIUS = 2  # ... outside the 5x5 neighbourhood of the patch
 
 
 def image_score(distance_map: np.ndarray, fraction: float = TOP_FRACTION) -> float:
@@ -98,6 +100,7 @@ def aligned_distance(query: np.ndarray, reference: np.ndarray, radius: int = 1) 
     """
     h, w, _ = query.shape
     q = query.astype(np.float32)
+    reference = resize_grid(reference, (h, w))
     r = np.pad(reference.astype(np.float32), ((radius, radius), (radius, radius), (0, 0)), mode="edge")
     best = np.full((h, w), np.inf, dtype=np.float32)
     for dy in range(2 * radius + 1):
@@ -107,19 +110,89 @@ def aligned_distance(query: np.ndarray, reference: np.ndarray, radius: int = 1) 
     return best
 
 
+def resize_grid(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A feature grid bilinearly resampled to ``shape`` (rows, columns); unchanged if it has it."""
+    if tuple(grid.shape[:2]) == tuple(shape):
+        return grid
+    t = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32)).permute(2, 0, 1)[None]
+    t = torch.nn.functional.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)
+    return t[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def self_similarity_map(grid: np.ndarray, k: int = SELF_K, radius: int = SELF_RADIUS, chunk: int = 1024) -> np.ndarray:
+    """Each patch's distance to its ``k``-th nearest patch of the *same* image outside its neighbourhood.
+
+    No good image is needed: a patch of a regular texture has many look-alikes elsewhere in the
+    image, a defect has few. The ``k``-th nearest (not the nearest) keeps a defect that spans
+    several patches from vouching for itself; the ``radius`` neighbourhood (in patches) is left
+    out because overlapping receptive fields make neighbours alike. Rows are processed in chunks
+    so memory stays at ``chunk × patches`` floats.
+    """
+    h, w, c = grid.shape
+    x = torch.from_numpy(np.ascontiguousarray(grid.reshape(-1, c), dtype=np.float32))
+    yy, xx = torch.div(torch.arange(h * w), w, rounding_mode="floor"), torch.arange(h * w) % w
+    sq = (x * x).sum(1)
+    kk = max(1, min(k, h * w - (2 * radius + 1) ** 2))
+    out = torch.empty(h * w)
+    for start in range(0, h * w, chunk):
+        rows = slice(start, min(start + chunk, h * w))
+        d = sq[rows, None] - 2 * x[rows] @ x.T + sq[None]
+        near = ((yy[rows, None] - yy[None]).abs() <= radius) & ((xx[rows, None] - xx[None]).abs() <= radius)
+        d[near] = float("inf")
+        out[rows] = d.topk(kk, dim=1, largest=False).values[:, -1]
+    return out.clamp_min(0).sqrt().reshape(h, w).numpy()
+
+
+def mutual_scores(grids: Sequence[np.ndarray], keep: float = 0.3) -> list[np.ndarray]:
+    """Zero-shot patch maps of a batch of images of one product (MuSc, ICLR 2024).
+
+    Each patch of image ``i`` is matched to its nearest patch in every other image ``j``; the
+    distances over ``j`` are sorted and the lowest ``keep`` fraction averaged. Most parts in a
+    batch are good, so a normal patch finds close matches in many images while a defect finds
+    none. Needs at least two images; returns one ``(h, w)`` map per image.
+    """
+    if len(grids) < 2:
+        raise ValueError("mutual scoring needs at least two images")
+    c = grids[0].shape[-1]
+    flats = [np.ascontiguousarray(g.reshape(-1, c), dtype=np.float32) for g in grids]
+    indexes = []
+    for f in flats:
+        index = faiss.IndexFlatL2(c)
+        index.add(f)
+        indexes.append(index)
+    maps = []
+    for i, f in enumerate(flats):
+        d = np.stack([indexes[j].search(f, 1)[0][:, 0] for j in range(len(flats)) if j != i], axis=1)
+        d = np.sort(np.sqrt(np.maximum(d, 0)), axis=1)
+        n = max(1, int(round(keep * d.shape[1])))
+        maps.append(d[:, :n].mean(axis=1).reshape(grids[i].shape[:2]))
+    return maps
+
+
 @dataclass
 class Calibration:
-    """Scores of held-out good images and the thresholds derived from them."""
+    """Scores of held-out good images and the thresholds derived from them.
+
+    ``global_scores`` are under the product's scoring (see :mod:`iad_agent.vision.scoring`);
+    ``knn_scores`` under plain nearest-neighbour distance (the ``knn`` baseline's threshold).
+    Calibrations saved before the two existed have only ``global_scores`` (plain knn then).
+    """
 
     fpr: float
     method: str  # "leave-one-out" or "augmented-views"
     global_scores: list[float] = field(default_factory=list)
     aligned_scores: list[float] = field(default_factory=list)
     patch_threshold: float = 0.0
+    knn_scores: list[float] = field(default_factory=list)
+    knn_patch_threshold: float = 0.0
 
     @property
     def threshold(self) -> float:
         return threshold_for_fpr(self.global_scores, self.fpr)
+
+    @property
+    def knn_threshold(self) -> float:
+        return threshold_for_fpr(self.knn_scores or self.global_scores, self.fpr)
 
     @property
     def aligned_threshold(self) -> float:
@@ -141,11 +214,14 @@ class NormalBank:
         self.max_patches = max_patches
         self.seed = seed
         self.paths: list[str] = []
-        self.grids: np.ndarray | None = None  # (N, g, g, C) float16
+        self.grids: list[np.ndarray] = []  # per image (h, w, C) float16
         self.descriptors: np.ndarray | None = None  # (N, C) float32, L2-normalised
         self.memory: np.ndarray | None = None  # (M, C) float32
         self.origin: np.ndarray | None = None  # (M,) int32: index of the source image
         self.calibration: Calibration | None = None
+        from iad_agent.vision.scoring import Scoring  # scoring builds on this module
+
+        self.scoring = Scoring()  # plain nearest neighbour until a registration learns otherwise
         self._index: faiss.Index | None = None
         self._desc_index: faiss.Index | None = None
 
@@ -153,23 +229,28 @@ class NormalBank:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def add(self, grids: np.ndarray, paths: Sequence[str]) -> None:
-        """Add the feature grids of new good images (incremental; the coreset is rebuilt)."""
-        if grids.ndim != 4 or grids.shape[0] != len(paths):
-            raise ValueError(f"expected {len(paths)} feature grids, got array of shape {grids.shape}")
-        g = self.config.grid
-        if grids.shape[1:3] != (g, g):
-            raise ValueError(f"feature grids are {grids.shape[1:3]}, bank expects {(g, g)}")
-        new = grids.astype(np.float16)
-        self.grids = new if self.grids is None else np.concatenate([self.grids, new])
+    def add(self, grids: np.ndarray | Sequence[np.ndarray], paths: Sequence[str]) -> None:
+        """Add the feature grids of new good images (incremental; the coreset is rebuilt).
+
+        Grids may differ in shape (images of different sizes, aspect ratio kept).
+        """
+        grids = list(grids)
+        if len(grids) != len(paths) or any(np.ndim(g) != 3 for g in grids):
+            raise ValueError(f"expected {len(paths)} feature grids (h, w, C), got {[np.shape(g) for g in grids]}")
+        dims = {g.shape[-1] for g in grids} | ({self.grids[0].shape[-1]} if self.grids else set())
+        if len(dims) > 1:
+            raise ValueError(f"feature grids have different channel counts {sorted(dims)}: extracted with another backbone?")
+        self.grids.extend(np.asarray(g, dtype=np.float16) for g in grids)
         self.paths.extend(str(p) for p in paths)
         self._rebuild(len(paths))
 
     def _rebuild(self, n_new: int) -> None:
         """Coreset over the current memory plus the new images' patches (bounded work)."""
-        n, g, _, c = self.grids.shape
-        new = self.grids[n - n_new :].reshape(n_new * g * g, c).astype(np.float32)
-        new_origin = np.repeat(np.arange(n - n_new, n, dtype=np.int32), g * g)
+        n = len(self.grids)
+        c = self.grids[0].shape[-1]
+        new = np.concatenate([g.reshape(-1, c).astype(np.float32) for g in self.grids[n - n_new:]])
+        new_origin = np.concatenate([np.full(g.shape[0] * g.shape[1], i, dtype=np.int32)
+                                     for i, g in enumerate(self.grids[n - n_new:], start=n - n_new)])
         if self.memory is None:
             flat, origin = new, new_origin
         else:
@@ -184,7 +265,7 @@ class NormalBank:
         c = self.memory.shape[1]
         self._index = faiss.IndexFlatL2(c)
         self._index.add(self.memory)
-        desc = self.grids.astype(np.float32).mean(axis=(1, 2))
+        desc = np.stack([g.astype(np.float32).mean(axis=(0, 1)) for g in self.grids])
         self.descriptors = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-8)
         self._desc_index = faiss.IndexFlatIP(c)
         self._desc_index.add(np.ascontiguousarray(self.descriptors))
@@ -262,7 +343,7 @@ class NormalBank:
                 patch_values.append(dmap.ravel())
                 aligned_scores.append(image_score(aligned_distance(grid, self.grids[0].astype(np.float32))))
         patch_threshold = float(np.quantile(np.concatenate(patch_values), 0.999))
-        self.calibration = Calibration(fpr, method, global_scores, aligned_scores, patch_threshold)
+        self.calibration = Calibration(fpr, method, global_scores, aligned_scores, patch_threshold, list(global_scores), patch_threshold)
         return self.calibration
 
     # ------------------------------------------------------------ persistence
@@ -273,7 +354,9 @@ class NormalBank:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, grids=self.grids, memory=self.memory, origin=self.origin)
+        shapes = np.array([g.shape for g in self.grids], dtype=np.int64).reshape(-1, 3)
+        flat = np.concatenate([g.reshape(-1) for g in self.grids]) if self.grids else np.zeros(0, np.float16)
+        np.savez(buf, grid_values=flat, grid_shapes=shapes, memory=self.memory, origin=self.origin)
         atomic_write_bytes(folder / "bank.npz", buf.getvalue())
         meta = {
             "config": self.config.to_dict(),
@@ -281,6 +364,7 @@ class NormalBank:
             "seed": self.seed,
             "paths": self.paths,
             "calibration": vars(self.calibration) if self.calibration else None,
+            "scoring": self.scoring.to_dict(),
         }
         atomic_write_text(folder / "bank.json", json.dumps(meta, indent=1))
 
@@ -294,12 +378,20 @@ class NormalBank:
             raise RuntimeError(f"{folder}: normal bank is missing or corrupt ({exc})") from exc
         bank = cls(FeatureConfig.from_dict(meta["config"]), meta["max_patches"], meta["seed"])
         bank.paths = list(meta["paths"])
-        bank.grids = arrays["grids"]
+        if "grids" in arrays:  # saved before grids could differ in shape: one (N, g, g, C) array
+            bank.grids = list(arrays["grids"])
+        else:
+            values, offset = arrays["grid_values"], 0
+            for shape in arrays["grid_shapes"]:
+                size = int(np.prod(shape))
+                bank.grids.append(values[offset:offset + size].reshape(tuple(int(v) for v in shape)))
+                offset += size
         bank.memory = np.ascontiguousarray(arrays["memory"], dtype=np.float32)
         bank.origin = arrays["origin"]
         bank._build_indexes()
         if meta.get("calibration"):
             bank.calibration = Calibration(**meta["calibration"])
+        bank.scoring = type(bank.scoring).from_dict(meta.get("scoring"))
         return bank
 
 
