@@ -195,7 +195,7 @@ def knn_map(q: np.ndarray, bank: np.ndarray, index=None) -> np.ndarray:
     return np.sqrt(np.maximum(d[:, 0], 0)).reshape(h, w)
 
 
-def self_map(q: np.ndarray, k: int = 4, radius: int = 2, stride: int = 1) -> np.ndarray:
+def self_map(q: np.ndarray, k: int = 4, radius: int = 2, stride: int = 1, border: int = int(os.environ.get("LAB_BORDER", "0"))) -> np.ndarray:
     """Each patch's k-th nearest distance among the patches of the same image outside its neighbourhood."""
     h, w, c = q.shape
     x = torch.from_numpy(np.ascontiguousarray(q.reshape(-1, c), np.float32))
@@ -210,7 +210,10 @@ def self_map(q: np.ndarray, k: int = 4, radius: int = 2, stride: int = 1) -> np.
     near = ((yy[:, None] - yy[sel][None]).abs() <= radius) & ((xx[:, None] - xx[sel][None]).abs() <= radius)
     d[near] = float("inf")
     kk = min(k, ref.shape[0] - 1)
-    return d.topk(kk, dim=1, largest=False).values[:, -1].reshape(h, w).numpy()
+    out = d.topk(kk, dim=1, largest=False).values[:, -1].reshape(h, w).numpy()
+    if border:  # border patches (zero-padding context) have no look-alikes: left out
+        out[:border], out[-border:], out[:, :border], out[:, -border:] = 0, 0, 0, 0
+    return out
 
 
 def auroc(y, s):

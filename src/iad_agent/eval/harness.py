@@ -631,6 +631,12 @@ def _row(group: Group, label: str, sample: Sample, result: InspectionResult, ms:
     }
 
 
+def config_fpr(product: Product | None) -> float | None:
+    """The false-alarm rate the product's threshold promises (``--fpr`` at registration)."""
+    cal = product.bank.calibration if product is not None else None
+    return float(cal.fpr) if cal is not None else None
+
+
 def _record(group: Group, run: _PolicyRun, masks: list, pixel_ok: list[bool], pixel_cache: dict,
             build_ms: list[float], product: Product | None, peak: float, wall: float) -> dict[str, Any]:
     rows = run.rows
@@ -672,6 +678,9 @@ def _record(group: Group, run: _PolicyRun, masks: list, pixel_ok: list[bool], pi
         "precision": binary["precision"],
         "tpr": binary["tpr"],
         "tnr": binary["tnr"],
+        "promised_fpr": config_fpr(product) if group.protocol != "given" else None,
+        "false_alarm_rate": None if binary["tnr"] is None else 1 - binary["tnr"],  # measured on the test's good images
+        "miss_rate": None if binary["tpr"] is None else 1 - binary["tpr"],
         "no_answer": binary["no_answer"],
         "oracle_f1": oracle,
         "oracle_threshold": oracle_thr,

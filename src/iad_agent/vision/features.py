@@ -61,6 +61,10 @@ class FeatureConfig:
         keep_aspect: keep the image's aspect ratio (grids of the image's shape).
         max_side: cap on the long side of the network input (bounded time and memory); a very
             elongated image is then seen at a smaller short side.
+        reference_side: 0, or one scale for every image of the product: ``resolution /
+            reference_side`` (set at registration to the median short side of good images of
+            mixed sizes, e.g. Magnetic Tile crops, so a defect keeps its size in patches
+            whatever the crop's size).
     """
 
     backbone: str = "efficientnet-lite0"
@@ -69,6 +73,7 @@ class FeatureConfig:
     smooth: int = 3
     keep_aspect: bool = True
     max_side: int = 1024
+    reference_side: int = 0
 
     def __post_init__(self) -> None:
         if self.backbone not in _STAGE_BLOCKS:
@@ -87,10 +92,12 @@ class FeatureConfig:
         ((512, 256), (336, 256))
         >>> FeatureConfig(keep_aspect=False).input_size(1600, 800), FeatureConfig().input_size(5000, 100)
         ((256, 256), (1024, 64))
+        >>> FeatureConfig(reference_side=512).input_size(400, 600)
+        (192, 304)
         """
         if not self.keep_aspect:
             return self.resolution, self.resolution
-        scale = self.resolution / max(1, min(width, height))
+        scale = self.resolution / max(1, self.reference_side or min(width, height))
         scale = min(scale, self.max_side / max(1, max(width, height)))
         return (max(64, round(width * scale / _MULTIPLE) * _MULTIPLE),
                 max(64, round(height * scale / _MULTIPLE) * _MULTIPLE))

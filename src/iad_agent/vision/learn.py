@@ -36,16 +36,18 @@ PATCH_QUANTILE = 0.999
 def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.Image]:
     """Slightly shifted, rotated, scaled and re-lit copies of a good image (stand-ins for other good parts).
 
-    Each view is a crop of 92–96 % of the image (random offset), rotated by ±3° and resized back
-    to the image's size, so no border of fill colour enters the view (a black corner would read
-    as an anomaly and inflate the threshold).
+    Each view is a crop of 88–96 % of the image (random offset), rotated by up to ±8°, resized
+    back to the image's size and re-lit by ±10 %; no border of fill colour enters the view (a
+    black corner reads as an anomaly and inflated the threshold: bottle, 1 shot, balanced
+    accuracy 0.50), and the changes are large enough that the views are not near-copies of the
+    image (±3° views let hazelnut's and grid's good test parts all exceed the threshold).
     """
     rng = np.random.default_rng(seed)
     w, h = img.size
     views = []
     for _ in range(n):
-        angle = float(rng.uniform(-3, 3))
-        frac = float(rng.uniform(0.92, 0.96))
+        angle = float(rng.uniform(-8, 8))
+        frac = float(rng.uniform(0.88, 0.96))
         cw, ch = w * frac, h * frac
         x0, y0 = float(rng.uniform(0, w - cw)), float(rng.uniform(0, h - ch))
         v = img.rotate(angle, resample=Image.Resampling.BILINEAR, center=(x0 + cw / 2, y0 + ch / 2))
@@ -54,7 +56,7 @@ def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.I
         m = (1 - 1 / s) / 2 if s > 1 else 0.0
         box = (x0 + m * cw, y0 + m * ch, x0 + (1 - m) * cw, y0 + (1 - m) * ch)
         v = v.resize((w, h), Image.Resampling.BILINEAR, box=box)
-        gain = float(rng.uniform(0.95, 1.05))
+        gain = float(rng.uniform(0.9, 1.1))
         views.append(Image.eval(v, lambda px, g=gain: min(255, int(px * g))))
     return views
 

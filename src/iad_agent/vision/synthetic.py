@@ -105,8 +105,10 @@ def blur_patch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image,
     """A blob blurred and darkened or brightened (stain, smeared or missing texture)."""
     img = img.convert("RGB")
     w, h = img.size
-    mask = _blob_mask(w, h, rng, (0.01, 0.05))
     arr = np.asarray(img, np.float32)
+    lum = arr.mean(axis=2)
+    # of a few candidate blobs, the one over the most detail (blurring a plain background changes nothing)
+    mask = max((_blob_mask(w, h, rng, (0.01, 0.05)) for _ in range(4)), key=lambda m: float(lum[m].std()))
     blurred = np.asarray(img.filter(ImageFilter.GaussianBlur(max(2.0, 0.01 * max(w, h)))), np.float32)
     blurred = np.clip(blurred * rng.uniform(0.6, 1.4), 0, 255)
     soft = gaussian_filter(mask.astype(np.float32), 1.5)[..., None]
