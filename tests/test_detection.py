@@ -13,7 +13,8 @@ import iad_agent.vision.features as features_module
 import iad_agent.vision.scoring as scoring_module
 import iad_agent.vision.synthetic as synthetic_module
 from iad_agent.vision.features import FeatureConfig, FeatureExtractor
-from iad_agent.vision.normal_bank import NormalBank, image_score, mutual_scores, self_similarity_map
+from iad_agent.vision.normal_bank import NormalBank, image_score
+from iad_agent.vision.similarity import mutual_scores, self_similarity_map
 from iad_agent.vision.scoring import Scoring, choose_scoring
 from iad_agent.vision.synthetic import noise_patch, scratch, synthetic_defects
 

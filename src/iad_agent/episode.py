@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from iad_agent.types import Box, Trajectory
-from iad_agent.vision.normal_bank import image_score, self_similarity_map, upsample_map
+from iad_agent.vision.normal_bank import image_score, upsample_map
+from iad_agent.vision.similarity import self_similarity_map
 
 if TYPE_CHECKING:
     from iad_agent.product import Product

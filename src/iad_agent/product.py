@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +204,11 @@ class Product:
         if not paths and existing is None:
             raise RegistrationError("no good images given: a product needs at least one good image")
         images = _load_all(paths, allow_mixed_sizes, max_side, reference_size=existing.image_size if existing else None)
-        extractor = existing.extractor if existing else FeatureExtractor(config or FeatureConfig())
+        config = config or FeatureConfig()
+        if existing is None and config.keep_aspect and not config.reference_side and len({im.size for im in images}) > 1:
+            # good images of mixed sizes (crops): one scale for all, so a defect keeps its size in patches
+            config = replace(config, reference_side=int(np.median([min(im.size) for im in images])))
+        extractor = existing.extractor if existing else FeatureExtractor(config)
         total = len(images) + N_SYNTHETIC
         grids: list[np.ndarray] = []
         for i in range(0, len(images), extractor.batch_size):

@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from iad_agent.vision.features import FeatureExtractor
-from iad_agent.vision.normal_bank import Calibration, NormalBank, aligned_distance, image_score, self_similarity_map
+from iad_agent.vision.normal_bank import Calibration, NormalBank, aligned_distance, image_score
+from iad_agent.vision.similarity import self_similarity_map
 from iad_agent.vision.scoring import WEIGHTS, Scoring, choose_scoring
 from iad_agent.vision.synthetic import DEFECT_MAKERS
 
@@ -104,6 +105,15 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         aligned = [bank.aligned_score(g, exclude=ex)[0] for g, ex in held]
     else:
         aligned = [image_score(aligned_distance(g, bank.grids[0].astype(np.float32))) for g, _ in held]
+    factor, knn_factor = 1.0, 1.0
+    if n >= 3:  # leave-two-out: how much one more good image lowers held-out scores
+        pairs = [(g, ex, held[(j + 1) % len(held)][1]) for j, (g, ex) in enumerate(held)]
+        if len(held) < n:  # the second image left out need not be a held-out one
+            pairs = [(g, ex, (ex + 1) % n) for g, ex in held]
+        knn2 = [bank.patch_distances(g, exclude=[ex, other]) for g, ex, other in pairs]
+        fused2 = [scoring.fuse(k, held_self[i] if scoring.uses_self else None) for i, k in enumerate(knn2)]
+        factor = _one_step(fused, fused2)
+        knn_factor = _one_step(held_knn, knn2)
     cal = Calibration(
         fpr, method,
         global_scores=[image_score(f) for f in fused],
@@ -111,5 +121,18 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         patch_threshold=float(np.quantile(np.concatenate([f.ravel() for f in fused]), PATCH_QUANTILE)),
         knn_scores=[image_score(k) for k in held_knn],
         knn_patch_threshold=float(np.quantile(np.concatenate([k.ravel() for k in held_knn]), PATCH_QUANTILE)),
+        bank_size_factor=factor,
+        knn_bank_size_factor=knn_factor,
     )
     return scoring, cal
+
+
+def _one_step(one_out: list[np.ndarray], two_out: list[np.ndarray], floor: float = 0.7) -> float:
+    """The ratio of median held-out scores with one image more (leave-one-out / leave-two-out), in [floor, 1].
+
+    Scores fall as good images are added; assuming the same relative fall from n−1 to n as from
+    n−2 to n−1 moves the leave-one-out threshold to the bank the inspector really uses.
+    """
+    a = float(np.median([image_score(m) for m in one_out]))
+    b = float(np.median([image_score(m) for m in two_out]))
+    return float(np.clip(a / max(b, 1e-8), floor, 1.0))

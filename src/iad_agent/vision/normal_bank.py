@@ -32,9 +32,6 @@ from iad_agent.vision.features import FeatureConfig
 log = logging.getLogger(__name__)
 
 TOP_FRACTION = 0.01  # image score = mean of the top 1 % patch distances
-SELF_K = 4  # self-similarity: distance to the 4th nearest patch of the same image ...
-SELF_RADIUS = 2  # ... outside the 5x5 neighbourhood of the patch
-SELF_BORDER = 2  # patches this close to the image border are not self-scored (zero-padding context)
 
 
 def image_score(distance_map: np.ndarray, fraction: float = TOP_FRACTION) -> float:
@@ -120,63 +117,6 @@ def resize_grid(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return t[0].permute(1, 2, 0).contiguous().numpy()
 
 
-def self_similarity_map(grid: np.ndarray, k: int = SELF_K, radius: int = SELF_RADIUS, border: int = SELF_BORDER,
-                        chunk: int = 1024) -> np.ndarray:
-    """Each patch's distance to its ``k``-th nearest patch of the *same* image outside its neighbourhood.
-
-    No good image is needed: a patch of a regular texture has many look-alikes elsewhere in the
-    image, a defect has few. The ``k``-th nearest (not the nearest) keeps a defect that spans
-    several patches from vouching for itself; the ``radius`` neighbourhood (in patches) is left
-    out because overlapping receptive fields make neighbours alike. The outer ``border`` rings
-    of patches read 0: their features see the network's zero padding, so they have no
-    look-alike inside the image and would otherwise dominate every image's score (on MVTec
-    grid, image AUROC 0.74 with the border, 0.94 without). Rows are processed in chunks so
-    memory stays at ``chunk × patches`` floats.
-    """
-    h, w, c = grid.shape
-    x = torch.from_numpy(np.ascontiguousarray(grid.reshape(-1, c), dtype=np.float32))
-    yy, xx = torch.div(torch.arange(h * w), w, rounding_mode="floor"), torch.arange(h * w) % w
-    sq = (x * x).sum(1)
-    kk = max(1, min(k, h * w - (2 * radius + 1) ** 2))
-    out = torch.empty(h * w)
-    for start in range(0, h * w, chunk):
-        rows = slice(start, min(start + chunk, h * w))
-        d = sq[rows, None] - 2 * x[rows] @ x.T + sq[None]
-        near = ((yy[rows, None] - yy[None]).abs() <= radius) & ((xx[rows, None] - xx[None]).abs() <= radius)
-        d[near] = float("inf")
-        out[rows] = d.topk(kk, dim=1, largest=False).values[:, -1]
-    out = out.clamp_min(0).sqrt().reshape(h, w).numpy()
-    if border and h > 2 * border and w > 2 * border:
-        out[:border], out[-border:], out[:, :border], out[:, -border:] = 0, 0, 0, 0
-    return out
-
-
-def mutual_scores(grids: Sequence[np.ndarray], keep: float = 0.3) -> list[np.ndarray]:
-    """Zero-shot patch maps of a batch of images of one product (MuSc, ICLR 2024).
-
-    Each patch of image ``i`` is matched to its nearest patch in every other image ``j``; the
-    distances over ``j`` are sorted and the lowest ``keep`` fraction averaged. Most parts in a
-    batch are good, so a normal patch finds close matches in many images while a defect finds
-    none. Needs at least two images; returns one ``(h, w)`` map per image.
-    """
-    if len(grids) < 2:
-        raise ValueError("mutual scoring needs at least two images")
-    c = grids[0].shape[-1]
-    flats = [np.ascontiguousarray(g.reshape(-1, c), dtype=np.float32) for g in grids]
-    indexes = []
-    for f in flats:
-        index = faiss.IndexFlatL2(c)
-        index.add(f)
-        indexes.append(index)
-    maps = []
-    for i, f in enumerate(flats):
-        d = np.stack([indexes[j].search(f, 1)[0][:, 0] for j in range(len(flats)) if j != i], axis=1)
-        d = np.sort(np.sqrt(np.maximum(d, 0)), axis=1)
-        n = max(1, int(round(keep * d.shape[1])))
-        maps.append(d[:, :n].mean(axis=1).reshape(grids[i].shape[:2]))
-    return maps
-
-
 @dataclass
 class Calibration:
     """Scores of held-out good images and the thresholds derived from them.
@@ -184,6 +124,9 @@ class Calibration:
     ``global_scores`` are under the product's scoring (see :mod:`iad_agent.vision.scoring`);
     ``knn_scores`` under plain nearest-neighbour distance (the ``knn`` baseline's threshold).
     Calibrations saved before the two existed have only ``global_scores`` (plain knn then).
+    Leave-one-out scores come from one good image fewer than the inspector has; the
+    ``*_bank_size_factor`` (≤ 1) carries the held-out scores one image further, from the drop
+    measured between leave-two-out and leave-one-out (see :mod:`iad_agent.vision.learn`).
     """
 
     fpr: float
@@ -193,14 +136,18 @@ class Calibration:
     patch_threshold: float = 0.0
     knn_scores: list[float] = field(default_factory=list)
     knn_patch_threshold: float = 0.0
+    bank_size_factor: float = 1.0
+    knn_bank_size_factor: float = 1.0
 
     @property
     def threshold(self) -> float:
-        return threshold_for_fpr(self.global_scores, self.fpr)
+        return threshold_for_fpr(self.global_scores, self.fpr) * self.bank_size_factor
 
     @property
     def knn_threshold(self) -> float:
-        return threshold_for_fpr(self.knn_scores or self.global_scores, self.fpr)
+        if not self.knn_scores:
+            return self.threshold
+        return threshold_for_fpr(self.knn_scores, self.fpr) * self.knn_bank_size_factor
 
     @property
     def aligned_threshold(self) -> float:
@@ -279,12 +226,12 @@ class NormalBank:
         self._desc_index.add(np.ascontiguousarray(self.descriptors))
 
     # ---------------------------------------------------------------- querying
-    def patch_distances(self, grid: np.ndarray, exclude: int | None = None) -> np.ndarray:
+    def patch_distances(self, grid: np.ndarray, exclude: int | Sequence[int] | None = None) -> np.ndarray:
         """Distance of each query patch to its nearest normal patch, as an ``(h, w)`` map.
 
         Args:
             grid: ``(h, w, C)`` query features.
-            exclude: index of a registered image whose patches must not be used
+            exclude: index (or indices) of registered images whose patches must not be used
                 (leave-one-out calibration).
         """
         if self._index is None:
@@ -294,7 +241,7 @@ class NormalBank:
         if exclude is None:
             d, _ = self._index.search(q, 1)
             return np.sqrt(np.maximum(d[:, 0], 0)).reshape(h, w)
-        keep = self.origin != exclude
+        keep = ~np.isin(self.origin, np.atleast_1d(np.asarray(exclude, dtype=np.int64)))
         if not keep.any():
             raise RuntimeError("leave-one-out needs at least two good images")
         index = faiss.IndexFlatL2(c)
