@@ -136,7 +136,7 @@ def test_registration_learns_and_saves_the_scoring(data_root, tmp_path):
 
 
 def test_knn_and_no_selfsim_answer_from_the_plain_look(data_root):
-    from iad_agent.eval.harness import resolve_policy
+    from iad_agent.policies import PolicyConfigError, resolve_policy
     from iad_agent.inspector import Inspector
     from iad_agent.product import Product, list_images
 
@@ -144,15 +144,15 @@ def test_knn_and_no_selfsim_answer_from_the_plain_look(data_root):
     product = Product.build("grid2", normals)
     product.bank.scoring = Scoring(0.5, product.bank.scoring.knn_level, product.bank.scoring.self_level)
     query = sorted((data_root / "mvtec_ad/grid/test/bent").glob("*.png"))[0]
-    knn, _, _ = resolve_policy("knn")
-    ablation, tools, _ = resolve_policy("embedded-no-selfsim")
-    assert ablation.name == "embedded-no-selfsim" and "perceptive_zoomer" in tools
+    knn = resolve_policy("knn").policy
+    ablation = resolve_policy("embedded-no-selfsim")
+    assert ablation.policy.name == ablation.label == "embedded-no-selfsim" and "perceptive_zoomer" in ablation.tools
     r_knn = Inspector(product, knn, tools={}).inspect(query)
     look = r_knn.episode.look
     assert look.knn is not None  # the product's look mixes in self-similarity ...
     assert r_knn.trajectory.answer.score == pytest.approx(look.plain.score)  # ... knn stays plain
     assert r_knn.trajectory.answer.threshold == pytest.approx(product.bank.calibration.knn_threshold)
-    with pytest.raises(ValueError):
+    with pytest.raises((ValueError, PolicyConfigError)):
         resolve_policy("embedded-no-nonsense")
 
 

@@ -46,20 +46,21 @@ def test_knn_policy_answers_from_the_global_look_without_tools(data_root, hazeln
 
 
 def test_ablation_names_map_to_disabled_tools():
-    _, tools, disabled = harness.resolve_policy("embedded-no-zoom")
-    assert disabled == ("perceptive_zoomer",) and "perceptive_zoomer" not in tools and "comparative_retriever" in tools
-    _, tools, disabled = harness.resolve_policy("embedded", ["highfreq", "comparative_retriever"])
-    assert set(disabled) == {"high_frequency_enhancer", "comparative_retriever"}
-    assert set(tools) == {"perceptive_zoomer", "prior_retriever"}
-    _, tools, _ = harness.resolve_policy("knn", ["zoom"])
-    assert tools == {}
-    assert harness.policy_label("embedded", ["perceptive_zoomer"]) == "embedded-no-zoom"
-    assert harness.policy_label("embedded-no-zoom", ["zoom"]) == "embedded-no-zoom"
-    assert harness.policy_label("knn", ["zoom"]) == "knn"
-    with pytest.raises(ValueError, match="unknown tool"):
-        harness.resolve_policy("embedded-no-telescope")
-    with pytest.raises(ValueError, match="unknown policy"):
-        harness.resolve_policy("oracle")
+    from iad_agent.policies import PolicyConfigError, policy_label, resolve_policy
+
+    r = resolve_policy("embedded-no-zoom")
+    assert r.disabled == ("perceptive_zoomer",) and "perceptive_zoomer" not in r.tools and "comparative_retriever" in r.tools
+    r = resolve_policy("embedded", ["highfreq", "comparative_retriever"])
+    assert set(r.disabled) == {"high_frequency_enhancer", "comparative_retriever"}
+    assert set(r.tools) == {"perceptive_zoomer", "prior_retriever"} and r.label == "embedded-no-highfreq-no-retriever"
+    assert resolve_policy("knn", ["zoom"]).tools == {}
+    assert policy_label("embedded", ["perceptive_zoomer"]) == "embedded-no-zoom"
+    assert policy_label("embedded-no-zoom", ["zoom"]) == "embedded-no-zoom"
+    assert policy_label("knn", ["zoom"]) == "knn"
+    with pytest.raises(PolicyConfigError, match="unknown tool"):
+        resolve_policy("embedded-no-telescope")
+    with pytest.raises(PolicyConfigError, match="unknown policy"):
+        resolve_policy("oracle")
 
 
 def _s(name: str, label: int, split: str = "test", **kw) -> Sample:
@@ -291,8 +292,11 @@ def test_set_threads_limits_torch_faiss_and_blas_pools():
 
 
 def test_plus_tool_policy_turns_a_switched_off_tool_back_on():
-    policy, tools, disabled = harness.resolve_policy("embedded+highfreq")
-    assert policy.weights == {"high_frequency_enhancer": policy.TRIAL_WEIGHT} and policy.name == "embedded+high_frequency_enhancer"
-    assert "anomaly_map" not in tools and "high_frequency_enhancer" in tools and disabled == ()
-    with pytest.raises(ValueError, match="telescope"):
-        harness.resolve_policy("embedded+telescope")
+    from iad_agent.policies import PolicyConfigError, resolve_policy
+
+    r = resolve_policy("embedded+highfreq")
+    assert r.policy.weights == {"high_frequency_enhancer": r.policy.TRIAL_WEIGHT}
+    assert r.policy.name == "embedded+high_frequency_enhancer" and r.label == "embedded+highfreq"
+    assert "anomaly_map" not in r.tools and "high_frequency_enhancer" in r.tools and r.disabled == ()
+    with pytest.raises(PolicyConfigError, match="telescope"):
+        resolve_policy("embedded+telescope")

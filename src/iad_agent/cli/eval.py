@@ -140,19 +140,20 @@ def eval_command(
 ) -> None:
     """Benchmark policies side by side: k-shot metrics, ablations, MMAD questions; writes metrics.json,
     samples.csv and report.md (with plots) into --out."""
+    from iad_agent import api
     from iad_agent.datasets import DatasetError
     from iad_agent.eval import harness, report
 
     started = time.time()
     policies = list(dict.fromkeys(policy or ["knn", "embedded"]))
-    options = {"base_url": base_url, "model": model, "api_key_env": api_key_env, "timeout": timeout,
-               "max_retries": max_retries, "native_tools": native_tools, "max_image_side": max_image_side,
-               "adapter": adapter, "dtype": dtype, "device": device, "temperature": temperature,
-               "max_new_tokens": max_new_tokens}
+    options = opts.vlm_options(base_url=base_url, model=model, api_key_env=api_key_env, timeout=timeout,
+                               max_retries=max_retries, native_tools=native_tools, max_image_side=max_image_side,
+                               adapter=adapter, dtype=dtype, device=device, temperature=temperature,
+                               max_new_tokens=max_new_tokens)
     try:
         for name in policies:  # fail on a bad name before any work
-            harness.resolve_policy(name, disable_tool, options)
-    except ValueError as exc:
+            api.resolve_policy(name, disable_tool, options)
+    except (api.PolicyConfigError, api.MissingExtra) as exc:
         fail(str(exc))
     if questions is not None and questions != "mmad-style":
         fail(f"--questions takes 'mmad-style', got {questions!r}")
@@ -227,6 +228,7 @@ def _print_summary(doc: dict[str, Any]) -> None:
 def _run_mmad(dataset, root, category, policies, disable_tool, options, max_test, max_normals, fpr, max_steps, out,
               mmad_path, mmad_root, started, threads) -> None:  # noqa: ANN001 - CLI plumbing
     """Generate (``--questions mmad-style``) or read (``--mmad``) questions, answer them, score them."""
+    from iad_agent import api
     from iad_agent.datasets import DatasetError, list_categories, load_dataset
     from iad_agent.eval import harness, mmad, report
 
@@ -253,10 +255,7 @@ def _run_mmad(dataset, root, category, policies, disable_tool, options, max_test
             qpath = out / "mmad_style_questions.json"
             qpath.write_text(json.dumps(questions, indent=1), encoding="utf-8")
             console.print(f"wrote {len(questions)} images' questions to {qpath} (image root {image_root})", highlight=False)
-        resolved = []
-        for name in policies:
-            pol, tools, disabled = harness.resolve_policy(name, disable_tool, options)
-            resolved.append((harness.policy_label(name, disable_tool), pol, tools))
+        resolved = [api.resolve_policy(name, disable_tool, options) for name in policies]
         with _progress() as progress:
             task = progress.add_task("answering MMAD questions", total=len(questions) * len(resolved))
             answers = mmad.answer_questions(questions, image_root, resolved, fpr=fpr, max_steps=max_steps,

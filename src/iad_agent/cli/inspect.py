@@ -1,10 +1,9 @@
-"""``iad register``, ``iad inspect``, ``iad products``."""
+"""``iad register``, ``iad inspect`` (``iad products`` is in ``cli/products.py``)."""
 
 from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import typer
@@ -12,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from iad_agent.cli import app, console, fail
 from iad_agent.cli import options as opts
-from iad_agent.imageio import ImageError
 
 WORKSPACE = typer.Option(None, "--workspace", help="Folder of registered products (default $IAD_WORKSPACE, else ~/.iad).")
 
@@ -20,44 +18,6 @@ WORKSPACE = typer.Option(None, "--workspace", help="Folder of registered product
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)
-
-
-def _register(name: str, normals: Path | None, defects: Path | None, priors: Path | None, workspace: Path | None,
-              fpr: float, backbone: str, resolution: int, allow_mixed_sizes: bool, save: bool = True):
-    from iad_agent.product import Product, RegistrationError, Workspace, list_images
-    from iad_agent.tools.priors import domain_priors
-    from iad_agent.vision.features import FeatureConfig
-
-    ws = Workspace(workspace)
-    try:
-        existing = ws.load(name) if save and ws.exists(name) else None
-        files = list_images(normals) if normals else []
-        if normals and not files:
-            raise RegistrationError(f"{normals}: no images found (looked for .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp)")
-        user_priors = _read_priors(priors) if priors else {}
-        if existing is None:
-            user_priors = {**domain_priors(name), **user_priors}
-        with _progress() as progress:
-            task = progress.add_task(f"registering {name}", total=len(files) or 1)
-            product = Product.build(name, files, FeatureConfig(backbone=backbone, resolution=resolution), fpr=fpr,
-                                    defects_dir=defects, priors=user_priors, allow_mixed_sizes=allow_mixed_sizes,
-                                    progress=lambda done, total: progress.update(task, completed=done, total=total),
-                                    existing=existing)
-        if save:
-            product.save(ws.product_dir(name))
-    except (RegistrationError, ImageError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-    return product, ws
-
-
-def _read_priors(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        fail(f"{path}: cannot read priors ({exc}); expected JSON {{\"good\": \"...\", \"<defect type>\": \"...\"}}")
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        fail(f"{path}: priors must be a JSON object of strings {{\"good\": \"...\", \"<defect type>\": \"...\"}}")
-    return data
 
 
 @app.command()
@@ -73,23 +33,22 @@ def register(
     allow_mixed_sizes: bool = typer.Option(False, "--allow-mixed-sizes", help="Accept good images of different sizes."),
 ) -> None:
     """Register (or extend) a product from good images; sets its threshold from them alone."""
+    from iad_agent import api
+
     if normals is None and defects is None and priors is None:
         fail("nothing to register: give --normals DIR (and optionally --defects DIR, --priors FILE)")
-    product, ws = _register(name, normals, defects, priors, workspace, fpr, backbone, resolution, allow_mixed_sizes)
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"registering {name}", total=None)
+            product = api.register(name, normals, workspace=workspace, defects=defects, priors=priors, fpr=fpr,
+                                   backbone=backbone, resolution=resolution, allow_mixed_sizes=allow_mixed_sizes,
+                                   progress=lambda done, total: progress.update(task, completed=done, total=total))
+    except (api.RegistrationError, api.ProductError) as exc:
+        fail(str(exc))
     cal = product.bank.calibration
     console.print(f"[green]registered[/] {name}: {len(product.bank)} good images, threshold {cal.threshold:.4f} "
                   f"(false-alarm rate {cal.fpr:g}, {cal.method}), {len(product.defects.types)} defect examples, "
-                  f"{len(product.priors)} priors → {ws.product_dir(name)}")
-
-
-@app.command()
-def products(workspace: Path = WORKSPACE) -> None:
-    """List registered products."""
-    from iad_agent.product import Workspace
-
-    ws = Workspace(workspace)
-    for name in ws.products():
-        typer.echo(name)
+                  f"{len(product.priors)} priors → {product.folder}")
 
 
 @app.command()
@@ -98,7 +57,8 @@ def inspect(
     product: str = typer.Option(None, "--product", help="A registered product."),
     normals: Path = typer.Option(None, "--normals", help="One-off: folder of good images instead of a registered product."),
     workspace: Path = WORKSPACE,
-    policy: str = typer.Option("embedded", "--policy", help="embedded (default, CPU), openai, hf."),
+    policy: str = typer.Option("embedded", "--policy", help="embedded (default, CPU), knn, openai, hf; also "
+                               "embedded-no-<tool> and embedded+<tool> as in `iad eval`."),
     base_url: str = opts.BASE_URL,
     model: str = opts.MODEL,
     api_key_env: str = opts.API_KEY_ENV,
@@ -118,40 +78,37 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
 ) -> None:
     """Inspect image(s): verdict, score vs threshold, box, heat map, defect type and trace."""
-    from iad_agent.inspector import Inspector
-    from iad_agent.policies import make_policy
-    from iad_agent.product import Workspace
+    from iad_agent import api
     from iad_agent.report import save_heatmap, save_report
-    from iad_agent.tools import default_tools
 
     if (product is None) == (normals is None):
         fail("give exactly one of --product NAME (registered) or --normals DIR (one-off)")
     if len(images) > 1 and report is not None:
         fail("--report takes one image; inspect several images without --report or one at a time")
-    if normals is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            prod, _ = _register(normals.name or "product", normals, None, None, Path(tmp), 0.05, "efficientnet-lite0", 256, True, save=False)
-    else:
-        try:
-            prod = Workspace(workspace).load(product)
-        except (FileNotFoundError, RuntimeError, ValueError) as exc:
-            fail(str(exc))
+    options = opts.vlm_options(base_url=base_url, model=model, api_key_env=api_key_env, timeout=timeout,
+                               max_retries=max_retries, native_tools=native_tools, max_image_side=max_image_side,
+                               adapter=adapter, dtype=dtype, device=device, temperature=temperature,
+                               max_new_tokens=max_new_tokens)
     try:
-        pol = make_policy(policy, base_url=base_url, model=model, api_key_env=api_key_env, timeout=timeout,
-                          max_retries=max_retries, native_tools=native_tools, max_image_side=max_image_side, adapter=adapter,
-                          dtype=dtype, device=device, temperature=temperature, max_new_tokens=max_new_tokens)
-        tools = default_tools(tuple(disable_tool), anomaly_map=policy != "embedded")
-    except ValueError as exc:
+        resolved = api.resolve_policy(policy, disable_tool, options)  # a bad name fails before any work
+        if normals is not None:
+            with _progress() as progress:
+                task = progress.add_task("reading the good images", total=None)
+                prod = api.register(api.one_off_name(normals), normals, allow_mixed_sizes=True, save=False,
+                                    progress=lambda done, total: progress.update(task, completed=done, total=total))
+        else:
+            prod = api.load_product(product, workspace)
+        outcomes = api.inspect_many(images, prod, resolved, max_steps=max_steps)
+    except api.IADError as exc:
         fail(str(exc))
-    inspector = Inspector(prod, pol, tools, max_steps=max_steps)
     failures = 0
-    for image in images:
-        try:
-            result = inspector.inspect(image)
-        except ImageError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    for outcome in outcomes:
+        image = outcome.image
+        if not outcome.ok:
+            console.print(f"[bold red]error:[/] {outcome.error}", highlight=False)
             failures += 1
             continue
+        result = outcome.result
         hm = heatmap if heatmap and len(images) == 1 else None
         if hm is None:
             hm = (report.with_name(report.stem + "_heatmap.png") if report else Path.cwd() / f"{image.stem}_heatmap.png")

@@ -16,3 +16,10 @@ DTYPE = typer.Option(None, "--dtype", help="hf: auto, float32, bfloat16, float16
 DEVICE = typer.Option(None, "--device", help="hf: cpu, cuda, auto.")
 TEMPERATURE = typer.Option(None, "--temperature", help="VLM: 0 = greedy decoding.")
 MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", help="VLM: tokens per turn.")
+
+
+def vlm_options(**given: object):  # noqa: ANN201 - VLMOptions, imported lazily
+    """The VLM flags of a command as one :class:`~iad_agent.policies.VLMOptions` (unset flags stay ``None``)."""
+    from iad_agent.policies import VLMOptions
+
+    return VLMOptions(**given)

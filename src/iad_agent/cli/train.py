@@ -40,6 +40,13 @@ def sft_command(
     print_config: bool = typer.Option(False, "--print-config", help="Print the resulting settings as commented YAML and exit."),
 ) -> None:
     """Fine-tune with TRL's SFTTrainer; loss only on the model's own turns (prompts and tool observations masked)."""
+    from iad_agent.errors import MissingExtra
+    from iad_agent.extras import require
+
+    try:
+        require("train", "trl", "peft", "datasets", "accelerate")
+    except MissingExtra as exc:
+        fail(str(exc))
     from iad_agent.training import SFTRunConfig, train_sft
 
     overrides = {"model": model, "data": str(data) if data else None, "out": str(out) if out else None, "lora": lora,
@@ -57,3 +64,85 @@ def sft_command(
         fail(str(exc))
     console.print(f"[green]trained[/] {cfg.model} on {cfg.data} → {metrics['checkpoint']}", highlight=False)
     console.print(json.dumps({k: v for k, v in metrics.items() if k != "checkpoint"}), highlight=False)
+
+
+@train_app.command("gate")
+def gate_command(
+    out: Path = typer.Option(..., "--out", help="Learned gate file to write (JSON)."),
+    dataset: str = typer.Option("mvtec", "--dataset", help="Dataset reader of the training categories."),
+    root: Path = typer.Option(None, "--root", help="Dataset folder (default: <data root>/<dataset folder>)."),
+    train_categories: str = typer.Option(None, "--train-categories", help="Comma-separated categories to train on (default: all)."),
+    shots: str = typer.Option("4", "--shots", help="Good images registered per category (k or 'all')."),
+    max_per_category: int = typer.Option(60, "--max-per-category", min=1, help="At most this many labelled images per category."),
+    epochs: int = typer.Option(300, "--epochs", min=1, help="GRPO epochs over the cached rollouts."),
+    evaluate: bool = typer.Option(False, "--leave-category-out", help="Also report learned vs hand-set gate, each category held out."),
+    product: list[str] = typer.Option([], "--product", help="Install the gate into this registered product (repeatable)."),
+    workspace: Path = typer.Option(None, "--workspace", help="Workspace of --product (default $IAD_WORKSPACE or ~/.iad)."),
+) -> None:
+    """Learn when the embedded policy calls a tool (IndusAgent's gated RL) by group-relative policy gradient."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from iad_agent.datasets import DatasetError
+    from iad_agent.eval.harness import default_root, parse_shots
+    from iad_agent.product import Workspace
+    from iad_agent.training.gate import GateTrainConfig, collect, compare, leave_category_out, train
+
+    try:
+        root = root or default_root(dataset)
+        from iad_agent.datasets import list_categories
+
+        cats = [c.strip() for c in train_categories.split(",") if c.strip()] if train_categories else list_categories(dataset, root)
+        config = GateTrainConfig(shots=parse_shots([shots])[0], max_test_per_category=max_per_category, epochs=epochs)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("rollouts", total=None)
+            outcomes = collect([(dataset, str(root), c) for c in cats], config,
+                               progress=lambda d, t, c: progress.update(task, completed=d, total=t, description=f"rollouts ({c})"))
+        gate = train(outcomes, config)
+        gate.save(out)
+        for name in product:
+            ws = Workspace(workspace)
+            ws.load(name)  # refuses an unknown product with a clear message
+            gate.save(ws.product_dir(name) / "learned_gate.json")
+    except (ValueError, DatasetError, FileNotFoundError) as exc:
+        fail(str(exc))
+    report = {"train": compare(gate, outcomes, config.weights)}
+    if evaluate:
+        report["leave_category_out"] = leave_category_out(outcomes, config)
+    sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    console.print(f"[green]learned gate[/] from {len(outcomes)} images of {', '.join(cats)} → {out}"
+                  + (f"; installed in {', '.join(product)}" if product else ""), highlight=False)
+
+
+@train_app.command("grpo")
+def grpo_command(
+    model: str = typer.Option(None, "--model", help="Starting model: an SFT checkpoint folder (never downloaded)."),
+    data: Path = typer.Option(None, "--data", help="Folder written by `iad trajectories build --format rl-prompts`."),
+    out: Path = typer.Option(None, "--out", help="Checkpoint folder (loads with `iad inspect --policy hf --model OUT`)."),
+    lora: bool = typer.Option(None, "--lora/--full", help="Train a LoRA adapter instead of all language-model weights."),
+    config: Path = typer.Option(None, "--config", help="YAML file of settings (see --print-config for every key)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    learning_rate: float = typer.Option(None, "--learning-rate", "--lr", help="Peak learning rate."),
+    set_: list[str] = typer.Option([], "--set", help="Any other setting as KEY=VALUE (YAML value); repeatable."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resulting settings as commented YAML and exit."),
+) -> None:
+    """GRPO with multi-turn tool calling (TRL GRPOTrainer); tool results masked out of the loss."""
+    from iad_agent.training.grpo import GRPORunConfig, train_grpo
+
+    overrides = {"model": model, "data": str(data) if data else None, "out": str(out) if out else None, "lora": lora,
+                 "max_steps": max_steps, "learning_rate": learning_rate, **_overrides(set_)}
+    try:
+        cfg = GRPORunConfig.from_yaml(config, **overrides)
+    except (OSError, ValueError, TypeError) as exc:
+        fail(str(exc))
+    if print_config:
+        sys.stdout.write(cfg.to_yaml())
+        return
+    try:
+        metrics = train_grpo(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"[green]trained[/] {cfg.model} on {cfg.data} → {metrics['checkpoint']}", highlight=False)
+    steps = [{k: v for k, v in e.items() if k.startswith(("reward", "tools/")) or k in ("loss", "step")}
+             for e in metrics["log_history"] if "loss" in e]
+    sys.stdout.write(json.dumps({"steps": steps, **{k: v for k, v in metrics.items() if k not in ("checkpoint", "log_history")}}) + "\n")

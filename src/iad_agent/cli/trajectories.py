@@ -47,15 +47,37 @@ def build_command(
     teacher_url: str = typer.Option(None, "--teacher-url", help="Its endpoint, e.g. http://127.0.0.1:8000/v1."),
     seed: int = typer.Option(0, "--seed", help="Seeds the split, selection, styles and phrasing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty output folder."),
+    format_: str = typer.Option("sft", "--format", help="sft: teacher trajectories; rl-prompts: prompts + ground truth "
+                                                        "for `iad train grpo`."),
+    mmad: Path = typer.Option(None, "--mmad", help="rl-prompts from MMAD's question file (mmad.json) instead of --dataset."),
+    mmad_root: Path = typer.Option(None, "--mmad-root", help="Folder the MMAD image keys and templates are relative to."),
+    split_file: Path = typer.Option(None, "--split", help="Reuse this split.json (e.g. the SFT dataset's) for rl-prompts."),
 ) -> None:
-    """Build trajectories with the real tools and a ground-truth teacher; export them for TRL and LLaMA-Factory."""
+    """Build trajectories with the real tools and a ground-truth teacher (or RL prompts); export them for TRL."""
     from iad_agent.datasets import DatasetError, data_root
+    from iad_agent.errors import MissingExtra
+    from iad_agent.extras import require
     from iad_agent.product import RegistrationError
+
+    try:
+        require("train", "datasets")
+        if teacher_model:
+            require("vlm", "openai")
+    except MissingExtra as exc:
+        fail(str(exc))
     from iad_agent.trajectories import BuildConfig, build, parse_style_weights
     from iad_agent.trajectories.export import save
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         fail(f"{out} is not empty; pass --overwrite to write into it")
+    if format_ not in ("sft", "rl-prompts"):
+        fail(f"--format must be sft or rl-prompts, got {format_!r}")
+    if format_ == "sft" and (mmad or split_file):
+        fail("--mmad and --split apply to --format rl-prompts")
+    if format_ == "rl-prompts":
+        _rl_prompts(out, dataset, root, train_categories, held_out_categories, normal_fraction, max_per_category, test_fraction,
+                    normals_per_category, max_steps, max_image_side, seed, mmad, mmad_root, split_file)
+        return
     try:
         styles = parse_style_weights(style)
         if root is None:
@@ -88,3 +110,38 @@ def build_command(
     for reason, n in result.skipped.items():
         console.print(f"  [yellow]left out[/] {n}: {reason}", highlight=False)
     console.print(f"  load with datasets.load_from_disk({str(out)!r}); card: {out / 'README.md'}", highlight=False)
+
+
+def _rl_prompts(out: Path, dataset: str, root: Path | None, train_categories: str | None, held_out_categories: str | None,
+                normal_fraction: float | None, max_per_category: int | None, test_fraction: float, normals_per_category: int,
+                max_steps: int, max_image_side: int, seed: int, mmad: Path | None, mmad_root: Path | None,
+                split_file: Path | None) -> None:
+    from iad_agent.datasets import DatasetError, data_root
+    from iad_agent.trajectories import BuildConfig
+    from iad_agent.trajectories import rl_prompts
+
+    command = shlex.join(["iad", *sys.argv[1:]])
+    try:
+        with _progress() as progress:
+            task = progress.add_task("RL prompts", total=None)
+            tick = lambda done, total: progress.update(task, completed=done, total=total)  # noqa: E731
+            if mmad is not None:
+                if mmad_root is None:
+                    fail("--mmad needs --mmad-root (the folder its image keys are relative to)")
+                counts = rl_prompts.build_from_mmad(mmad, mmad_root, out, _names(train_categories), _names(held_out_categories),
+                                                    test_fraction, seed, max_steps=max_steps,
+                                                    max_image_side=max_image_side or None, command=command, progress=tick)
+            else:
+                if root is None:
+                    root = data_root() / {"mvtec": "mvtec_ad", "loco": "mvtec_loco"}.get(dataset, dataset)
+                split = rl_prompts.load_split_file(split_file) if split_file else None
+                config = BuildConfig(dataset=dataset, root=str(root), train_categories=_names(train_categories),
+                                     held_out_categories=_names(held_out_categories), normal_fraction=normal_fraction,
+                                     max_per_category=max_per_category, test_fraction=test_fraction,
+                                     normals_per_category=normals_per_category, max_steps=max_steps, seed=seed)
+                counts = rl_prompts.build_from_dataset(config, out, max_image_side or None, split, command, tick)
+    except (ValueError, DatasetError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"[green]built[/] {sum(counts.values())} RL prompts ({', '.join(f'{k} {v}' for k, v in counts.items())}) → {out}",
+                  highlight=False)
+    console.print(f"  train with: iad train grpo --model CKPT --data {out} --out CKPT_GRPO", highlight=False)

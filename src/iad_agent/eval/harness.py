@@ -52,9 +52,8 @@ from iad_agent.datasets import READERS, DatasetError, data_root, list_categories
 from iad_agent.eval import metrics
 from iad_agent.imageio import load_image, save_png
 from iad_agent.inspector import Inspector, InspectionResult
-from iad_agent.policies import make_policy
+from iad_agent.policies import VLMOptions, policy_label, resolve_policy
 from iad_agent.product import Product
-from iad_agent.tools import TOOL_ALIASES, default_tools
 from iad_agent.tools.cache import ToolCache, cached_tools
 from iad_agent.types import Box, Sample
 
@@ -77,8 +76,6 @@ DATASET_FOLDERS = {
     "deeppcb": "deeppcb",
     "kolektor": "kolektor",
 }
-_SHORT = {v: k for k, v in TOOL_ALIASES.items()}
-_ABLATION = re.compile(r"^(?P<base>.+?)(?P<rest>(?:-no-[a-z_]+)+)$")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -98,7 +95,7 @@ class EvalConfig:
         max_test: cap on the test images per category, evenly spaced within each class (``None`` = all).
         max_normals: cap on the references for ``shots="all"`` and on a held-out pool.
         fpr: false-alarm rate the products' thresholds are set for.
-        policy_options: passed to :func:`iad_agent.policies.make_policy` (``None`` values dropped).
+        policy_options: VLM backend settings, passed to :func:`iad_agent.policies.resolve_policy`.
         max_steps: the agent loop's step budget.
         examples: save best/worst example tiles for the first seed's records.
     """
@@ -112,7 +109,7 @@ class EvalConfig:
     max_test: int | None = None
     max_normals: int = 50
     fpr: float = 0.05
-    policy_options: dict[str, Any] = field(default_factory=dict)
+    policy_options: VLMOptions = field(default_factory=VLMOptions)
     max_steps: int = 6
     examples: bool = True
 
@@ -152,61 +149,6 @@ def parse_shots(values: Iterable[str | int]) -> list[int | str]:
         else:
             raise ValueError(f"--shots takes a positive integer or 'all', got {v!r}")
     return list(dict.fromkeys(out))
-
-
-# ----------------------------------------------------------------------------- policies
-
-
-def tool_name(name: str) -> str:
-    """Full tool name from a short alias (``zoom`` -> ``perceptive_zoomer``) or the full name."""
-    return TOOL_ALIASES.get(name, name)
-
-
-def policy_label(name: str, disable: Iterable[str] = ()) -> str:
-    """The record label: the policy name plus ``-no-<tool>`` for each extra disabled tool.
-
-    >>> policy_label("embedded", ["perceptive_zoomer"]), policy_label("knn", ["zoom"])
-    ('embedded-no-zoom', 'knn')
-    """
-    if name == "knn":
-        return name
-    base, disabled = split_policy_name(name)
-    extra = [t for t in (tool_name(d) for d in disable) if t not in disabled]
-    return name + "".join(f"-no-{_SHORT.get(t, t)}" for t in extra)
-
-
-def split_policy_name(name: str) -> tuple[str, tuple[str, ...]]:
-    """``embedded-no-zoom-no-highfreq`` -> ``("embedded", ("perceptive_zoomer", "high_frequency_enhancer"))``."""
-    m = _ABLATION.match(name)
-    if not m:
-        return name, ()
-    tools = tuple(tool_name(t) for t in m.group("rest").split("-no-") if t)
-    return m.group("base"), tools
-
-
-def resolve_policy(name: str, disable: Iterable[str] = (), options: dict[str, Any] | None = None):
-    """The policy object and tool set a policy name stands for.
-
-    ``knn`` runs without tools; ``<base>-no-<tool>...`` is ``<base>`` with those tools left
-    out; ``disable`` removes more tools from every tool-using policy.
-
-    Returns:
-        ``(policy, tools, disabled tool names)``.
-
-    Raises:
-        ValueError: unknown policy or tool name.
-    """
-    if name == "knn":
-        return make_policy("knn"), {}, ()
-    from iad_agent.policies.embedded import COMPONENTS
-
-    base, disabled = split_policy_name(name)
-    disabled = tuple(dict.fromkeys((*disabled, *(tool_name(d) for d in disable))))
-    without = tuple(d for d in disabled if d in COMPONENTS)  # policy components (embedded-no-selfsim), not tools
-    disabled = tuple(d for d in disabled if d not in COMPONENTS)
-    policy = make_policy(base, **(options or {}), **({"without": without} if without else {}))
-    tools = default_tools(disabled, anomaly_map=not base.startswith("embedded"))
-    return policy, tools, disabled
 
 
 # ----------------------------------------------------------------------------- splits
@@ -530,8 +472,8 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     runs = []
     cache = ToolCache()  # the policies share tool results on each image (timed as if each ran its own)
     for label in group.policies:
-        policy, tools, disabled = resolve_policy(_name_for(label, config), config.disable_tools, config.policy_options)
-        runs.append(_PolicyRun(label, policy, cached_tools(tools, cache), disabled, None))  # inspector: per product
+        resolved = resolve_policy(_name_for(label, config), config.disable_tools, config.policy_options)
+        runs.append(_PolicyRun(label, resolved.policy, cached_tools(resolved.tools, cache), resolved.disabled, None))
     product = None
     build_ms: list[float] = []
     if group.protocol != "given":

@@ -29,10 +29,10 @@ def measure(n_normals: int = 200, n_queries: int = 20, policy: str = "embedded")
         peak_rss_mb,
         prepare_query,
         reset_peak_rss,
-        resolve_policy,
         set_threads,
         split_dataset,
     )
+    from iad_agent.policies import resolve_policy
     from iad_agent.product import Product
 
     set_threads(1)
@@ -56,11 +56,11 @@ def measure(n_normals: int = 200, n_queries: int = 20, policy: str = "embedded")
     product = Product.build("memory-check", normals, allow_mixed_sizes=True)
     build_s = time.perf_counter() - t0
     after_build = peak_rss_mb()
-    pol, tools, _ = resolve_policy(policy)
+    resolved = resolve_policy(policy)
     ms = []
     for path in queries:
         prep = prepare_query(product, path)
-        inspector = SharedInspector(product, pol, tools)
+        inspector = SharedInspector(product, resolved.policy, resolved.tools)
         inspector.prepared = prep
         t = time.perf_counter()
         inspector.inspect(path)

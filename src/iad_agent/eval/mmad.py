@@ -42,11 +42,14 @@ import zlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from iad_agent.types import Box, FinalAnswer, Sample  # noqa: F401  (Box: used by the doctests)
+
+if TYPE_CHECKING:
+    from iad_agent.policies import ResolvedPolicy
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +267,7 @@ def _product_name(key: str) -> str:
     return name[:64]
 
 
-def answer_questions(questions: dict[str, dict[str, Any]], image_root: Path, policies: list[tuple[str, Any, dict]],
+def answer_questions(questions: dict[str, dict[str, Any]], image_root: Path, policies: list[ResolvedPolicy],
                      fpr: float = 0.05, max_steps: int = 6, n_templates: int = 1,
                      on_image: Callable[[int], None] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Answer every question with each policy, one normal template as the product's reference.
@@ -272,7 +275,7 @@ def answer_questions(questions: dict[str, dict[str, Any]], image_root: Path, pol
     Args:
         questions: an MMAD-schema question dict (official or generated).
         image_root: folder the keys and template paths are relative to.
-        policies: ``(label, policy, tools)`` triples.
+        policies: the policies, as :func:`iad_agent.policies.resolve_policy` gives them.
         n_templates: how many of ``similar_templates`` (else ``random_templates``) to register.
 
     Returns:
@@ -286,7 +289,7 @@ def answer_questions(questions: dict[str, dict[str, Any]], image_root: Path, pol
     image_root = Path(image_root)
     items = sorted(questions.items(), key=lambda kv: (tuple(_templates(kv[1])[:n_templates]), kv[0]))
     products: OrderedDict[tuple, Product] = OrderedDict()
-    answers: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in policies}
+    answers: dict[str, list[dict[str, Any]]] = {p.label: [] for p in policies}
     for key, item in items:
         refs = tuple(_templates(item)[:n_templates])
         if not refs:
@@ -302,8 +305,9 @@ def answer_questions(questions: dict[str, dict[str, Any]], image_root: Path, pol
         prep = prepare_query(product, image_root / key)
         conversation = item.get("conversation", [])
         normal = _is_normal(key, conversation)
-        for label, policy, tools in policies:
-            inspector = SharedInspector(product, policy, tools, max_steps=max_steps)
+        for resolved in policies:
+            label = resolved.label
+            inspector = SharedInspector(product, resolved.policy, resolved.tools, max_steps=max_steps)
             inspector.prepared = prep
             t0 = time.perf_counter()
             result = inspector.inspect(image_root / key)

@@ -1,61 +1,233 @@
-"""Policies: the embedded CPU policy (default), the plain kNN baseline, VLM backends, and a scripted policy for tests."""
+"""Policies: the embedded CPU policy (default), the plain kNN baseline, VLM backends, and a scripted policy for tests.
+
+:func:`resolve_policy` is the one place where a policy *name* becomes a policy object and the
+tool set it gets; ``iad inspect``, ``iad eval``, the library API and the service all call it:
+
+* ``knn``: the nearest-neighbour baseline, no tools;
+* ``embedded``: the gated CPU policy with the papers' four tools;
+* ``embedded+<tool>`` (e.g. ``embedded+highfreq``): a tool the gate switched off (weight 0)
+  given the trial weight ``EmbeddedPolicy.TRIAL_WEIGHT`` back, so it stays measured;
+* ``openai`` / ``hf``: a VLM backend (options in :class:`VLMOptions`), with the four tools plus
+  the ``anomaly_map`` evidence tool;
+* ``<any of these>-no-<tool>...`` (e.g. ``embedded-no-zoom``): the same without those tools;
+  ``embedded-no-selfsim``: the embedded policy answering from the plain nearest-neighbour look.
+"""
 
 from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
+from iad_agent.errors import PolicyConfigError
+from iad_agent.extras import require
 from iad_agent.policies.base import Policy, ScriptedPolicy
-from iad_agent.policies.embedded import EmbeddedPolicy
 
-__all__ = ["EmbeddedPolicy", "Policy", "ScriptedPolicy", "make_policy"]
+if TYPE_CHECKING:
+    from iad_agent.tools.base import Tool
+
+__all__ = ["Policy", "PolicyConfigError", "ResolvedPolicy", "ScriptedPolicy", "VLMOptions", "make_policy",
+           "policy_label", "resolve_policy", "split_policy_name"]
 
 log = logging.getLogger(__name__)
 
+_ABLATION = re.compile(r"^(?P<base>.+?)(?P<rest>(?:-no-[a-z_]+)+)$")
+
+
+@dataclass(frozen=True)
+class VLMOptions:
+    """Settings of the VLM backends (``openai``, ``hf``); ``None`` = the backend's default.
+
+    The embedded and knn policies ignore them, so one set of command-line flags serves every
+    policy. Each backend takes the fields it knows and ignores the others.
+
+    Attributes:
+        base_url: openai: the API root, e.g. ``http://127.0.0.1:8000/v1``.
+        model: openai: the served model name; hf: the folder of the weights.
+        api_key_env: openai: environment variable holding the API key.
+        timeout: openai: seconds per request.
+        max_retries: openai: retries on 429 / 5xx / timeouts / malformed replies.
+        native_tools: openai: native function calling instead of the text protocol.
+        max_image_side: longest image side sent to the model, in pixels.
+        concurrency: openai: requests in flight at once.
+        adapter: hf: folder of a PEFT LoRA adapter.
+        dtype: hf: ``auto``, ``float32``, ``bfloat16``, ``float16``.
+        device: hf: ``cpu``, ``cuda``, ``auto``.
+        temperature: sampling temperature (0 = greedy).
+        max_new_tokens: tokens per model turn.
+    """
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+    native_tools: bool | None = None
+    max_image_side: int | None = None
+    concurrency: int | None = None
+    adapter: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    temperature: float | None = None
+    max_new_tokens: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The options that are set, as keyword arguments.
+
+        >>> VLMOptions(model="m", timeout=5.0).given()
+        {'model': 'm', 'timeout': 5.0}
+        """
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class ResolvedPolicy:
+    """What a policy name stands for.
+
+    Attributes:
+        label: the name records and reports use (``name`` plus ``-no-<tool>`` for each tool
+            disabled on top of the name).
+        policy: the policy object.
+        tools: the tools it may call, by name.
+        disabled: full names of the tools left out.
+    """
+
+    label: str
+    policy: Policy
+    tools: dict[str, Tool]
+    disabled: tuple[str, ...]
+
+
+def tool_name(name: str) -> str:
+    """Full tool name from a short alias (``zoom`` -> ``perceptive_zoomer``) or the full name.
+
+    >>> tool_name("zoom"), tool_name("prior_retriever")
+    ('perceptive_zoomer', 'prior_retriever')
+    """
+    from iad_agent.tools import TOOL_ALIASES
+
+    return TOOL_ALIASES.get(name, name)
+
+
+def split_policy_name(name: str) -> tuple[str, tuple[str, ...]]:
+    """``embedded-no-zoom-no-highfreq`` -> ``("embedded", ("perceptive_zoomer", "high_frequency_enhancer"))``.
+
+    >>> split_policy_name("embedded-no-zoom-no-highfreq")
+    ('embedded', ('perceptive_zoomer', 'high_frequency_enhancer'))
+    >>> split_policy_name("knn")
+    ('knn', ())
+    """
+    m = _ABLATION.match(name)
+    if not m:
+        return name, ()
+    return m.group("base"), tuple(tool_name(t) for t in m.group("rest").split("-no-") if t)
+
+
+def policy_label(name: str, disable: Iterable[str] = ()) -> str:
+    """The record label: the policy name plus ``-no-<tool>`` for each extra disabled tool.
+
+    >>> policy_label("embedded", ["perceptive_zoomer"]), policy_label("knn", ["zoom"])
+    ('embedded-no-zoom', 'knn')
+    >>> policy_label("embedded-no-zoom", ["zoom"])
+    'embedded-no-zoom'
+    """
+    from iad_agent.tools import TOOL_ALIASES
+
+    if name == "knn":
+        return name
+    short = {v: k for k, v in TOOL_ALIASES.items()}
+    _, disabled = split_policy_name(name)
+    extra = [t for t in dict.fromkeys(tool_name(d) for d in disable) if t not in disabled]
+    return name + "".join(f"-no-{short.get(t, t)}" for t in extra)
+
+
+def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions | None = None) -> ResolvedPolicy:
+    """The policy object and the tool set a policy name stands for (see the module docstring).
+
+    Args:
+        name: ``knn``, ``embedded``, ``embedded+<tool>``, ``openai``, ``hf``, each optionally
+            followed by ``-no-<tool>`` suffixes.
+        disable: more tools (full names or aliases) to leave out of a tool-using policy.
+        options: VLM backend settings (ignored by the embedded and knn policies).
+
+    Raises:
+        PolicyConfigError: an unknown policy or tool name, or options the backend refuses
+            (e.g. ``openai`` without a base URL).
+        MissingExtra: a VLM backend without the ``vlm`` extra installed.
+    """
+    from iad_agent.tools import default_tools
+
+    label = policy_label(name, disable)
+    if name == "knn":
+        return ResolvedPolicy(label, make_policy("knn"), {}, ())
+    from iad_agent.policies.embedded import COMPONENTS
+
+    base, disabled = split_policy_name(name)
+    disabled = tuple(dict.fromkeys((*disabled, *(tool_name(d) for d in disable))))
+    without = tuple(d for d in disabled if d in COMPONENTS)  # policy components (embedded-no-selfsim), not tools
+    disabled = tuple(d for d in disabled if d not in COMPONENTS)
+    embedded = base == "embedded" or base.startswith("embedded+")
+    if without and not embedded:
+        raise PolicyConfigError(f"{name!r}: only the embedded policy has the component(s) {', '.join(without)}")
+    try:
+        tools = default_tools(disabled, anomaly_map=not embedded)  # the normal-bank evidence tool is for VLMs
+        policy = make_policy(base, **(options or VLMOptions()).given(), **({"without": without} if without else {}))
+    except PolicyConfigError:
+        raise
+    except ValueError as exc:  # a backend refusing its options
+        raise PolicyConfigError(str(exc)) from exc
+    return ResolvedPolicy(label, policy, tools, disabled)
+
 
 def make_policy(name: str, **options: Any) -> Policy:
-    """Build a policy by name: ``embedded`` or ``knn`` (options ignored), ``openai`` or ``hf``.
+    """Build a policy by its base name: ``embedded``, ``embedded+<tool>``, ``knn``, ``openai`` or ``hf``.
 
-    ``embedded+<tool>`` (e.g. ``embedded+highfreq``) is the embedded policy with a tool whose
-    weight is 0 in the product's gate given weight ``EmbeddedPolicy.TRIAL_WEIGHT``, so the
-    benchmark can keep measuring a tool the gate no longer calls.
+    Prefer :func:`resolve_policy`, which also gives the tool set. Options that are ``None``
+    are dropped (the backend's default applies), and so are options the chosen backend does
+    not take (see :class:`VLMOptions`). The result's ``concurrency`` attribute (1 where
+    absent) is how many episodes may run at once.
 
-    Options that are ``None`` are dropped (the backend's default applies), and so are options
-    the chosen backend does not take (e.g. ``adapter`` for ``openai``), so one set of CLI
-    flags can serve every policy. ``openai`` takes ``base_url``, ``model``, ``api_key_env``,
-    ``timeout``, ``max_retries``, ``max_image_side``, ``concurrency``, ``temperature``,
-    ``max_new_tokens``, ``native_tools``; ``hf`` takes ``model``, ``adapter``, ``dtype``,
-    ``device``, ``temperature``, ``max_new_tokens``, ``max_image_side``. The result's
-    ``concurrency`` attribute (1 where absent) is how many episodes may run at once.
+    Raises:
+        PolicyConfigError: unknown policy or tool name, or the hf policy without a model.
+        MissingExtra: a VLM backend without the ``vlm`` extra installed.
+        ValueError: a backend refusing its options.
     """
     options = {k: v for k, v in options.items() if v is not None}
     if name == "embedded":
+        from iad_agent.policies.embedded import EmbeddedPolicy
+
         return EmbeddedPolicy(without=tuple(options.get("without", ())))
     if name.startswith("embedded+"):  # embedded+highfreq: a tool the gate has switched off, back on
-        from iad_agent.tools import TOOL_ALIASES, default_tools
+        from iad_agent.policies.embedded import EmbeddedPolicy
+        from iad_agent.tools import default_tools
 
         known = default_tools()
-        wanted = [TOOL_ALIASES.get(t, t) for t in name.split("+")[1:]]
+        wanted = [tool_name(t) for t in name.split("+")[1:]]
         unknown = [t for t in wanted if t not in known]
         if unknown:
-            raise ValueError(f"unknown tool {', '.join(unknown)} in policy {name!r}; tools: {', '.join(sorted(known))}")
+            raise PolicyConfigError(f"unknown tool {', '.join(unknown)} in policy {name!r}; tools: {', '.join(sorted(known))}")
         return EmbeddedPolicy(weights={t: EmbeddedPolicy.TRIAL_WEIGHT for t in wanted}, without=tuple(options.get("without", ())))
     if name == "knn":
         from iad_agent.policies.knn import KnnPolicy
 
         return KnnPolicy()
     if name == "openai":
+        require("vlm", "openai")
         from iad_agent.policies.openai import OpenAIPolicy
 
         return OpenAIPolicy(**_accepted(OpenAIPolicy, options, name))
     if name == "hf":
+        if "model" not in options:
+            raise PolicyConfigError("the hf policy needs --model (a local folder of weights, e.g. Qwen2.5-VL-3B-Instruct)")
+        require("vlm", "transformers", "accelerate", *(["peft"] if options.get("adapter") else []))
         from iad_agent.policies.hf import HFPolicy
 
-        if "model" not in options:
-            raise ValueError("the hf policy needs --model (a local folder of weights, e.g. Qwen2.5-VL-3B-Instruct)")
         return HFPolicy(**_accepted(HFPolicy, options, name))
-    raise ValueError(f"unknown policy {name!r}; choose embedded, knn, openai or hf")
+    raise PolicyConfigError(f"unknown policy {name!r}; choose knn, embedded, embedded+<tool>, openai or hf, "
+                            "optionally with -no-<tool> suffixes (e.g. embedded-no-zoom)")
 
 
 def _accepted(cls: type, options: dict[str, Any], name: str) -> dict[str, Any]:
@@ -64,3 +236,4 @@ def _accepted(cls: type, options: dict[str, Any], name: str) -> dict[str, Any]:
     if unused:
         log.debug("policy %s ignores options %s", name, ", ".join(unused))
     return {k: v for k, v in options.items() if k in params}
+

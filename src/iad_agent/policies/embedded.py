@@ -89,19 +89,23 @@ class EmbeddedPolicy:
     #: high-frequency enhancer's weight before the ablation set it to 0).
     TRIAL_WEIGHT = 0.25
 
-    def __init__(self, always_look: bool = False, weights: dict[str, float] | None = None,
+    def __init__(self, always_look: bool = False, weights: dict[str, float] | None = None, gate=None,  # noqa: ANN001
                  without: tuple[str, ...] = ()) -> None:
         """
         Args:
             always_look: call the tools on every image, not only on uncertain ones.
             weights: per-tool fusion weights overriding the product's ``gate.json`` (the
                 benchmark's ``embedded+highfreq`` uses this to keep measuring a switched-off tool).
+            gate: a learned gate (:class:`~iad_agent.policies.gate.LearnedGate`) replacing the
+                hand-set band; by default the one installed in the product folder, if any.
             without: components left out, for ablations: ``"selfsim"`` = the global look is
                 plain nearest neighbour even where the product's scoring mixes in self-similarity.
         """
         unknown = set(without) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown component(s) {sorted(unknown)}; components: {', '.join(COMPONENTS)}")
+        self.gate = gate
+        self._installed: dict = {}
         self.always_look = always_look
         self.weights = dict(weights or {})
         self.without = tuple(without)
@@ -123,6 +127,11 @@ class EmbeddedPolicy:
         return {ZOOM: gate.w_zoom, COMPARE: gate.w_compare, HIGHFREQ: gate.w_highfreq, **self.weights}
 
     def act(self, episode: Episode, tools: dict[str, Tool]) -> Step:
+        from iad_agent.policies.gate import gated_step, installed_gate
+
+        learned = self.gate or installed_gate(episode.product, self._installed)
+        if learned is not None:  # a gate trained by RL (iad train gate) replaces the hand-set band
+            return gated_step(self, episode, tools, learned)
         gate = episode.product.gate
         look = self._look(episode)
         steps = episode.trajectory.steps

@@ -36,9 +36,51 @@ def _help(text: str, default: Any = MISSING, factory: Any = MISSING) -> Any:
     return field(default=default, metadata={"help": text})
 
 
+class YamlConfig:
+    """``from_yaml`` / ``to_yaml`` for the run-config dataclasses (``kind`` names them in errors)."""
+
+    kind = "run"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> YamlConfig:
+        """Read a YAML mapping of field names (unknown keys are refused), then apply ``overrides``.
+
+        Raises:
+            ValueError: an unknown key or a YAML file that is not a mapping.
+        """
+        import yaml
+
+        values: dict[str, Any] = {}
+        if path is not None:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a YAML mapping of {cls.kind} settings")
+            values.update(loaded)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.kind} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_yaml(self) -> str:
+        """The settings as YAML with each field's help as a comment."""
+        import yaml
+
+        lines = []
+        for f in fields(self):
+            value = yaml.safe_dump(getattr(self, f.name), default_flow_style=True, width=1000).strip()
+            value = value.removesuffix("...").strip()  # a plain scalar document ends with "..."
+            lines += [f"# {f.metadata['help']}", f"{f.name}: {value}"]
+        return "\n".join(lines) + "\n"
+
+
+
 @dataclass
-class SFTRunConfig:
+class SFTRunConfig(YamlConfig):
     """Everything ``iad train sft`` needs; loadable from YAML (:meth:`from_yaml`)."""
+
+    kind = "SFT"
 
     model: str = _help("Folder of the base model (e.g. Qwen2.5-VL-3B-Instruct); never downloaded.", "")
     data: str = _help("Folder written by `iad trajectories build` (a datasets DatasetDict on disk).", "")
@@ -75,39 +117,6 @@ class SFTRunConfig:
     seed: int = _help("Random seed.", 42)
     report_to: list[str] = _help("Where to report metrics (none, tensorboard, wandb, ...).", factory=lambda: ["none"])
     deepspeed: str | None = _help("DeepSpeed JSON config (or use `accelerate launch --config_file ...`).", None)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path | None = None, **overrides: Any) -> SFTRunConfig:
-        """Read a YAML mapping of field names (unknown keys are refused), then apply ``overrides``.
-
-        Raises:
-            ValueError: an unknown key or a YAML file that is not a mapping.
-        """
-        import yaml
-
-        values: dict[str, Any] = {}
-        if path is not None:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a YAML mapping of SFT settings")
-            values.update(loaded)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown SFT setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
-
-    def to_yaml(self) -> str:
-        """The settings as YAML with each field's help as a comment."""
-        import yaml
-
-        lines = []
-        for f in fields(self):
-            value = yaml.safe_dump(getattr(self, f.name), default_flow_style=True, width=1000).strip()
-            value = value.removesuffix("...").strip()  # a plain scalar document ends with "..."
-            lines += [f"# {f.metadata['help']}", f"{f.name}: {value}"]
-        return "\n".join(lines) + "\n"
 
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -1,0 +1,294 @@
+"""The library API: register products, inspect images, list products.
+
+The one entry point that the ``iad`` command, the HTTP service and the Ray engine share (see
+``ARCHITECTURE.md``); evaluation and trajectory building sit below it and use
+:class:`~iad_agent.inspector.Inspector` directly. Nothing here prints, exits or changes the
+environment, and importing this module loads neither torch nor faiss (they load when a
+product is built or loaded). Problems are raised as typed errors that callers turn into
+messages or HTTP status codes:
+
+* :class:`RegistrationError` (a ``ValueError``): registration refused; names the file or folder.
+* :class:`ImageError` (a ``ValueError``): an image that cannot be inspected; names the file.
+* :class:`ProductNotFound` (a ``LookupError``): no product of that name in the workspace.
+* :class:`ProductError` (a ``RuntimeError``): a stored product that cannot be loaded.
+* :class:`PolicyConfigError` (a ``ValueError``): unknown policy / tool name, or bad backend options.
+* :class:`MissingExtra` (an ``ImportError``): a VLM policy without ``pip install 'iad-agent[vlm]'``.
+
+All of them but :class:`ImageError` derive from :class:`IADError`.
+
+Example (the README's main job)::
+
+    from iad_agent import api
+
+    api.register("hazelnut", "shared/data/mvtec_ad/hazelnut/train/good")
+    result = api.inspect("shared/data/mvtec_ad/hazelnut/test/hole/001.png", "hazelnut")
+    result.to_dict()["anomaly_present"]      # True
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+from iad_agent.errors import IADError, MissingExtra, PolicyConfigError, ProductError, ProductNotFound, RegistrationError
+from iad_agent.imageio import ImageError
+from iad_agent.policies import ResolvedPolicy, VLMOptions, resolve_policy
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from iad_agent.inspector import InspectionResult, Inspector
+    from iad_agent.product import Product
+    from iad_agent.types import Sample
+
+__all__ = [
+    "IADError", "ImageError", "InspectionOutcome", "MissingExtra", "PolicyConfigError", "ProductError", "ProductNotFound", "RegistrationError",
+    "ResolvedPolicy", "VLMOptions", "inspect", "inspect_many", "list_products", "load_product", "make_inspector",
+    "read_priors", "register", "resolve_policy",
+]
+
+#: Step budget of one inspection (turns of the policy).
+DEFAULT_MAX_STEPS = 6
+#: What ``iad inspect`` and the service use when no policy is named.
+DEFAULT_POLICY = "embedded"
+
+PathLike = Union[str, Path]
+ImageInput = Union[str, Path, "Image.Image"]
+
+
+# ----------------------------------------------------------------------------- products
+
+
+def list_products(workspace: PathLike | None = None) -> list[str]:
+    """Names of the products registered in ``workspace`` (default ``$IAD_WORKSPACE``, else ``~/.iad``)."""
+    from iad_agent.product import Workspace
+
+    return Workspace(workspace).products()
+
+
+def load_product(name: str, workspace: PathLike | None = None) -> Product:
+    """A registered product, loaded from the workspace.
+
+    Raises:
+        ProductNotFound: no product of that name is registered there.
+        ProductError: the stored product cannot be read; the message names the folder.
+        RegistrationError: ``name`` is not a valid product name.
+    """
+    from iad_agent.product import Workspace
+
+    ws = Workspace(workspace)
+    if not ws.exists(name):
+        raise ProductNotFound(name, ws.root, ws.products())
+    try:
+        return ws.load(name)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        if isinstance(exc, RegistrationError):
+            raise
+        raise ProductError(f"{ws.product_dir(name)}: cannot load product {name!r} ({exc}); "
+                           f"register it again with `iad register {name} --normals DIR`") from exc
+
+
+def read_priors(path: PathLike) -> dict[str, str]:
+    """A priors file: a JSON object ``{"good": "...", "<defect type>": "..."}`` of strings.
+
+    Raises:
+        RegistrationError: the file cannot be read or does not hold such an object.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RegistrationError(f"{path}: cannot read priors ({exc}); "
+                                "expected JSON {\"good\": \"...\", \"<defect type>\": \"...\"}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise RegistrationError(f"{path}: priors must be a JSON object of strings {{\"good\": \"...\", \"<defect type>\": \"...\"}}")
+    return data
+
+
+def register(
+    name: str,
+    normals: PathLike | Sequence[PathLike] | None = None,
+    *,
+    workspace: PathLike | None = None,
+    defects: PathLike | None = None,
+    priors: PathLike | Mapping[str, str] | None = None,
+    fpr: float = 0.05,
+    backbone: str = "efficientnet-lite0",
+    resolution: int = 256,
+    allow_mixed_sizes: bool = False,
+    save: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> Product:
+    """Register a product from good images, or add to a registered one; sets its threshold from them alone.
+
+    A new product gets MMAD's domain-knowledge priors for its name (when it is one of MMAD's
+    categories), overridden by ``priors``. The product is written into the workspace
+    atomically: a failed registration never loses what was registered before.
+
+    Args:
+        name: product name (letters, digits, ``_``, ``-``, ``.``).
+        normals: a folder of good images, or a list of image files.
+        workspace: the products folder (default ``$IAD_WORKSPACE``, else ``~/.iad``).
+        defects: a folder with one subfolder of example images per defect type.
+        priors: a priors JSON file or a mapping ``{"good": text, "<defect type>": text}``.
+        fpr: false-alarm rate on good parts that the threshold is set for.
+        backbone: feature extractor of a new product (``efficientnet-lite0`` / ``-lite1`` / ``-lite2``).
+        resolution: input resolution of the feature extractor of a new product.
+        allow_mixed_sizes: accept good images of different sizes.
+        save: write the product into the workspace; ``False`` builds a one-off product that
+            is only returned (the workspace is not read either).
+        progress: called as ``progress(done, total)`` while the good images are read.
+
+    Returns:
+        The registered product (``product.folder`` is where it was saved).
+
+    Raises:
+        RegistrationError: nothing to register, no or unreadable images, mixed sizes, a bad
+            priors file or defects folder, an invalid name.
+        ProductError: the stored product to extend cannot be loaded.
+    """
+    from iad_agent.product import Product, Workspace, list_images
+    from iad_agent.tools.priors import domain_priors
+    from iad_agent.vision.features import FeatureConfig
+
+    if normals is None and defects is None and priors is None:
+        raise RegistrationError("nothing to register: give good images, defect examples or priors")
+    ws = Workspace(workspace) if save else None
+    existing = load_product(name, workspace) if ws is not None and ws.exists(name) else None
+    files = _image_files(normals, list_images)
+    user_priors = dict(priors) if isinstance(priors, Mapping) else read_priors(priors) if priors is not None else {}
+    if existing is None:
+        user_priors = {**domain_priors(name), **user_priors}
+    try:
+        product = Product.build(name, files, FeatureConfig(backbone=backbone, resolution=resolution), fpr=fpr,
+                                defects_dir=defects, priors=user_priors, allow_mixed_sizes=allow_mixed_sizes,
+                                progress=progress, existing=existing)
+    except RegistrationError:
+        raise
+    except (FileNotFoundError, ValueError) as exc:  # an image that vanished, a bad backbone or resolution, ...
+        raise RegistrationError(str(exc)) from exc
+    if ws is not None:
+        product.save(ws.product_dir(name))
+    return product
+
+
+def one_off_name(folder: PathLike) -> str:
+    """A valid product name for a one-off product made from ``folder``.
+
+    >>> one_off_name("/data/good parts (line 2)")
+    'good_parts_line_2'
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(folder).name).strip("._-")[:64]
+    return name or "product"
+
+
+def _image_files(normals: PathLike | Sequence[PathLike] | None, list_images: Callable[[Path], list[Path]]) -> list[Path]:
+    if normals is None:
+        return []
+    if isinstance(normals, (str, Path)):
+        files = list_images(Path(normals))
+        if not files:
+            raise RegistrationError(f"{normals}: no images found (looked for .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp)")
+        return files
+    files = [Path(p) for p in normals]
+    if not files:
+        raise RegistrationError("no good images given: a product needs at least one good image")
+    return files
+
+
+# ----------------------------------------------------------------------------- inspection
+
+
+def make_inspector(product: Product | str, policy: str | ResolvedPolicy = DEFAULT_POLICY, *,
+                   workspace: PathLike | None = None, options: VLMOptions | None = None,
+                   disable_tools: Iterable[str] = (), max_steps: int = DEFAULT_MAX_STEPS) -> Inspector:
+    """An :class:`~iad_agent.inspector.Inspector` to keep and call repeatedly (a service, a Ray actor).
+
+    Args:
+        product: a :class:`~iad_agent.product.Product`, or the name of a registered one.
+        policy: a policy name (see :func:`resolve_policy`): ``embedded``, ``knn``,
+            ``embedded-no-zoom``, ``embedded+highfreq``, ``openai``, ``hf``, ...; or a policy
+            already resolved with :func:`resolve_policy` (a VLM backend is then not built again).
+        workspace: where a product given by name is registered.
+        options: VLM backend settings (``openai`` / ``hf``); only used with a policy name.
+        disable_tools: tools to leave out (full names or aliases such as ``zoom``); only used
+            with a policy name.
+        max_steps: hard budget of policy turns.
+
+    Raises:
+        ProductNotFound, ProductError: a product name that cannot be loaded.
+        PolicyConfigError: an unknown policy or tool, or bad backend options.
+    """
+    from iad_agent.inspector import Inspector
+
+    if max_steps < 1:
+        raise PolicyConfigError(f"max_steps must be at least 1, got {max_steps}")
+    resolved = resolve_policy(policy, tuple(disable_tools), options) if isinstance(policy, str) else policy
+    prod = load_product(product, workspace) if isinstance(product, str) else product
+    return Inspector(prod, resolved.policy, resolved.tools, max_steps=max_steps)
+
+
+def inspect(image: ImageInput, product: Product | str, policy: str | ResolvedPolicy = DEFAULT_POLICY, *,
+            workspace: PathLike | None = None, options: VLMOptions | None = None, disable_tools: Iterable[str] = (),
+            max_steps: int = DEFAULT_MAX_STEPS, sample: Sample | None = None) -> InspectionResult:
+    """Inspect one image: verdict, score against the threshold, box, heat map, defect type, trace.
+
+    Arguments as for :func:`make_inspector`; ``image`` is a file or a PIL image, ``sample`` the
+    ground truth when the image comes from a dataset (kept in the trace).
+
+    Raises:
+        ImageError: the image cannot be read or is unusable; the message names the file.
+        ProductNotFound, ProductError, PolicyConfigError: as for :func:`make_inspector`.
+    """
+    inspector = make_inspector(product, policy, workspace=workspace, options=options, disable_tools=disable_tools,
+                               max_steps=max_steps)
+    return inspector.inspect(image, sample)
+
+
+@dataclass
+class InspectionOutcome:
+    """One image of :func:`inspect_many`: its result, or why it could not be inspected.
+
+    Attributes:
+        image: the image as it was given.
+        result: the inspection, ``None`` when the image could not be read.
+        error: the problem with the image, ``None`` when it was inspected.
+    """
+
+    image: ImageInput
+    result: InspectionResult | None = None
+    error: ImageError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def inspect_many(images: Iterable[ImageInput], product: Product | str, policy: str | ResolvedPolicy = DEFAULT_POLICY, *,
+                 workspace: PathLike | None = None, options: VLMOptions | None = None,
+                 disable_tools: Iterable[str] = (), max_steps: int = DEFAULT_MAX_STEPS) -> Iterator[InspectionOutcome]:
+    """Inspect images one after the other, yielding each outcome as soon as it is known.
+
+    The product and the policy are loaded once. An image that cannot be read is yielded
+    with its :class:`ImageError` and the stream goes on; a caller can show progress and
+    write results as they come, and stop early by leaving the loop.
+
+    Raises:
+        ProductNotFound, ProductError, PolicyConfigError: before the first image, as for
+            :func:`make_inspector`.
+    """
+    inspector = make_inspector(product, policy, workspace=workspace, options=options, disable_tools=disable_tools,
+                               max_steps=max_steps)
+    return _outcomes(inspector, images)
+
+
+def _outcomes(inspector: Inspector, images: Iterable[ImageInput]) -> Iterator[InspectionOutcome]:
+    for image in images:
+        try:
+            yield InspectionOutcome(image, result=inspector.inspect(image))
+        except ImageError as exc:
+            yield InspectionOutcome(image, error=exc)
