@@ -131,11 +131,14 @@ def test_building_onto_a_product_skips_what_it_holds_and_leaves_it_unchanged(ws,
 
 def test_a_calibration_that_would_store_a_zero_limit_is_refused(tmp_path):
     """The same picture at two sizes: held-out good parts match exactly, the compare limit would be 0."""
+    from iad_agent.vision.features import FeatureConfig
+
     Image.new("RGB", (64, 64), (120, 80, 40)).save(tmp_path / "a.png")
     Image.new("RGB", (80, 80), (120, 80, 40)).save(tmp_path / "b.png")
     ws = Workspace(tmp_path / "ws")
+    square = FeatureConfig(keep_aspect=False)  # both resized to one input size: identical features
     with pytest.raises(RegistrationError, match=r"calibration of 'flat' failed: .*compare_threshold = 0.*copies of each other"):
-        ws.register("flat", [tmp_path / "a.png", tmp_path / "b.png"], allow_mixed_sizes=True)
+        ws.register("flat", [tmp_path / "a.png", tmp_path / "b.png"], allow_mixed_sizes=True, config=square)
     assert ws.products() == []
 
 
