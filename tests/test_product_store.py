@@ -160,11 +160,11 @@ def test_fpr_alone_resets_threshold_and_tool_limits_from_stored_scores(ws, monke
     new = ws.load("haz")
     cal = new.bank.calibration
     assert cal.fpr == 0.01 and cal.global_scores == old.bank.calibration.global_scores
-    assert cal.threshold == pytest.approx(threshold_for_fpr(old.bank.calibration.global_scores, 0.01))
+    assert cal.threshold == pytest.approx(threshold_for_fpr(old.bank.calibration.global_scores, 0.01) * cal.bank_size_factor)
     assert cal.threshold > old.bank.calibration.threshold
-    for limit in ("zoom_threshold", "compare_threshold"):  # defined relative to the threshold
-        ratio_old = getattr(old.gate, limit) / old.bank.calibration.threshold
-        assert getattr(new.gate, limit) / cal.threshold == pytest.approx(ratio_old)
+    for limit in ("zoom_threshold", "compare_threshold"):  # defined relative to the nearest-neighbour threshold
+        ratio_old = getattr(old.gate, limit) / old.bank.calibration.knn_threshold
+        assert getattr(new.gate, limit) / cal.knn_threshold == pytest.approx(ratio_old)
     assert reg.limits["threshold"] == (pytest.approx(old.bank.calibration.threshold), pytest.approx(cal.threshold))
     assert not ws.register("haz", fpr=0.01).changed  # the same again: a no-op
     with pytest.raises(RegistrationError, match="--fpr must be between 0 and 1"):
@@ -181,7 +181,8 @@ def test_remove_good_images_rebuilds_from_stored_features(ws, goods):
     p = ws.load("haz")
     assert p.bank.paths == _resolved(goods[1:3]) and reg.removed == _resolved(goods[:1])
     assert int(p.bank.origin.max()) == 1 and len(p.image_hashes) == 2 and None not in p.image_hashes
-    assert p.bank.calibration.threshold == pytest.approx(threshold_for_fpr(p.bank.calibration.global_scores, 0.05))
+    cal = p.bank.calibration
+    assert cal.threshold == pytest.approx(threshold_for_fpr(cal.global_scores, 0.05) * cal.bank_size_factor)
     with pytest.raises(RegistrationError, match="cannot remove every good image of 'haz'"):
         ws.remove_images("haz", goods[1:3])
     assert len(ws.load("haz").bank) == 2

@@ -281,8 +281,8 @@ def set_fpr(product: Product, fpr: float) -> dict[str, tuple[float | None, float
     """Re-set the threshold and tool limits of ``product`` for false-alarm rate ``fpr``, in place.
 
     Nothing is extracted or re-read: the threshold comes from the stored held-out scores; the
-    zoom and comparison limits are defined relative to the threshold (``tools.calibration``)
-    and scale with it; the high-frequency limit is re-derived from the tools' stored readings
+    zoom and comparison limits are defined relative to the nearest-neighbour threshold
+    (``tools.calibration``) and scale with it; the high-frequency limit is re-derived from the tools' stored readings
     when the product has them, else kept.
 
     Returns:
@@ -297,9 +297,9 @@ def set_fpr(product: Product, fpr: float) -> dict[str, tuple[float | None, float
     cal = product.bank.calibration
     before, old_fpr = product.limits(), cal.fpr
     gate_before = {f.name: getattr(product.gate, f.name) for f in fields(product.gate)}
-    old_threshold = cal.threshold
+    old_threshold = cal.knn_threshold  # the tool limits are relative to the nearest-neighbour threshold
     cal.fpr = fpr
-    scale = cal.threshold / old_threshold if old_threshold > 0 else math.nan
+    scale = cal.knn_threshold / old_threshold if old_threshold > 0 else math.nan
     for name in ("zoom_threshold", "compare_threshold"):
         if hasattr(product.gate, name):
             setattr(product.gate, name, float(getattr(product.gate, name)) * scale)
