@@ -131,8 +131,8 @@ def test_registration_learns_and_saves_the_scoring(data_root, tmp_path):
     product.save(tmp_path / "grid3")
     loaded = Product.load(tmp_path / "grid3")
     assert loaded.bank.scoring == product.bank.scoring  # learned once, never recomputed at load
-    plain = Product.build("grid3plain", normals, selfsim=False)
-    assert plain.bank.scoring.self_weight == 0.0
+    plain = Product.build("hazelplain", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:2], selfsim=False)
+    assert plain.bank.scoring.self_weight == 0.0 and set(plain.bank.scoring.synthetic_auroc) == {"0.0"}
 
 
 def test_knn_and_no_selfsim_answer_from_the_plain_look(data_root):
