@@ -3,7 +3,7 @@
 Feature grids are cached on disk per (image, feature config, augmentation) under
 ``$IAD_LAB_CACHE`` (default ``/work/research-results/cache``) so sweeps do not re-extract.
 The k-shot protocol is the one of ``iad eval``: ``split_dataset`` / ``draw_references`` from
-``iad_agent.eval.harness``, seeds 0..2, shots 1, 4, all (<= 50).
+``iad_agent.eval.plan``, seeds 0..2, shots 1, 4, all (<= 50).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from iad_agent.datasets import load_dataset
-from iad_agent.eval.harness import available_datasets, draw_references, split_dataset
+from iad_agent.eval.plan import available_datasets, draw_references, split_dataset
 from iad_agent.imageio import load_image
 from iad_agent.types import Sample
 from iad_agent.vision.features import _MEAN, _STAGE_BLOCKS, _STD, _load_backbone

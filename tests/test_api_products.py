@@ -21,9 +21,10 @@ def test_set_fpr_equals_registering_with_that_fpr(tmp_path, good_files):
     api.register("b", good_files[:2], workspace=tmp_path, fpr=0.2)
     before = api.product_version("a", tmp_path)
     changed = api.set_fpr("a", 0.2, tmp_path)
-    gate = lambda n: json.loads((tmp_path / "products" / n / "gate.json").read_text())  # noqa: E731
-    for limit in ("zoom_threshold", "compare_threshold"):  # tool limits follow the threshold as at registration
-        assert gate("a")[limit] == pytest.approx(gate("b")[limit], rel=1e-9)
+    limits = lambda n: json.loads((tmp_path / "products" / n / "limits.json").read_text())  # noqa: E731
+    # tool limits as at registration: zoom and compare follow the threshold, high-frequency from the stored readings
+    for limit in ("zoom_threshold", "compare_threshold", "highfreq_threshold"):
+        assert limits("a")[limit] == pytest.approx(limits("b")[limit], rel=1e-9)
     assert changed.bank.calibration.threshold == pytest.approx(api.load_product("b", tmp_path).bank.calibration.threshold)
     assert api.product_version("a", tmp_path) != before
     with pytest.raises(api.RegistrationError, match="between 0.001 and 0.5"):

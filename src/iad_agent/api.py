@@ -84,13 +84,11 @@ def load_product(name: str, workspace: PathLike | None = None) -> Product:
     from iad_agent.product import Workspace
 
     ws = Workspace(workspace)
-    if not ws.exists(name):
-        raise ProductNotFound(name, ws.root, ws.products())
     try:
         return ws.load(name)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        if isinstance(exc, RegistrationError):
-            raise
+    except IADError:  # ProductNotFound, DamagedProduct (a ProductError), RegistrationError (the name)
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ProductError(f"{ws.product_dir(name)}: cannot load product {name!r} ({exc}); "
                            f"register it again with `iad register {name} --normals DIR`") from exc
 
@@ -128,8 +126,9 @@ def register(
 ) -> Product:
     """Register a product from good images, or add to a registered one; sets its threshold from them alone.
 
-    A new product gets MMAD's domain-knowledge priors for its name (when it is one of MMAD's
-    categories), overridden by ``priors``. The product is written into the workspace
+    A new product gets the domain-knowledge priors of its name (MMAD's, packaged, or the file
+    ``$IAD_PRIORS`` names; see :mod:`iad_agent.tools.priors`) when it is one of their
+    categories, overridden by ``priors``. The product is written into the workspace
     atomically: a failed registration never loses what was registered before.
 
     Args:
@@ -165,7 +164,10 @@ def register(
     files = _image_files(normals, list_images)
     user_priors = dict(priors) if isinstance(priors, Mapping) else read_priors(priors) if priors is not None else {}
     if existing is None:
-        user_priors = {**domain_priors(name), **user_priors}
+        try:
+            user_priors = {**domain_priors(name), **user_priors}
+        except ValueError as exc:  # a broken $IAD_PRIORS file
+            raise RegistrationError(str(exc)) from exc
     try:
         product = Product.build(name, files, FeatureConfig(backbone=backbone, resolution=resolution), fpr=fpr,
                                 defects_dir=defects, priors=user_priors, allow_mixed_sizes=allow_mixed_sizes,

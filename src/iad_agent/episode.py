@@ -1,21 +1,24 @@
 """An inspection episode: the query, the product it is checked against, and the evidence so far.
 
-The :class:`Episode` is what tools and policies receive. It caches the query's patch features
-and the global look (the normal-bank heat map), so no tool re-extracts what is already known.
+A :class:`PreparedQuery` is the query image with what the product's normal bank says about
+it (patch features, the global look, the heat map), each computed once. The :class:`Episode`
+that tools and policies receive starts from one; several episodes can share it (the
+benchmark runs every policy on the same prepared query), so no tool and no policy
+re-extracts what is already known.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from iad_agent.types import Box, Trajectory
-from iad_agent.vision.normal_bank import image_score, upsample_map
-from iad_agent.vision.similarity import self_similarity_map
 
 if TYPE_CHECKING:
     from iad_agent.product import Product
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class GlobalLook:
-    """The normal-bank evidence for the whole image (computed once per episode).
+    """The normal-bank evidence for the whole image (computed once per query).
 
     ``patch_map``, ``score`` and ``threshold`` are under the product's scoring (nearest good
     patch, mixed with self-similarity where the registration chose so); ``knn`` is the same
@@ -47,24 +50,36 @@ class GlobalLook:
         return self.knn or self
 
 
-@dataclass
-class Episode:
-    """State shared by the agent loop, the policy and the tools for one inspection."""
+class PreparedQuery:
+    """A query image of one product with its features, global look and heat map, each computed once.
 
-    product: Product
-    query: Image.Image
-    trajectory: Trajectory
-    notes: list[str] = field(default_factory=list)
-    memo: dict[str, Any] = field(default_factory=dict)
+    Attributes:
+        product: the product the query is checked against.
+        image: the query, RGB.
+        path: the file it was loaded from (``None`` for an in-memory image).
+        warnings: problems that do not stop the inspection (e.g. a size unlike the good images').
+        ms / cpu_ms: wall-clock and CPU time :meth:`compute` (and the loading before it) took.
+    """
+
+    def __init__(self, product: Product, image: Image.Image, path: Path | None = None,
+                 warnings: list[str] | None = None) -> None:
+        self.product = product
+        self.image = image
+        self.path = path
+        self.warnings = list(warnings or [])
+        self.ms = 0.0
+        self.cpu_ms = 0.0
 
     @cached_property
     def grid(self) -> np.ndarray:
         """The query's patch features at the product's base resolution."""
-        return self.product.extractor([self.query])[0]
+        return self.product.extractor([self.image])[0]
 
     @cached_property
     def look(self) -> GlobalLook:
         """The global look: heat map, score, threshold and the hottest region."""
+        from iad_agent.vision.normal_bank import image_score
+
         bank = self.product.bank
         cal = bank.calibration
         knn_map = bank.patch_distances(self.grid)
@@ -74,14 +89,78 @@ class Episode:
         scoring = bank.scoring
         if not scoring.uses_self:
             return knn
+        from iad_agent.vision.similarity import self_similarity_map
+
         fused = scoring.fuse(knn_map, self_similarity_map(self.grid))
         return GlobalLook(fused, image_score(fused), cal.threshold, hot_spot_box(fused, cal.patch_threshold),
                           float((fused > cal.patch_threshold).mean()), knn=knn)
 
+    @cached_property
+    def heatmap(self) -> np.ndarray:
+        """Pixel heat map (image size) in the look's patch-score units."""
+        from iad_agent.vision.normal_bank import upsample_map
+
+        return upsample_map(self.look.patch_map, self.image.width, self.image.height)
+
+    @cached_property
+    def plain_heatmap(self) -> np.ndarray:
+        """Pixel heat map of the plain nearest-neighbour look (the ``knn`` baseline, ablations)."""
+        from iad_agent.vision.normal_bank import upsample_map
+
+        if self.look.knn is None:
+            return self.heatmap
+        heat = upsample_map(self.look.plain.patch_map, self.image.width, self.image.height)
+        heat.flags.writeable = False
+        return heat
+
+    def compute(self) -> PreparedQuery:
+        """Compute the features, the global look and the heat map now (timed, added to ``ms`` / ``cpu_ms``).
+
+        The arrays become read-only: they are shared by every episode that starts from this
+        query, so a tool that wrote into one would fail loudly instead of corrupting the others.
+        """
+        start, cpu = time.perf_counter(), time.process_time()
+        for array in (self.grid, self.look.patch_map, self.heatmap):
+            array.flags.writeable = False
+        self.ms += (time.perf_counter() - start) * 1000
+        self.cpu_ms += (time.process_time() - cpu) * 1000
+        return self
+
+
+@dataclass
+class Episode:
+    """State shared by the agent loop, the policy and the tools for one inspection.
+
+    ``prepared`` is the query's shared evidence; when not given it is made from ``query``
+    (computed on first use).
+    """
+
+    product: Product
+    query: Image.Image
+    trajectory: Trajectory
+    notes: list[str] = field(default_factory=list)
+    memo: dict[str, Any] = field(default_factory=dict)
+    prepared: PreparedQuery | None = None
+
+    def __post_init__(self) -> None:
+        if self.prepared is None:
+            self.prepared = PreparedQuery(self.product, self.query)
+        elif self.prepared.product is not self.product or self.prepared.image is not self.query:
+            raise ValueError("the prepared query belongs to another product or image than the episode")
+
+    @property
+    def grid(self) -> np.ndarray:
+        """The query's patch features at the product's base resolution."""
+        return self.prepared.grid
+
+    @property
+    def look(self) -> GlobalLook:
+        """The global look: heat map, score, threshold and the hottest region."""
+        return self.prepared.look
+
     def heatmap(self, plain: bool = False) -> np.ndarray:
         """Pixel heat map (image size) in the look's patch-score units (``plain``: nearest-neighbour map)."""
-        look = self.look.plain if plain else self.look
-        return upsample_map(look.patch_map, self.query.width, self.query.height)
+        return self.prepared.plain_heatmap if plain else self.prepared.heatmap
 
     @property
     def defect_types(self) -> list[str]:

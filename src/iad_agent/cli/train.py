@@ -83,7 +83,7 @@ def gate_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from iad_agent.datasets import DatasetError
-    from iad_agent.eval.harness import default_root, parse_shots
+    from iad_agent.eval.plan import default_root, parse_shots
     from iad_agent.product import Workspace
     from iad_agent.training.gate import GateTrainConfig, collect, compare, leave_category_out, train
 
