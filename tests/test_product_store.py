@@ -131,11 +131,14 @@ def test_building_onto_a_product_skips_what_it_holds_and_leaves_it_unchanged(ws,
 
 def test_a_calibration_that_would_store_a_zero_limit_is_refused(tmp_path):
     """The same picture at two sizes: held-out good parts match exactly, the compare limit would be 0."""
+    from iad_agent.vision.features import FeatureConfig
+
     Image.new("RGB", (64, 64), (120, 80, 40)).save(tmp_path / "a.png")
     Image.new("RGB", (80, 80), (120, 80, 40)).save(tmp_path / "b.png")
     ws = Workspace(tmp_path / "ws")
+    square = FeatureConfig(keep_aspect=False)  # both resized to one input size: identical features
     with pytest.raises(RegistrationError, match=r"calibration of 'flat' failed: .*compare_threshold = 0.*copies of each other"):
-        ws.register("flat", [tmp_path / "a.png", tmp_path / "b.png"], allow_mixed_sizes=True)
+        ws.register("flat", [tmp_path / "a.png", tmp_path / "b.png"], allow_mixed_sizes=True, config=square)
     assert ws.products() == []
 
 
@@ -157,11 +160,11 @@ def test_fpr_alone_resets_threshold_and_tool_limits_from_stored_scores(ws, monke
     new = ws.load("haz")
     cal = new.bank.calibration
     assert cal.fpr == 0.01 and cal.global_scores == old.bank.calibration.global_scores
-    assert cal.threshold == pytest.approx(threshold_for_fpr(old.bank.calibration.global_scores, 0.01))
+    assert cal.threshold == pytest.approx(threshold_for_fpr(old.bank.calibration.global_scores, 0.01) * cal.bank_size_factor)
     assert cal.threshold > old.bank.calibration.threshold
-    for limit in ("zoom_threshold", "compare_threshold"):  # defined relative to the threshold
-        ratio_old = getattr(old.tool_limits, limit) / old.bank.calibration.threshold
-        assert getattr(new.tool_limits, limit) / cal.threshold == pytest.approx(ratio_old)
+    for limit in ("zoom_threshold", "compare_threshold"):  # defined relative to the nearest-neighbour threshold
+        ratio_old = getattr(old.tool_limits, limit) / old.bank.calibration.knn_threshold
+        assert getattr(new.tool_limits, limit) / cal.knn_threshold == pytest.approx(ratio_old)
     # the high-frequency limit is re-derived from the tools' stored readings at the new rate
     assert new.tool_limits.highfreq_threshold == pytest.approx(threshold_for_fpr(old.tool_readings["highfreq"], 0.01))
     assert reg.limits["threshold"] == (pytest.approx(old.bank.calibration.threshold), pytest.approx(cal.threshold))
@@ -180,7 +183,8 @@ def test_remove_good_images_rebuilds_from_stored_features(ws, goods):
     p = ws.load("haz")
     assert p.bank.paths == _resolved(goods[1:3]) and reg.removed == _resolved(goods[:1])
     assert int(p.bank.origin.max()) == 1 and len(p.image_hashes) == 2 and None not in p.image_hashes
-    assert p.bank.calibration.threshold == pytest.approx(threshold_for_fpr(p.bank.calibration.global_scores, 0.05))
+    cal = p.bank.calibration
+    assert cal.threshold == pytest.approx(threshold_for_fpr(cal.global_scores, 0.05) * cal.bank_size_factor)
     with pytest.raises(RegistrationError, match="cannot remove every good image of 'haz'"):
         ws.remove_images("haz", goods[1:3])
     assert len(ws.load("haz").bank) == 2

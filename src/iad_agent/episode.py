@@ -26,17 +26,28 @@ if TYPE_CHECKING:
 
 @dataclass
 class GlobalLook:
-    """The normal-bank evidence for the whole image (computed once per query)."""
+    """The normal-bank evidence for the whole image (computed once per query).
 
-    patch_map: np.ndarray  # (g, g) patch distances
+    ``patch_map``, ``score`` and ``threshold`` are under the product's scoring (nearest good
+    patch, mixed with self-similarity where the registration chose so); ``knn`` is the same
+    look under plain nearest-neighbour distance (the ``knn`` baseline, the ablations).
+    """
+
+    patch_map: np.ndarray  # (h, w) patch scores
     score: float
     threshold: float
     hot_box: Box
     hot_area: float  # fraction of patches above the per-patch normal threshold
+    knn: GlobalLook | None = None
 
     @property
     def ratio(self) -> float:
         return self.score / self.threshold if self.threshold > 0 else float("inf")
+
+    @property
+    def plain(self) -> GlobalLook:
+        """The plain nearest-neighbour look (this look when the scoring is plain already)."""
+        return self.knn or self
 
 
 class PreparedQuery:
@@ -70,17 +81,37 @@ class PreparedQuery:
         from iad_agent.vision.normal_bank import image_score
 
         bank = self.product.bank
-        dmap = bank.patch_distances(self.grid)
         cal = bank.calibration
-        hot = dmap > cal.patch_threshold
-        return GlobalLook(dmap, image_score(dmap), cal.threshold, hot_spot_box(dmap, cal.patch_threshold), float(hot.mean()))
+        knn_map = bank.patch_distances(self.grid)
+        knn_level = cal.knn_patch_threshold or cal.patch_threshold
+        knn = GlobalLook(knn_map, image_score(knn_map), cal.knn_threshold, hot_spot_box(knn_map, knn_level),
+                         float((knn_map > knn_level).mean()))
+        scoring = bank.scoring
+        if not scoring.uses_self:
+            return knn
+        from iad_agent.vision.similarity import self_similarity_map
+
+        fused = scoring.fuse(knn_map, self_similarity_map(self.grid))
+        return GlobalLook(fused, image_score(fused), cal.threshold, hot_spot_box(fused, cal.patch_threshold),
+                          float((fused > cal.patch_threshold).mean()), knn=knn)
 
     @cached_property
     def heatmap(self) -> np.ndarray:
-        """Pixel heat map (image size) in patch-distance units."""
+        """Pixel heat map (image size) in the look's patch-score units."""
         from iad_agent.vision.normal_bank import upsample_map
 
         return upsample_map(self.look.patch_map, self.image.width, self.image.height)
+
+    @cached_property
+    def plain_heatmap(self) -> np.ndarray:
+        """Pixel heat map of the plain nearest-neighbour look (the ``knn`` baseline, ablations)."""
+        from iad_agent.vision.normal_bank import upsample_map
+
+        if self.look.knn is None:
+            return self.heatmap
+        heat = upsample_map(self.look.plain.patch_map, self.image.width, self.image.height)
+        heat.flags.writeable = False
+        return heat
 
     def compute(self) -> PreparedQuery:
         """Compute the features, the global look and the heat map now (timed, added to ``ms`` / ``cpu_ms``).
@@ -127,9 +158,9 @@ class Episode:
         """The global look: heat map, score, threshold and the hottest region."""
         return self.prepared.look
 
-    def heatmap(self) -> np.ndarray:
-        """Pixel heat map (image size) in patch-distance units."""
-        return self.prepared.heatmap
+    def heatmap(self, plain: bool = False) -> np.ndarray:
+        """Pixel heat map (image size) in the look's patch-score units (``plain``: nearest-neighbour map)."""
+        return self.prepared.plain_heatmap if plain else self.prepared.heatmap
 
     @property
     def defect_types(self) -> list[str]:

@@ -176,4 +176,4 @@ class Inspector:
         setup_ms = (time.perf_counter() - start) * 1000
         run_episode(self.policy, self.tools, episode, self.max_steps)
         episode.trajectory.elapsed_ms += setup_ms
-        return InspectionResult(episode, episode.heatmap(), warnings)
+        return InspectionResult(episode, episode.heatmap(plain=bool(getattr(self.policy, "plain_look", False))), warnings)

@@ -210,12 +210,12 @@ class Product:
     def build(cls, name: str, normals: Sequence[str | Path], config: FeatureConfig | None = None, fpr: float | None = None,
               defects_dir: str | Path | None = None, priors: dict[str, str] | None = None, allow_mixed_sizes: bool = False,
               max_side: int = DEFAULT_MAX_SIDE, max_patches: int = 16_384, progress: Callable[[int, int], None] | None = None,
-              existing: Product | None = None) -> Product:
+              existing: Product | None = None, selfsim: bool = True) -> Product:
         """Register good images (and optional defect examples) as a product: ``registration.register(...).product``."""
         from iad_agent.registration import register
 
         return register(name, normals, config, fpr, defects_dir, priors, allow_mixed_sizes, max_side, max_patches,
-                        progress, existing).product
+                        progress, existing, selfsim=selfsim).product
 
     def _copy(self) -> Product:
         """A copy that can be extended without changing this product (arrays are shared, never mutated)."""
@@ -241,12 +241,12 @@ class Product:
         from iad_agent.tools.calibration import calibrate_tools
 
         cal = self.bank.calibration
-        ratio = float(np.median(cal.global_scores) / max(np.median(cal.aligned_scores), 1e-8))
+        ratio = float(np.median(cal.knn_scores or cal.global_scores) / max(np.median(cal.aligned_scores), 1e-8))
         # Aligned parts: the nearest patch anywhere is hardly closer than the one in place.
         self.gate.aligned_informative = ratio > 0.6
         if len(self.bank) == 1 and views is None:
             imgs = augmented_views(self.reference_image(0))
-            views = (imgs, self.extractor(imgs))
+            views = (imgs, list(self.extractor(imgs)))
         self.gate.texture = texture_likeness(self.bank, None if len(self.bank) > 1 else views[1][0]) < 0.8
         self.tool_readings = calibrate_tools(self, views=views)
 
@@ -369,17 +369,10 @@ def same_shape(size: tuple[int, int], other: tuple[int, int], tolerance: float =
 
 
 def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.Image]:
-    """Slightly shifted, rotated and re-lit copies of a good image (stand-ins for other good parts)."""
-    rng = np.random.default_rng(seed)
-    views = []
-    for _ in range(n):
-        angle = float(rng.uniform(-3, 3))
-        dx, dy = (rng.uniform(-0.02, 0.02, 2) * np.array(img.size)).round()
-        v = img.rotate(angle, resample=Image.Resampling.BILINEAR, translate=(int(dx), int(dy)), fillcolor=None)
-        gain = float(rng.uniform(0.95, 1.05))
-        v = Image.eval(v, lambda px, g=gain: min(255, int(px * g)))
-        views.append(v)
-    return views
+    """Shifted, rotated and re-lit views of a good image: see ``iad_agent.vision.learn.augmented_views``."""
+    from iad_agent.vision.learn import augmented_views as views
+
+    return views(img, n, seed)
 
 
 def texture_likeness(bank: NormalBank, held_out: np.ndarray | None = None) -> float:
@@ -391,11 +384,11 @@ def texture_likeness(bank: NormalBank, held_out: np.ndarray | None = None) -> fl
     single image (an augmented view of it).
     """
     grid = bank.grids[0].astype(np.float32)
-    g, _, c = grid.shape
+    h, w, c = grid.shape
     flat = grid.reshape(-1, c)
     sub = flat[::3]
     d = np.sqrt(np.maximum((flat**2).sum(1)[:, None] - 2 * flat @ sub.T + (sub**2).sum(1)[None], 0))
-    yy, xx = np.divmod(np.arange(g * g), g)
+    yy, xx = np.divmod(np.arange(h * w), w)
     near = (np.abs(yy[:, None] - yy[None, ::3]) <= 2) & (np.abs(xx[:, None] - xx[None, ::3]) <= 2)
     d[near] = np.inf
     within = float(np.quantile(d.min(axis=1), 0.9))

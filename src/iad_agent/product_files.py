@@ -266,7 +266,9 @@ def _read_bank(folder: Path, name: str):
     except Exception as exc:  # noqa: BLE001 - any bad config is the file's fault
         raise _damaged(meta_path, name, f"has an unusable feature config ({exc})") from None
     cal = meta.get("calibration")
-    if not isinstance(cal, dict) or set(cal) - {"fpr", "method", "global_scores", "aligned_scores", "patch_threshold"}:
+    known = {"fpr", "method", "global_scores", "aligned_scores", "patch_threshold",
+             "knn_scores", "knn_patch_threshold", "bank_size_factor", "knn_bank_size_factor"}  # the last four: issue 11
+    if not isinstance(cal, dict) or set(cal) - known:
         raise _damaged(meta_path, name, "has no usable calibration")
     scores_ok = all(isinstance(cal.get(k), list) and cal[k] and all(_number(x) for x in cal[k])
                     for k in ("global_scores", "aligned_scores"))
@@ -276,8 +278,9 @@ def _read_bank(folder: Path, name: str):
     try:
         bank = NormalBank.load(folder)
         grids, memory, origin = bank.grids, bank.memory, bank.origin
-        ok = (grids.ndim == 4 and grids.shape[0] == len(bank.paths) and grids.shape[1:3] == (config.grid, config.grid)
-              and memory.ndim == 2 and memory.shape[0] > 0 and memory.shape[1] == grids.shape[3]
+        # grids: one (h, w, C) array per good image; shapes differ when the aspect ratio is kept
+        ok = (len(grids) == len(bank.paths) and all(g.ndim == 3 and min(g.shape[:2]) > 0 for g in grids)
+              and memory.ndim == 2 and memory.shape[0] > 0 and all(g.shape[2] == memory.shape[1] for g in grids)
               and origin.shape == (memory.shape[0],) and 0 <= int(origin.min()) and int(origin.max()) < len(bank.paths))
     except Exception as exc:  # noqa: BLE001 - a truncated zip raises BadZipFile, EOFError, ValueError, ...
         raise _damaged(arrays_path, name, f"cannot be read ({type(exc).__name__}: {exc})") from None

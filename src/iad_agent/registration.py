@@ -9,6 +9,7 @@ facts their own way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import OrderedDict
@@ -97,6 +98,7 @@ def register(
     max_patches: int = 16_384,
     progress: Callable[[int, int], None] | None = None,
     existing: Product | None = None,
+    selfsim: bool = True,
 ) -> Registration:
     """Register good images (and optional defect examples) as a new product or onto ``existing``.
 
@@ -109,7 +111,11 @@ def register(
     Args:
         fpr: false-alarm rate of the threshold; ``None`` keeps the stored one (new products:
             0.05).
-        progress: ``progress(done, total)`` while features are extracted.
+        progress: ``progress(done, total)`` while features are extracted and synthetic
+            defects are scored.
+        selfsim: whether the product's scoring may mix in self-similarity (``False``: plain
+            nearest neighbour). What the product learns from its good images (that weight, its
+            calibration) is set here (:mod:`iad_agent.vision.learn`) and saved with it.
 
     Raises:
         RegistrationError: no images, an unreadable image, an image whose size differs from
@@ -139,20 +145,27 @@ def register(
         from iad_agent.vision.features import FeatureConfig, FeatureExtractor
         from iad_agent.vision.normal_bank import NormalBank
 
-        extractor = FeatureExtractor(config or FeatureConfig())
+        config = config or FeatureConfig()
+        if config.keep_aspect and not config.reference_side and len({im.size for im in images}) > 1:
+            # good images of mixed sizes (crops): one scale for all, so a defect keeps its size in patches
+            config = dataclasses.replace(config, reference_side=int(np.median([min(im.size) for im in images])))
+        extractor = FeatureExtractor(config)
         product = Product(name, NormalBank(extractor.config, max_patches=max_patches), GateParams(), max_side=max_side)
         product._extractor = extractor
         product.created = now_iso()
         reg.product, reg.created = product, True
     extractor = product.extractor
     before = product.limits()
-    grids = []
+    from iad_agent.vision.learn import N_SYNTHETIC, learn
+
+    total = len(images) + (N_SYNTHETIC if images else 0)
+    grids: list[np.ndarray] = []
     for i in range(0, len(images), extractor.batch_size):
-        grids.append(extractor(images[i : i + extractor.batch_size]))
+        grids.extend(extractor(images[i : i + extractor.batch_size]))
         if progress:
-            progress(min(i + extractor.batch_size, len(images)), len(images))
+            progress(min(i + extractor.batch_size, len(images)), total)
     if grids:
-        product.bank.add(np.concatenate(grids), [str(p.resolve()) for p in paths])
+        product.bank.add(grids, [str(p.resolve()) for p in paths])
         product.image_hashes += hashes
         product.image_added += [now_iso()] * len(paths)
         reg.added = [str(p) for p in paths]
@@ -168,8 +181,11 @@ def register(
         views = None
         if len(product.bank) == 1:  # one good image: its augmented views stand in for held-out good parts
             images_v = augmented_views(images[0])
-            views = (images_v, extractor(images_v))
-        product.bank.calibrate(stored_fpr if fpr is None else fpr, augmented=lambda: views[1])
+            views = (images_v, list(extractor(images_v)))
+        step = (lambda done, n: progress(len(images) + done, total)) if progress else None
+        product.bank.scoring, product.bank.calibration = learn(
+            product.bank, extractor, product.reference_image, stored_fpr if fpr is None else fpr, views=views,
+            selfsim=selfsim, progress=step)
         product._calibrate_gate(views)
     elif fpr is not None and fpr != stored_fpr:
         set_fpr(product, fpr)
@@ -290,8 +306,8 @@ def set_fpr(product: Product, fpr: float) -> dict[str, tuple[float | None, float
     """Re-set the threshold and tool limits of ``product`` for false-alarm rate ``fpr``, in place.
 
     Nothing is extracted or re-read: the threshold comes from the stored held-out scores; the
-    zoom and comparison limits are defined relative to the threshold (``tools.calibration``)
-    and scale with it; the high-frequency limit is re-derived from the tools' stored readings
+    zoom and comparison limits are defined relative to the nearest-neighbour threshold
+    (``tools.calibration``) and scale with it; the high-frequency limit is re-derived from the tools' stored readings
     when the product has them, else kept.
 
     Returns:
@@ -306,9 +322,9 @@ def set_fpr(product: Product, fpr: float) -> dict[str, tuple[float | None, float
     cal = product.bank.calibration
     before, old_fpr = product.limits(), cal.fpr
     limits_before = replace(product.tool_limits)
-    old_threshold = cal.threshold
+    old_threshold = cal.knn_threshold  # the tool limits are relative to the nearest-neighbour threshold
     cal.fpr = fpr
-    scale = cal.threshold / old_threshold if old_threshold > 0 else math.nan
+    scale = cal.knn_threshold / old_threshold if old_threshold > 0 else math.nan
     limits = product.tool_limits
     limits.zoom_threshold *= scale
     limits.compare_threshold *= scale
@@ -358,7 +374,7 @@ def remove_images(product: Product, paths: Sequence[str | Path], progress: Calla
                                 f"(to delete the product: `iad products rm {product.name}`)")
     new = product._copy()
     new.bank = NormalBank(old.config, max_patches=old.max_patches, seed=old.seed)
-    new.bank.add(old.grids[keep], [old.paths[i] for i in keep])
+    new.bank.add([old.grids[i] for i in keep], [old.paths[i] for i in keep])
     new.image_hashes = [product.image_hashes[i] for i in keep]
     new.image_added = [product.image_added[i] for i in keep]
     new._images = OrderedDict()
@@ -366,7 +382,10 @@ def remove_images(product: Product, paths: Sequence[str | Path], progress: Calla
         progress(1, 2)
     fpr = old.calibration.fpr if old.calibration else DEFAULT_FPR
     try:
-        new.bank.calibrate(fpr, augmented=lambda: new.extractor(augmented_views(new.reference_image(0))))
+        from iad_agent.vision.learn import learn
+
+        new.bank.scoring, new.bank.calibration = learn(new.bank, new.extractor, new.reference_image, fpr,
+                                                       selfsim=old.scoring.uses_self or bool(old.scoring.synthetic_auroc))
         new._calibrate_gate()
     except ImageError as exc:
         raise RegistrationError(f"cannot recalibrate {product.name!r} without those images: a remaining good image "

@@ -140,6 +140,12 @@ def image_row(group: Group, label: str, sample: Sample, result: InspectionResult
     }
 
 
+def _promised_fpr(product: Product | None) -> float | None:
+    """The false-alarm rate the product's threshold promises (``--fpr`` at registration)."""
+    cal = product.bank.calibration if product is not None else None
+    return float(cal.fpr) if cal is not None else None
+
+
 def group_record(group: Group, run: PolicyRun, masks: list, pixel_ok: list[bool], pixel_cache: dict,
                  build_ms: list[float], product: Product | None, peak: float, wall: float) -> dict[str, Any]:
     """One policy's record of a finished group: metrics over its rows, latency, memory, the rows.
@@ -190,6 +196,9 @@ def group_record(group: Group, run: PolicyRun, masks: list, pixel_ok: list[bool]
         "precision": binary["precision"],
         "tpr": binary["tpr"],
         "tnr": binary["tnr"],
+        "promised_fpr": _promised_fpr(product) if group.protocol != "given" else None,
+        "false_alarm_rate": None if binary["tnr"] is None else 1 - binary["tnr"],  # measured on the test's good images
+        "miss_rate": None if binary["tpr"] is None else 1 - binary["tpr"],
         "no_answer": binary["no_answer"],
         "oracle_f1": oracle,
         "oracle_threshold": oracle_thr,

@@ -117,7 +117,7 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
         gt = sample.ground_truth_mask(size=size)
         masks.append(gt)
         pixel_ok.append(gt is not None and (sample.mask_path is not None or not sample.is_anomalous))
-        shared_map = downsample_map(prepared.heatmap, size).astype(np.float16)
+        shared_maps: dict[int, np.ndarray] = {}  # policies answering from the same look share its map
         cache.new_query()
         for run in runs:
             cache.new_run()
@@ -125,8 +125,10 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
             result = run.inspector.inspect(prepared, sample)
             ms = prepared.ms + (time.perf_counter() - t0) * 1000 + cache.replayed_ms
             cpu_ms = prepared.cpu_ms + (time.process_time() - c0) * 1000 + cache.replayed_cpu_ms
-            run.maps.append(shared_map if result.heatmap is prepared.heatmap else
-                            downsample_map(result.heatmap, size).astype(np.float16))
+            key = id(result.heatmap)
+            if key not in shared_maps:
+                shared_maps[key] = downsample_map(result.heatmap, size).astype(np.float16)
+            run.maps.append(shared_maps[key])
             run.rows.append(image_row(group, run.label, sample, result, ms, cpu_ms, gt))
             if on_image:
                 on_image(1)

@@ -9,7 +9,8 @@ tool set it gets; ``iad inspect``, ``iad eval``, the library API and the service
   given the trial weight ``EmbeddedPolicy.TRIAL_WEIGHT`` back, so it stays measured;
 * ``openai`` / ``hf``: a VLM backend (options in :class:`VLMOptions`), with the four tools plus
   the ``anomaly_map`` evidence tool;
-* ``<any of these>-no-<tool>...`` (e.g. ``embedded-no-zoom``): the same without those tools.
+* ``<any of these>-no-<tool>...`` (e.g. ``embedded-no-zoom``): the same without those tools;
+  ``embedded-no-selfsim``: the embedded policy answering from the plain nearest-neighbour look.
 """
 
 from __future__ import annotations
@@ -160,11 +161,18 @@ def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions |
     label = policy_label(name, disable)
     if name == "knn":
         return ResolvedPolicy(label, make_policy("knn"), {}, ())
+    from iad_agent.policies.embedded import COMPONENTS
+
     base, disabled = split_policy_name(name)
     disabled = tuple(dict.fromkeys((*disabled, *(tool_name(d) for d in disable))))
+    without = tuple(d for d in disabled if d in COMPONENTS)  # policy components (embedded-no-selfsim), not tools
+    disabled = tuple(d for d in disabled if d not in COMPONENTS)
+    embedded = base == "embedded" or base.startswith("embedded+")
+    if without and not embedded:
+        raise PolicyConfigError(f"{name!r}: only the embedded policy has the component(s) {', '.join(without)}")
     try:
         tools = tools_for(base, disabled)
-        policy = make_policy(base, **(options or VLMOptions()).given())
+        policy = make_policy(base, **(options or VLMOptions()).given(), **({"without": without} if without else {}))
     except PolicyConfigError:
         raise
     except ValueError as exc:  # a backend refusing its options
@@ -209,7 +217,7 @@ def make_policy(name: str, **options: Any) -> Policy:
     if name == "embedded":
         from iad_agent.policies.embedded import EmbeddedPolicy
 
-        return EmbeddedPolicy()
+        return EmbeddedPolicy(without=tuple(options.get("without", ())))
     if name.startswith("embedded+"):  # embedded+highfreq: a tool the gate has switched off, back on
         from iad_agent.policies.embedded import EmbeddedPolicy
         from iad_agent.tools import default_tools
@@ -219,7 +227,7 @@ def make_policy(name: str, **options: Any) -> Policy:
         unknown = [t for t in wanted if t not in known]
         if unknown:
             raise PolicyConfigError(f"unknown tool {', '.join(unknown)} in policy {name!r}; tools: {', '.join(sorted(known))}")
-        return EmbeddedPolicy(weights={t: EmbeddedPolicy.TRIAL_WEIGHT for t in wanted})
+        return EmbeddedPolicy(weights={t: EmbeddedPolicy.TRIAL_WEIGHT for t in wanted}, without=tuple(options.get("without", ())))
     if name == "knn":
         from iad_agent.policies.knn import KnnPolicy
 

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from iad_agent.tools.base import Tool
 
 ZOOM, COMPARE, HIGHFREQ, PRIORS = PerceptiveZoomer.name, ComparativeRetriever.name, HighFrequencyEnhancer.name, PriorRetriever.name
+#: Parts of the policy that are not tools but can be left out for an ablation (``embedded-no-selfsim``).
+COMPONENTS = ("selfsim",)
 
 
 def fuse(global_ratio: float, evidence: list[tuple[float, float]]) -> float:
@@ -147,7 +149,8 @@ class EmbeddedPolicy:
     #: high-frequency enhancer's weight before the ablation set it to 0).
     TRIAL_WEIGHT = 0.25
 
-    def __init__(self, always_look: bool = False, weights: dict[str, float] | None = None, gate=None) -> None:  # noqa: ANN001
+    def __init__(self, always_look: bool = False, weights: dict[str, float] | None = None, gate=None,  # noqa: ANN001
+                 without: tuple[str, ...] = ()) -> None:
         """
         Args:
             always_look: call the tools on every image, not only on uncertain ones.
@@ -155,13 +158,29 @@ class EmbeddedPolicy:
                 benchmark's ``embedded+highfreq`` uses this to keep measuring a switched-off tool).
             gate: a learned gate (:class:`~iad_agent.policies.gate.LearnedGate`) replacing the
                 hand-set band; by default the one installed in the product folder, if any.
+            without: components left out, for ablations: ``"selfsim"`` = the global look is
+                plain nearest neighbour even where the product's scoring mixes in self-similarity.
         """
+        unknown = set(without) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown component(s) {sorted(unknown)}; components: {', '.join(COMPONENTS)}")
         self.gate = gate
         self._installed: dict = {}
         self.always_look = always_look
         self.weights = dict(weights or {})
+        self.without = tuple(without)
         if self.weights:
             self.name = "embedded+" + "+".join(sorted(self.weights))
+        if self.without:
+            self.name += "".join(f"-no-{c}" for c in self.without)
+
+    @property
+    def plain_look(self) -> bool:
+        """Whether this policy answers from the plain nearest-neighbour look (heat map included)."""
+        return "selfsim" in self.without
+
+    def _look(self, episode: Episode):  # noqa: ANN202 - GlobalLook
+        return episode.look.plain if self.plain_look else episode.look
 
     def _weights(self, episode: Episode) -> dict[str, float]:
         gate = episode.product.gate
@@ -174,7 +193,7 @@ class EmbeddedPolicy:
         if learned is not None:  # a gate trained by RL (iad train gate) replaces the hand-set band
             return gated_step(self, episode, tools, learned)
         gate = episode.product.gate
-        look = episode.look
+        look = self._look(episode)
         steps = episode.trajectory.steps
         r = look.ratio
         box = look.hot_box
@@ -234,7 +253,7 @@ class EmbeddedPolicy:
         calls = []
         if COMPARE in tools and gate.aligned_informative and weights[COMPARE] > 0:
             calls.append(ToolCall(COMPARE, {"box": box.to_list()}))
-        if HIGHFREQ in tools and weights[HIGHFREQ] > 0 and (gate.texture or episode.look.hot_area < gate.small_area):
+        if HIGHFREQ in tools and weights[HIGHFREQ] > 0 and (gate.texture or self._look(episode).hot_area < gate.small_area):
             calls.append(ToolCall(HIGHFREQ, {"box": box.to_list()}))
         return calls
 
@@ -270,10 +289,10 @@ class EmbeddedPolicy:
         return [(value, weights[name]) for name, value in best.items()]
 
     def _fused(self, episode: Episode) -> float:
-        return fuse(episode.look.ratio, self._evidence(episode))
+        return fuse(self._look(episode).ratio, self._evidence(episode))
 
     def _answer(self, episode: Episode, tools: dict[str, Tool], thought: str) -> Step:
-        look = episode.look
+        look = self._look(episode)
         evidence = self._evidence(episode)
         fused = fuse(look.ratio, evidence)
         if evidence:  # keep the tools' re-ordering inside the band the gate opened

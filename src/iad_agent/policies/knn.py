@@ -22,9 +22,10 @@ class KnnPolicy:
     """Answers at the first turn from ``episode.look``; never calls a tool."""
 
     name = "knn"
+    plain_look = True  # the plain nearest-neighbour look and heat map, whatever the product's scoring
 
     def act(self, episode: Episode, tools: dict[str, Tool]) -> Step:
-        look = episode.look
+        look = episode.look.plain
         anomalous = look.score > look.threshold
         verdict = "anomalous" if anomalous else "normal"
         reason = (f"Nearest-neighbour score {look.score:.4f} is {'above' if anomalous else 'at or below'} the "

@@ -48,7 +48,7 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
         score; ``highfreq``: the energy ratio), stored with the product so that a new
         false-alarm rate re-sets the limits without reading an image again.
     """
-    from iad_agent.product import augmented_views
+    from iad_agent.vision.learn import augmented_views
 
     bank = product.bank
     rng = np.random.default_rng(seed)
@@ -68,7 +68,7 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
         global_score = max(image_score(dmap), 1e-8)
         size = rng.uniform(0.2, 0.4)
         x, y = rng.uniform(0, 1 - size, 2)
-        boxes = [hot_spot_box(dmap, cal.patch_threshold), Box(x, y, x + size, y + size)]
+        boxes = [hot_spot_box(dmap, cal.knn_patch_threshold or cal.patch_threshold), Box(x, y, x + size, y + size)]
         refs = [i for i, _ in bank.nearest(grid, n_references, exclude=exclude)] or [0]
         aligned = aligned_distance(grid, bank.grids[refs[0]].astype(np.float32))
         reference = product.reference_image(refs[0])
@@ -77,8 +77,9 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
             zoom.append(zoom_evidence(product, image, b, refs)["score"] / global_score)
             compare.append(image_score(region_of(aligned, b.clamped(0.05))) / global_score)
             highfreq.append(highfreq_ratio(image, reference, b)[2])
-    product.tool_limits = ToolLimits(zoom_threshold=float(np.median(zoom)) * cal.threshold,
-                                     compare_threshold=float(np.median(compare)) * cal.threshold,
+    # tool readings are nearest-neighbour distances: their limits are relative to the knn threshold
+    product.tool_limits = ToolLimits(zoom_threshold=float(np.median(zoom)) * cal.knn_threshold,
+                                     compare_threshold=float(np.median(compare)) * cal.knn_threshold,
                                      highfreq_threshold=threshold_for_fpr(highfreq, cal.fpr))
     limits = product.tool_limits
     log.info("tool limits for %s: zoom %.3f, compare %.3f, highfreq %.3f", product.name,

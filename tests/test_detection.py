@@ -1,0 +1,167 @@
+"""Issue 11 components on real images: aspect-kept features, self-similarity, batch (mutual)
+scoring, synthetic defects, the scoring learned at registration, calibration, ablations."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import iad_agent.vision.features as features_module
+import iad_agent.vision.scoring as scoring_module
+import iad_agent.vision.synthetic as synthetic_module
+from iad_agent.vision.features import FeatureConfig, FeatureExtractor
+from iad_agent.vision.normal_bank import NormalBank, image_score
+from iad_agent.vision.similarity import mutual_scores, self_similarity_map
+from iad_agent.vision.scoring import Scoring, choose_scoring
+from iad_agent.vision.synthetic import noise_patch, scratch, synthetic_defects
+
+
+def test_doctests():
+    for module in (features_module, scoring_module, synthetic_module):
+        assert doctest.testmod(module).failed == 0, module.__name__
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return FeatureExtractor(FeatureConfig())
+
+
+@pytest.fixture(scope="module")
+def grid_images(data_root):
+    from iad_agent.imageio import load_image
+
+    paths = sorted((data_root / "mvtec_ad/grid/train/good").glob("*.png"))[:3]
+    return [load_image(p) for p in paths]
+
+
+def test_aspect_ratio_is_kept(data_root, extractor):
+    from iad_agent.imageio import load_image
+
+    img = load_image(next((data_root / "mvtec_loco/juice_bottle/train/good").glob("*.png")))  # 800 x 1600 (w x h)
+    grid = extractor([img])[0]
+    assert grid.shape[:2] == (64, 32)  # rows follow the long side: nothing squashed
+    square = FeatureExtractor(FeatureConfig(keep_aspect=False))([img])[0]
+    assert square.shape[:2] == (32, 32)
+
+
+def test_mixed_shapes_share_a_bank(data_root, extractor, tmp_path):
+    from iad_agent.imageio import load_image
+
+    free = sorted((data_root / "magnetic_tile/MT_Free/Imgs").glob("*.jpg"))[:6]
+    imgs = [load_image(p) for p in free]
+    grids = extractor(imgs)
+    assert isinstance(grids, list) and len({g.shape for g in grids}) > 1
+    bank = NormalBank(extractor.config)
+    bank.add(grids[:5], [str(p) for p in free[:5]])
+    bank.calibrate(0.05)
+    bank.save(tmp_path / "bank")
+    loaded = NormalBank.load(tmp_path / "bank")
+    assert [g.shape for g in loaded.grids] == [g.shape for g in bank.grids]
+    np.testing.assert_array_equal(bank.patch_distances(grids[5]), loaded.patch_distances(grids[5]))
+    score, dmap, _ = loaded.aligned_score(grids[5].astype(np.float32))  # another shape: resampled, not refused
+    assert dmap.shape == grids[5].shape[:2] and np.isfinite(score)
+
+
+def test_self_similarity_finds_a_defect_on_a_texture(grid_images, extractor):
+    good = grid_images[0]
+    bad, mask = noise_patch(good, np.random.default_rng(3))
+    good_map = self_similarity_map(extractor([good])[0])
+    bad_map = self_similarity_map(extractor([bad])[0])
+    assert image_score(bad_map) > image_score(good_map)
+    peak = np.unravel_index(int(np.argmax(bad_map)), bad_map.shape)
+    rows, cols = np.nonzero(mask)
+    py, px = (peak[0] + 0.5) / bad_map.shape[0], (peak[1] + 0.5) / bad_map.shape[1]
+    dist = np.min(np.hypot(rows / mask.shape[0] - py, cols / mask.shape[1] - px))
+    assert dist < 0.08  # the hottest patch lies on (or next to) the scratch
+
+
+@pytest.mark.parametrize("category,defect", [("transistor", "damaged_case"), ("bottle", "broken_large")])
+def test_mutual_scores_single_out_the_defective_image(data_root, extractor, category, defect):
+    from iad_agent.imageio import load_image
+
+    goods = sorted((data_root / f"mvtec_ad/{category}/train/good").glob("*.png"))[:5]
+    bad = sorted((data_root / f"mvtec_ad/{category}/test/{defect}").glob("*.png"))[0]
+    maps = mutual_scores(list(extractor([load_image(p) for p in [*goods, bad]])))  # no good image is known
+    scores = [image_score(m) for m in maps]
+    assert int(np.argmax(scores)) == len(goods)
+    with pytest.raises(ValueError):
+        mutual_scores([np.zeros((4, 4, 2), np.float32)])
+
+
+def test_synthetic_defect_scores_above_its_good_image(hazelnut_product, data_root):
+    from iad_agent.inspector import Inspector
+    from iad_agent.policies.knn import KnnPolicy
+
+    good = Image.open(data_root / "mvtec_ad/hazelnut/test/good/000.png").convert("RGB")
+    inspector = Inspector(hazelnut_product, KnnPolicy(), tools={})
+    base = inspector.inspect(good).trajectory.answer.score
+    for img, mask, kind in synthetic_defects([good], 4, seed=0):
+        assert mask.any()
+        assert inspector.inspect(img).trajectory.answer.score > base, kind
+
+
+def test_choose_scoring_follows_the_separating_evidence():
+    rng = np.random.default_rng(0)
+    flat = [rng.uniform(0.9, 1.1, (8, 8)) for _ in range(6)]
+    spiky = [m.copy() for m in flat]
+    for m in spiky:
+        m[3, 3] = 3.0
+    # self-similarity separates, nearest neighbour does not: the weight goes to self-similarity
+    s = choose_scoring(flat, flat, flat, spiky)
+    assert s.self_weight > 0 and s.synthetic_auroc["0.0"] <= 0.6
+    # nearest neighbour separates: plain knn (ties go to the smaller weight)
+    s = choose_scoring(flat, flat, spiky, flat)
+    assert s.self_weight == 0.0
+    assert Scoring.from_dict(s.to_dict()) == s
+
+
+def test_registration_learns_and_saves_the_scoring(data_root, tmp_path):
+    from iad_agent.product import Product, list_images
+
+    normals = list_images(data_root / "mvtec_ad/grid/train/good")[:3]
+    calls = []
+    product = Product.build("grid3", normals, progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1]  # the progress bar reaches its end
+    cal = product.bank.calibration
+    assert len(cal.global_scores) == 3 and len(cal.knn_scores) == 3
+    assert set(product.bank.scoring.synthetic_auroc) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    product.save(tmp_path / "grid3")
+    loaded = Product.load(tmp_path / "grid3")
+    assert loaded.bank.scoring == product.bank.scoring  # learned once, never recomputed at load
+    plain = Product.build("hazelplain", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:2], selfsim=False)
+    assert plain.bank.scoring.self_weight == 0.0 and set(plain.bank.scoring.synthetic_auroc) == {"0.0"}
+
+
+def test_knn_and_no_selfsim_answer_from_the_plain_look(data_root):
+    from iad_agent.policies import PolicyConfigError, resolve_policy
+    from iad_agent.inspector import Inspector
+    from iad_agent.product import Product, list_images
+
+    normals = list_images(data_root / "mvtec_ad/grid/train/good")[:2]
+    product = Product.build("grid2", normals)
+    product.bank.scoring = Scoring(0.5, product.bank.scoring.knn_level, product.bank.scoring.self_level)
+    query = sorted((data_root / "mvtec_ad/grid/test/bent").glob("*.png"))[0]
+    knn = resolve_policy("knn").policy
+    ablation = resolve_policy("embedded-no-selfsim")
+    assert ablation.policy.name == ablation.label == "embedded-no-selfsim" and "perceptive_zoomer" in ablation.tools
+    r_knn = Inspector(product, knn, tools={}).inspect(query)
+    look = r_knn.episode.look
+    assert look.knn is not None  # the product's look mixes in self-similarity ...
+    assert r_knn.trajectory.answer.score == pytest.approx(look.plain.score)  # ... knn stays plain
+    assert r_knn.trajectory.answer.threshold == pytest.approx(product.bank.calibration.knn_threshold)
+    with pytest.raises((ValueError, PolicyConfigError)):
+        resolve_policy("embedded-no-nonsense")
+
+
+def test_a_huge_photo_gives_the_verdict_of_its_downsized_copy(hazelnut_inspector, data_root):
+    """A 4000×3000-class photo is seen at the product's scale (long side capped): same verdict, bounded work."""
+    path = data_root / "mvtec_ad/hazelnut/test/crack/000.png"
+    small = Image.open(path).convert("RGB")
+    big = small.resize((3072, 3072), Image.Resampling.BICUBIC)
+    a = hazelnut_inspector.inspect(small).trajectory.answer
+    b = hazelnut_inspector.inspect(big).trajectory.answer
+    assert a.anomaly_present and b.anomaly_present
+    assert b.score == pytest.approx(a.score, rel=0.15)
