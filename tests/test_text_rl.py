@@ -48,7 +48,7 @@ def test_cases_hold_the_global_look_and_the_hot_spot_zoom(cases):
     assert len(cases) == 4 and {c.sample.label for c in cases} == {0, 1}
     for case in cases:
         assert "grid" not in case.episode.__dict__ or case.episode.__dict__["grid"] is not None
-        assert look_text(case.episode.look).startswith("Global look: ratio ")
+        assert look_text(case.episode.look).startswith("Global ratio ")
         cached = case.episode.memo["text_tool_results"]
         assert len(cached) == 1
         again = text_tools()["perceptive_zoomer"]({"box": hot_box(case.episode)}, case.episode)
@@ -73,7 +73,7 @@ def test_teacher_zooms_only_when_ambiguous_and_answers_the_truth(cases):
     rows = sft_rows(cases, 3)
     assert len(rows) == sum(1 + int(BAND[0] <= c.episode.look.ratio <= BAND[1]) for c in cases)
     assert all(r["completion"][0]["role"] == "assistant" and r["prompt"][-1]["role"] == "user" for r in rows)
-    assert "Global look: ratio" in rows[0]["prompt"][1]["content"][0]["text"]
+    assert rows[0]["prompt"][1]["content"][0]["text"].startswith("Global ratio ")
 
 
 def test_batcher_gathers_concurrent_turns_and_routes_each_result():

@@ -4,12 +4,13 @@ A small language model cannot see pixels, but it can read what the normal bank a
 measured. In text mode
 
 - the query image is replaced by one line, the global look in numbers (:func:`look_text`:
-  score / threshold ratio, hot-spot box, share of hot patches);
+  score / threshold ratio and hot-spot box);
 - every tool answers with its reading only (:class:`TextTool`: e.g. ``zoom ratio 1.34``, no
   image), computed once per image and call (tools are deterministic);
-- the system prompt is the compact :file:`prompts/system_text.md` (same ``<think>`` /
-  ``<tool_call>`` / ``<answer>`` protocol, one tool, a few dozen tokens instead of several
-  hundred: every token costs on two CPU cores).
+- the system prompt is the compact :file:`prompts/system_text.md`: the same ``<think>`` /
+  ``<tool_call>`` / ``<answer>`` protocol and one tool, named but without its JSON schema, in
+  about 50 tokens instead of 700 (every token of every rollout costs on two shared CPU cores;
+  the exact call and answer format is learnt from the SFT trajectories).
 
 The episode is still run by the one agent loop (:func:`~iad_agent.agent.loop.run_episode`) and
 rendered by :meth:`~iad_agent.types.Trajectory.to_messages`; :class:`TextPolicy` only swaps the
@@ -47,9 +48,9 @@ def look_text(look: GlobalLook) -> str:
     >>> from iad_agent.episode import GlobalLook
     >>> from iad_agent.types import Box
     >>> look_text(GlobalLook(np.zeros((2, 2)), 1.5, 1.2, Box(0.104, 0.2, 0.5, 0.6), 0.031))
-    'Global look: ratio 1.25, hot spot [0.1, 0.2, 0.5, 0.6], hot area 3%.\\n'
+    'Global ratio 1.25, hot spot [0.1, 0.2, 0.5, 0.6].\\n'
     """
-    return f"Global look: ratio {look.ratio:.2f}, hot spot {_box(look.hot_box.to_list())}, hot area {look.hot_area:.0%}.\n"
+    return f"Global ratio {look.ratio:.2f}, hot spot {_box(look.hot_box.to_list())}.\n"
 
 
 def text_system_prompt(product: str, max_steps: int = TEXT_MAX_STEPS) -> str:

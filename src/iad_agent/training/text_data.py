@@ -108,17 +108,13 @@ class TextTeacher:
         ratio = episode.look.ratio
         box = hot_box(episode)
         if not steps and BAND[0] <= ratio <= BAND[1] and ZOOM in tools:
-            thought = f"Global ratio {ratio:.2f}: unclear, zoom in."
+            thought = "unclear"
             call = ToolCall(ZOOM, {"box": box})
             return Step(thought=thought, tool_calls=[call],
                         raw_output=f"<think>{thought}</think>\n{render_tool_call(call)}")
         anomalous = sample.is_anomalous
         verdict = "defect" if anomalous else "normal"
-        if steps:
-            reading = steps[-1].observations[0].text if steps[-1].observations else "no reading"
-            thought = f"The {reading}: {verdict}."
-        else:
-            thought = f"Global ratio {ratio:.2f}: {verdict}."
+        thought = verdict
         answer = FinalAnswer(anomalous)
         shown = {"anomaly_present": anomalous, "box": None, "defect_type": None, "reason": ""}
         return Step(thought=thought, answer=answer,
