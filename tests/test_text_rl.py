@@ -181,3 +181,15 @@ def test_the_benchmark_runs_end_to_end(cfg):
     assert saved["models"]["sft"]["held_out"]["mean_reward"] == results["models"]["sft"]["held_out"]["mean_reward"]
     for name in ("report.md", "reward.png", "sft/config.json", "grpo/adapter_config.json"):
         assert (__import__("pathlib").Path(out) / name).exists(), name
+
+
+def test_cli_prints_and_refuses_settings():
+    from typer.testing import CliRunner
+
+    from iad_agent.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "text-rl", "--out", "x", "--grpo-steps", "3", "--print-config"])
+    assert r.exit_code == 0 and "grpo_steps: 3" in r.stdout and "# GRPO optimizer steps." in r.stdout
+    r = runner.invoke(app, ["train", "text-rl", "--out", "x", "--set", "grpo_step=3"])
+    assert r.exit_code != 0 and "unknown text-RL setting" in r.output

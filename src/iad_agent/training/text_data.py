@@ -9,8 +9,9 @@
   text model can know. That teacher zooms where the ground-truth defect is and writes long
   thoughts about pixels; a text model sees neither, so this one zooms on the hot spot of the
   global look, and only when the look is ambiguous (ratio inside IndusAgent's gate band, as
-  :class:`~iad_agent.rewards.GatedToolReward` defines it), then answers the ground truth (the
-  hot spot as the box of an anomalous part) with one short thought per turn.
+  :class:`~iad_agent.rewards.GatedToolReward` defines it), then answers the ground truth
+  (the verdict; box and type null: the text model cannot place a box better than the hot
+  spot it was given), each turn with a one-word thought (tokens are the cost on a CPU).
 - :class:`TextEnvironment`: TRL's ``environment_factory`` environment of
   :mod:`iad_agent.training.environment` on the cached episodes and the text-mode tools.
 """
