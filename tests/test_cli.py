@@ -102,8 +102,10 @@ def test_register_adds_incrementally(normals, tmp_path, data_root):
         shutil.copy(p, first / p.name)
     assert runner.invoke(app, ["register", "nut", "--normals", str(first), "--workspace", str(ws)]).exit_code == 0
     r = runner.invoke(app, ["register", "nut", "--normals", str(normals), "--workspace", str(ws)])
-    assert r.exit_code == 0 and "registered nut: 7 good images" in r.output
-    assert runner.invoke(app, ["products", "--workspace", str(ws)]).stdout.split() == ["nut"]
+    # the 2 images registered first are in `normals` too: only the 3 new ones are added (issue 9)
+    assert r.exit_code == 0 and "registered nut: 5 good images" in r.output
+    listed = json.loads(runner.invoke(app, ["products", "--workspace", str(ws), "--json"]).stdout)
+    assert [(p["name"], p["images"]) for p in listed] == [("nut", 5)]
 
 
 def test_one_good_image_is_enough(tmp_path, normals):

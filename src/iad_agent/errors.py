@@ -39,6 +39,22 @@ class ProductError(IADError, RuntimeError):
     """A stored product exists but cannot be loaded (damaged or from an incompatible version)."""
 
 
+class ConcurrentRegistration(RegistrationError):
+    """Another registration stored a new version of the product while this one was computed;
+    nothing was overwritten (run the registration again to add to the current version)."""
+
+
+class DamagedProduct(ProductError):
+    """A stored product's file is missing, truncated or of the wrong type; the message names
+    the file and how to repair the product."""
+
+
+class WorkspaceError(RegistrationError):
+    """The workspace is not a writable folder (a file, read-only, no permission), or a write
+    into it failed; the message names the folder. Checked before any work starts. A kind of
+    RegistrationError: the change to the stored products is refused."""
+
+
 class PolicyConfigError(IADError, ValueError):
     """An unknown policy or tool name, or backend options the chosen policy cannot work with."""
 

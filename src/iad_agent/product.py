@@ -1,36 +1,66 @@
 """Registered products: the normal bank, labelled defect examples, priors and gate parameters.
 
-A product lives in ``<workspace>/products/<name>/``. Registration writes into a temporary
-folder and swaps it in atomically, so a failed or interrupted registration never loses what
-was registered before.
+A product lives in ``<workspace>/products/<name>``, stored as versions (``iad_agent.store``):
+a registration is written aside and becomes current in one rename, under a per-product lock,
+so an interrupted or concurrent registration never loses or corrupts what was registered
+before. Loading validates every file and names the damaged one (``product_files``).
+
+Registering images that are already registered (same decoded pixels, whatever their path) is
+skipped and reported; a calibration that would store a zero or non-finite limit is refused.
+Heavy modules (torch, faiss) are imported only when features are needed.
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import dataclasses
 import logging
 import math
-import os
 import re
-import shutil
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from iad_agent.errors import RegistrationError
-from iad_agent.imageio import DEFAULT_MAX_SIDE, ImageError, atomic_write_text, load_image
-from iad_agent.vision.features import FeatureConfig, FeatureExtractor
-from iad_agent.vision.normal_bank import NormalBank, image_score
+from iad_agent.errors import (  # noqa: F401  (the errors of stored products; importable from here too)
+    ConcurrentRegistration,
+    DamagedProduct,
+    IADError,
+    ProductError,
+    ProductNotFound,
+    RegistrationError,
+    WorkspaceError,
+)
+from iad_agent.imageio import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, ImageError, load_image, scan_images  # noqa: F401
+
+if TYPE_CHECKING:
+    from iad_agent.registration import Registration
+    from iad_agent.vision.features import FeatureConfig, FeatureExtractor
+    from iad_agent.vision.normal_bank import NormalBank
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # used with fullmatch: no trailing newline
+DEFAULT_FPR = 0.05
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid product name, else ``RegistrationError``.
+
+    >>> check_name("hazelnut")
+    'hazelnut'
+    >>> check_name("hazelnut\\n")
+    Traceback (most recent call last):
+    ...
+    iad_agent.errors.RegistrationError: invalid product name 'hazelnut\\n': use 1-64 letters, digits, '_', '-', '.' (starting with a letter or digit)
+    """
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise RegistrationError(f"invalid product name {name!r}: use 1-64 letters, digits, '_', '-', '.' (starting with a letter or digit)")
+    return name
 
 
 @dataclass
@@ -88,11 +118,16 @@ class GateParams:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise RegistrationError(f"{folder}: not a folder")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (and its subfolders when ``recursive``), sorted; hidden ones skipped.
+
+    Raises:
+        RegistrationError: ``folder`` is not a folder.
+    """
+    try:
+        return scan_images(folder, recursive).files
+    except NotADirectoryError as exc:
+        raise RegistrationError(str(exc)) from exc
 
 
 @dataclass
@@ -125,7 +160,13 @@ def anomaly_signature(grid: np.ndarray, patch_map: np.ndarray, fraction: float =
 
 
 class Product:
-    """Everything the inspector knows about one product."""
+    """Everything the inspector knows about one product.
+
+    ``image_hashes`` / ``image_added`` run parallel to ``bank.paths`` (content hash and date of
+    each good image; ``None`` where a product stored before they were kept cannot tell).
+    ``version`` is the stored version this object was loaded from or derives from; saving
+    refuses to overwrite a version stored since (another registration's).
+    """
 
     def __init__(self, name: str, bank: NormalBank, gate: GateParams, folder: Path | None = None,
                  defects: DefectExamples | None = None, priors: dict[str, str] | None = None,
@@ -138,12 +179,21 @@ class Product:
         self.defects = defects or DefectExamples()
         self.priors = priors or {}
         self.max_side = max_side
+        self.image_hashes: list[str | None] = [None] * len(bank)
+        self.image_added: list[str | None] = [None] * len(bank)
+        self.defect_hashes: list[str | None] = [None] * len(self.defects.types)
+        self.created: str | None = None
+        self.updated: str | None = None
+        self.version: str | None = None
+        self.tool_readings: dict | None = None  # the tools' calibration readings, when calibrate_tools returns them
         self._extractor: FeatureExtractor | None = None
         self._images: OrderedDict[int, Image.Image] = OrderedDict()
 
     @property
     def extractor(self) -> FeatureExtractor:
         if self._extractor is None:
+            from iad_agent.vision.features import FeatureExtractor
+
             self._extractor = FeatureExtractor(self.bank.config)
         return self._extractor
 
@@ -168,62 +218,28 @@ class Product:
 
     # --------------------------------------------------------------- building
     @classmethod
-    def build(
-        cls,
-        name: str,
-        normals: Sequence[str | Path],
-        config: FeatureConfig | None = None,
-        fpr: float = 0.05,
-        defects_dir: str | Path | None = None,
-        priors: dict[str, str] | None = None,
-        allow_mixed_sizes: bool = False,
-        max_side: int = DEFAULT_MAX_SIDE,
-        max_patches: int = 16_384,
-        progress: Callable[[int, int], None] | None = None,
-        existing: Product | None = None,
-    ) -> Product:
-        """Register good images (and optional defect examples) as a product.
+    def build(cls, name: str, normals: Sequence[str | Path], config: FeatureConfig | None = None, fpr: float | None = None,
+              defects_dir: str | Path | None = None, priors: dict[str, str] | None = None, allow_mixed_sizes: bool = False,
+              max_side: int = DEFAULT_MAX_SIDE, max_patches: int = 16_384, progress: Callable[[int, int], None] | None = None,
+              existing: Product | None = None) -> Product:
+        """Register good images (and optional defect examples) as a product: ``registration.register(...).product``."""
+        from iad_agent.registration import register
 
-        Raises:
-            RegistrationError: no images, an unreadable image, or (unless
-                ``allow_mixed_sizes``) an image whose size differs from the others.
-        """
-        if not NAME_RE.match(name):
-            raise RegistrationError(f"invalid product name {name!r}: use letters, digits, '_', '-', '.'")
-        paths = [Path(p) for p in normals]
-        if not paths and existing is None:
-            raise RegistrationError("no good images given: a product needs at least one good image")
-        images = _load_all(paths, allow_mixed_sizes, max_side, reference_size=existing.image_size if existing else None)
-        extractor = existing.extractor if existing else FeatureExtractor(config or FeatureConfig())
-        grids = []
-        for i in range(0, len(images), extractor.batch_size):
-            grids.append(extractor(images[i : i + extractor.batch_size]))
-            if progress:
-                progress(min(i + extractor.batch_size, len(images)), len(images))
-        bank = existing.bank if existing else NormalBank(extractor.config, max_patches=max_patches)
-        if grids:
-            bank.add(np.concatenate(grids), [str(p.resolve()) for p in paths])
-        gate = existing.gate if existing else GateParams()
-        product = cls(name, bank, gate, existing.folder if existing else None,
-                      existing.defects if existing else None, dict(existing.priors) if existing else {}, max_side)
-        product._extractor = extractor
-        product.image_size = existing.image_size if existing and existing.image_size else (images[0].size if images else None)
-        if product.image_size and any(not same_shape(im.size, product.image_size) for im in images):
-            gate.mixed_geometry = True
-        for offset, img in enumerate(images[-16:]):  # warm the cache: calibration reads these back
-            product._images[len(bank) - len(images[-16:]) + offset] = img
-        if priors:
-            product.priors.update(priors)
-        views = None
-        if len(bank) == 1:  # one good image: its augmented views stand in for held-out good parts
-            first = images[0] if images else product.reference_image(0)
-            images_v = augmented_views(first)
-            views = (images_v, extractor(images_v))
-        bank.calibrate(fpr, augmented=lambda: views[1])
-        product._calibrate_gate(views)
-        if defects_dir is not None:
-            product.add_defect_examples(defects_dir, allow_mixed_sizes)
-        return product
+        return register(name, normals, config, fpr, defects_dir, priors, allow_mixed_sizes, max_side, max_patches,
+                        progress, existing).product
+
+    def _copy(self) -> Product:
+        """A copy that can be extended without changing this product (arrays are shared, never mutated)."""
+        new = copy.copy(self)
+        new.bank = copy.copy(self.bank)
+        new.bank.paths = list(self.bank.paths)
+        new.bank.calibration = copy.deepcopy(self.bank.calibration)
+        new.gate = dataclasses.replace(self.gate)
+        new.defects = dataclasses.replace(self.defects, types=list(self.defects.types), paths=list(self.defects.paths))
+        new.priors = dict(self.priors)
+        new.image_hashes, new.image_added, new.defect_hashes = list(self.image_hashes), list(self.image_added), list(self.defect_hashes)
+        new._images = OrderedDict(self._images)
+        return new
 
     def _calibrate_gate(self, views: tuple[list[Image.Image], np.ndarray] | None = None) -> None:
         """Set tool thresholds and texture-likeness from held-out good images.
@@ -242,70 +258,93 @@ class Product:
             imgs = augmented_views(self.reference_image(0))
             views = (imgs, self.extractor(imgs))
         self.gate.texture = texture_likeness(self.bank, None if len(self.bank) > 1 else views[1][0]) < 0.8
-        calibrate_tools(self, views=views)
+        readings = calibrate_tools(self, views=views)
+        self.tool_readings = readings if isinstance(readings, dict) else None
 
-    def add_defect_examples(self, folder: str | Path, allow_mixed_sizes: bool = True) -> None:
-        """Register labelled defect examples: ``folder/<defect_type>/*.png``."""
-        folder = Path(folder)
-        subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
-        if not subdirs:
-            raise RegistrationError(f"{folder}: expected one subfolder per defect type with example images")
-        types, sigs, paths = list(self.defects.types), [], list(self.defects.paths)
-        for sub in subdirs:
-            files = list_images(sub)
-            if not files:
-                raise RegistrationError(f"{sub}: defect type folder has no images")
-            imgs = _load_all(files, True, self.max_side)
-            grids = self.extractor(imgs)
-            for f, grid in zip(files, grids):
-                sigs.append(anomaly_signature(grid, self.bank.patch_distances(grid)))
-                types.append(sub.name)
-                paths.append(str(f.resolve()))
-        old = self.defects.signatures
-        new = np.stack(sigs)
-        self.defects = DefectExamples(types, new if old is None else np.concatenate([old, new]), paths)
+    def add_defect_examples(self, folder: str | Path, allow_mixed_sizes: bool = True) -> int:
+        """Register labelled defect examples ``folder/<defect_type>/*.png``: see ``registration.add_defect_examples``."""
+        from iad_agent.registration import add_defect_examples
+
+        return add_defect_examples(self, folder, allow_mixed_sizes)
+
+    # ------------------------------------------------- threshold and removal
+    def limits(self) -> dict[str, float]:
+        """The calibrated decision limits: the threshold and each tool's normal limit."""
+        out = {}
+        if self.bank.calibration is not None:
+            cal = self.bank.calibration
+            out.update(threshold=float(cal.threshold), aligned_threshold=float(cal.aligned_threshold),
+                       patch_threshold=float(cal.patch_threshold))
+        for f in fields(self.gate):
+            if f.name.endswith("_threshold"):
+                out[f.name] = float(getattr(self.gate, f.name))
+        return out
+
+    def set_fpr(self, fpr: float) -> dict[str, tuple[float | None, float]]:
+        """Re-set the threshold and tool limits for ``fpr`` from the stored scores: see ``registration.set_fpr``."""
+        from iad_agent.registration import set_fpr
+
+        return set_fpr(self, fpr)
+
+    def without_images(self, paths: Sequence[str | Path], progress: Callable[[int, int], None] | None = None) -> Registration:
+        """A copy without the good images registered under ``paths``: see ``registration.remove_images``."""
+        from iad_agent.registration import remove_images
+
+        return remove_images(self, paths, progress)
 
     # ------------------------------------------------------------ persistence
-    def save(self, folder: str | Path) -> None:
-        """Write the product to ``folder`` atomically (build aside, then swap)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    def save(self, folder: str | Path, replace: bool = False, on_wait: Callable[[str], None] | None = None) -> Path:
+        """Store the product as a new version of ``folder`` (atomic; see ``iad_agent.store``).
+
+        Args:
+            replace: overwrite whatever is stored there. Without it, saving refuses
+                (``ConcurrentRegistration``) when the stored version is not the one this product
+                was loaded from or built on: another registration stored its work meanwhile.
+            on_wait: called with the lock holder's description when another registration of
+                this product is being stored.
+
+        Returns:
+            The new version's folder.
+        """
+        from iad_agent import store
+        from iad_agent.product_files import OWN_FILES, write_product
+        from iad_agent.registration import check_limits, now_iso
+
+        pointer = Path(folder)
+        check_limits(self)
         try:
-            self.bank.save(tmp / "bank")
-            atomic_write_text(tmp / "gate.json", json.dumps(asdict(self.gate), indent=1))
-            atomic_write_text(tmp / "product.json", json.dumps({"name": self.name, "max_side": self.max_side, "image_size": self.image_size}, indent=1))
-            if self.priors:
-                atomic_write_text(tmp / "priors.json", json.dumps(self.priors, indent=1))
-            if self.defects.signatures is not None:
-                np.save(tmp / "defects.npy", self.defects.signatures)
-                atomic_write_text(tmp / "defects.json", json.dumps({"types": self.defects.types, "paths": self.defects.paths}))
-            old = folder.with_name(f".{folder.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self.folder = folder
+            pointer.parent.mkdir(parents=True, exist_ok=True)
+            with store.lock(pointer, on_wait):
+                same_place = self.folder is not None and Path(self.folder).absolute() == pointer.absolute()
+                expected = False if replace else (self.version if same_place else None)
+                self.updated = now_iso()
+                self.created = self.created or self.updated
+                new = store.commit(pointer, lambda tmp: write_product(self, tmp), expected,
+                                   carry=lambda name: name not in OWN_FILES)
+        except store.ConcurrentChange as exc:
+            raise ConcurrentRegistration(
+                f"product {self.name!r} in {pointer.parent} was changed by another registration while this one ran "
+                f"(expected {exc.expected or 'no product'}, found {exc.found or 'none'}); nothing was overwritten: "
+                "run the registration again to add to the current version") from exc
+        except (OSError, store.StoreError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise WorkspaceError(f"{pointer}: cannot store product {self.name!r} ({reason}); "
+                                 "the previously stored version is kept") from exc
+        self.folder, self.version = pointer, new.name
+        return new
 
     @classmethod
     def load(cls, folder: str | Path) -> Product:
-        folder = Path(folder)
-        if not (folder / "product.json").exists():
-            raise FileNotFoundError(f"{folder}: no registered product here (product.json missing)")
-        meta = json.loads((folder / "product.json").read_text())
-        gate = GateParams.from_dict(json.loads((folder / "gate.json").read_text()))
-        priors = json.loads((folder / "priors.json").read_text()) if (folder / "priors.json").exists() else {}
-        defects = None
-        if (folder / "defects.npy").exists():
-            d = json.loads((folder / "defects.json").read_text())
-            defects = DefectExamples(d["types"], np.load(folder / "defects.npy"), d["paths"])
-        return cls(meta["name"], NormalBank.load(folder / "bank"), gate, folder, defects, priors, meta.get("max_side", DEFAULT_MAX_SIDE),
-                   meta.get("image_size"))
+        """Load the current version of the product stored at ``folder``, validating every file.
+
+        Raises:
+            ProductNotFound: nothing is stored there.
+            DamagedProduct: a file is missing, truncated or of the wrong type (the message
+                names it and says how to repair).
+        """
+        from iad_agent.product_files import read_product
+
+        return read_product(Path(folder))
 
 
 def _load_all(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, reference_size: tuple[int, int] | None = None) -> list[Image.Image]:
@@ -378,28 +417,9 @@ def texture_likeness(bank: NormalBank, held_out: np.ndarray | None = None) -> fl
     return within / max(across, 1e-8)
 
 
-class Workspace:
-    """The folder of registered products: ``--workspace``, else ``$IAD_WORKSPACE``, else ``~/.iad``."""
+def __getattr__(name: str):
+    if name == "Workspace":  # moved to iad_agent.workspace; kept importable from here
+        from iad_agent.workspace import Workspace
 
-    def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root or os.environ.get("IAD_WORKSPACE") or Path.home() / ".iad").expanduser()
-
-    def product_dir(self, name: str) -> Path:
-        if not NAME_RE.match(name):
-            raise RegistrationError(f"invalid product name {name!r}: use letters, digits, '_', '-', '.'")
-        return self.root / "products" / name
-
-    def products(self) -> list[str]:
-        d = self.root / "products"
-        return sorted(p.name for p in d.iterdir() if (p / "product.json").exists()) if d.exists() else []
-
-    def load(self, name: str) -> Product:
-        folder = self.product_dir(name)
-        if not (folder / "product.json").exists():
-            known = ", ".join(self.products()) or "none"
-            raise FileNotFoundError(f"product {name!r} is not registered in {self.root} (registered: {known}); "
-                                    f"run `iad register {name} --normals DIR` first")
-        return Product.load(folder)
-
-    def exists(self, name: str) -> bool:
-        return (self.product_dir(name) / "product.json").exists()
+        return Workspace
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

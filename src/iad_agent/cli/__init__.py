@@ -26,6 +26,7 @@ def fail(message: str, code: int = 2) -> None:
 
 
 from iad_agent.cli import inspect as _inspect  # noqa: E402,F401  (registers commands)
+from iad_agent.cli import products as _products  # noqa: E402,F401  (`iad products`)
 from iad_agent.cli import trajectories as _trajectories  # noqa: E402,F401
 from iad_agent.cli import train as _train  # noqa: E402,F401
 from iad_agent.cli import eval as _eval  # noqa: E402,F401  (registers `iad eval`)

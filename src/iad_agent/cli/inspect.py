@@ -1,4 +1,4 @@
-"""``iad register``, ``iad inspect``, ``iad products``."""
+"""``iad register``, ``iad inspect`` (``iad products`` is in ``cli/products.py``)."""
 
 from __future__ import annotations
 
@@ -49,15 +49,6 @@ def register(
     console.print(f"[green]registered[/] {name}: {len(product.bank)} good images, threshold {cal.threshold:.4f} "
                   f"(false-alarm rate {cal.fpr:g}, {cal.method}), {len(product.defects.types)} defect examples, "
                   f"{len(product.priors)} priors → {product.folder}")
-
-
-@app.command()
-def products(workspace: Path = WORKSPACE) -> None:
-    """List registered products."""
-    from iad_agent import api
-
-    for name in api.list_products(workspace):
-        typer.echo(name)
 
 
 @app.command()

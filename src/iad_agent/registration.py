@@ -1,0 +1,378 @@
+"""Registration bookkeeping: adding good images without duplicates, re-setting the false-alarm
+rate from stored scores, removing good images, and refusing limits a tool cannot divide by.
+
+Every function here returns a new or changed :class:`~iad_agent.product.Product` and a
+:class:`Registration` saying what happened; nothing is printed and nothing is stored (that is
+``Product.save`` / ``Workspace``), so the CLI, the library API and the service render the same
+facts their own way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from iad_agent.imageio import DEFAULT_MAX_SIDE, ImageError, content_hash, load_image
+from iad_agent.product import (
+    DEFAULT_FPR,
+    DefectExamples,
+    GateParams,
+    Product,
+    RegistrationError,
+    _load_all,
+    anomaly_signature,
+    augmented_views,
+    check_name,
+    list_images,
+    same_shape,
+)
+
+if TYPE_CHECKING:
+    from iad_agent.vision.features import FeatureConfig
+
+log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    """The current time, UTC, to the second (ISO 8601)."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass
+class Skipped:
+    """A given image that was not registered, and why."""
+
+    path: str
+    reason: str
+    same_as: str | None = None  # the registered (or earlier given) image with the same content
+
+
+@dataclass
+class Registration:
+    """What a registration (or a removal, or a new false-alarm rate) did.
+
+    Attributes:
+        changed: False when there was nothing to store (a no-op: every image already there).
+        added / removed: good images added / removed (paths as given / as registered).
+        skipped: given images not registered (already registered, or given twice).
+        limits: ``{limit: (before, after)}`` of the threshold and tool limits that changed
+            (``before`` is None for a new product).
+        warnings: things the user should know (e.g. images in subfolders left out).
+        folder: the stored version, once saved.
+        waited_for: the other registration this one waited for (its lock holder), if any.
+    """
+
+    product: Product
+    created: bool = False
+    changed: bool = False
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    defects_added: int = 0
+    limits: dict[str, tuple[float | None, float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    folder: Path | None = None
+    waited_for: str | None = None
+
+
+def register(
+    name: str,
+    normals: Sequence[str | Path],
+    config: FeatureConfig | None = None,
+    fpr: float | None = None,
+    defects_dir: str | Path | None = None,
+    priors: dict[str, str] | None = None,
+    allow_mixed_sizes: bool = False,
+    max_side: int = DEFAULT_MAX_SIDE,
+    max_patches: int = 16_384,
+    progress: Callable[[int, int], None] | None = None,
+    existing: Product | None = None,
+) -> Registration:
+    """Register good images (and optional defect examples) as a new product or onto ``existing``.
+
+    ``existing`` is never modified. Images whose content is already registered, or given
+    twice, are skipped and listed in ``skipped``. With no new image and no defect examples,
+    nothing is extracted: a different ``fpr`` re-sets the threshold and tool limits from the
+    stored calibration scores, new priors are merged, and with nothing to change at all the
+    result has ``changed`` False.
+
+    Args:
+        fpr: false-alarm rate of the threshold; ``None`` keeps the stored one (new products:
+            0.05).
+        progress: ``progress(done, total)`` while features are extracted.
+
+    Raises:
+        RegistrationError: no images, an unreadable image, an image whose size differs from
+            the others (unless ``allow_mixed_sizes``), ``fpr`` out of range, or a calibration
+            that would store a zero or non-finite limit.
+    """
+    check_name(name)
+    if fpr is not None and not 0 < fpr < 1:
+        raise RegistrationError(f"--fpr must be between 0 and 1 (exclusive), got {fpr}")
+    paths = [Path(p) for p in normals]
+    if not paths and existing is None:
+        raise RegistrationError("no good images given: a product needs at least one good image")
+    images = _load_all(paths, allow_mixed_sizes, max_side, reference_size=existing.image_size if existing else None)
+    product = existing._copy() if existing is not None else None
+    reg = Registration(product)  # type: ignore[arg-type]  (a new product is set below)
+    paths, images, hashes = _drop_known(product, paths, images, reg)
+    if product is not None and not images and defects_dir is None:  # nothing to extract
+        if priors and any(product.priors.get(k) != v for k, v in priors.items()):
+            product.priors.update(priors)
+            reg.changed = True
+        if fpr is not None and fpr != product.bank.calibration.fpr:
+            reg.limits = set_fpr(product, fpr)
+            reg.changed = True
+        return reg
+    if product is None:
+        from iad_agent.vision.features import FeatureConfig, FeatureExtractor
+        from iad_agent.vision.normal_bank import NormalBank
+
+        extractor = FeatureExtractor(config or FeatureConfig())
+        product = Product(name, NormalBank(extractor.config, max_patches=max_patches), GateParams(), max_side=max_side)
+        product._extractor = extractor
+        product.created = now_iso()
+        reg.product, reg.created = product, True
+    extractor = product.extractor
+    before = product.limits()
+    grids = []
+    for i in range(0, len(images), extractor.batch_size):
+        grids.append(extractor(images[i : i + extractor.batch_size]))
+        if progress:
+            progress(min(i + extractor.batch_size, len(images)), len(images))
+    if grids:
+        product.bank.add(np.concatenate(grids), [str(p.resolve()) for p in paths])
+        product.image_hashes += hashes
+        product.image_added += [now_iso()] * len(paths)
+        reg.added = [str(p) for p in paths]
+        product.image_size = product.image_size or images[0].size
+        if any(not same_shape(im.size, product.image_size) for im in images):
+            product.gate.mixed_geometry = True
+        for offset, img in enumerate(images[-16:]):  # warm the cache: calibration reads these back
+            product._images[len(product.bank) - len(images[-16:]) + offset] = img
+    if priors:
+        product.priors.update(priors)
+    stored_fpr = product.bank.calibration.fpr if product.bank.calibration else DEFAULT_FPR
+    if images:
+        views = None
+        if len(product.bank) == 1:  # one good image: its augmented views stand in for held-out good parts
+            images_v = augmented_views(images[0])
+            views = (images_v, extractor(images_v))
+        product.bank.calibrate(stored_fpr if fpr is None else fpr, augmented=lambda: views[1])
+        product._calibrate_gate(views)
+    elif fpr is not None and fpr != stored_fpr:
+        set_fpr(product, fpr)
+    if defects_dir is not None:
+        reg.defects_added = add_defect_examples(product, defects_dir, allow_mixed_sizes)
+    check_limits(product)
+    reg.limits = _changes(before, product.limits())
+    reg.changed = bool(reg.created or reg.added or reg.defects_added or reg.limits
+                       or (existing is not None and product.priors != existing.priors))
+    return reg
+
+
+def _drop_known(product: Product | None, paths: list[Path], images: list[Image.Image], reg: Registration
+                ) -> tuple[list[Path], list[Image.Image], list[str]]:
+    """Drop the given images whose content is registered already, or given twice; record them in ``reg``.
+
+    A product stored before content hashes were kept gets them now, from the files still there.
+    """
+    known: dict[str, str] = {}
+    registered_paths: set[str] = set()
+    if product is not None:
+        if paths and any(h is None for h in product.image_hashes):
+            for i, (p, h) in enumerate(zip(product.bank.paths, product.image_hashes)):
+                if h is None:
+                    try:
+                        product.image_hashes[i] = content_hash(load_image(p, product.max_side))
+                    except ImageError:
+                        log.info("%s: registered good image no longer readable; not used to find duplicates", p)
+        known = {h: p for h, p in zip(product.image_hashes, product.bank.paths) if h}
+        registered_paths = set(product.bank.paths)
+    keep_p, keep_i, keep_h = [], [], []
+    for p, img in zip(paths, images):
+        h, where = content_hash(img), str(p.resolve())
+        if h in known:
+            same = known[h]
+            reason = "already registered" if same == where else "same content as a registered image"
+            reg.skipped.append(Skipped(str(p), reason, same))
+            continue
+        if where in registered_paths:
+            reg.warnings.append(f"{p} was registered before with different content (the file changed); "
+                                "its new content is registered as another good image")
+        known[h] = where
+        keep_p.append(p)
+        keep_i.append(img)
+        keep_h.append(h)
+    return keep_p, keep_i, keep_h
+
+
+def add_defect_examples(product: Product, folder: str | Path, allow_mixed_sizes: bool = True) -> int:
+    """Register labelled defect examples ``folder/<defect_type>/*.png`` into ``product``, in place.
+
+    Examples whose content is already registered are skipped (a product stored before hashes
+    were kept gets them from the example files still there). Returns how many were added.
+
+    Raises:
+        RegistrationError: ``folder`` has no defect-type subfolders, or one has no images.
+    """
+    folder = Path(folder)
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
+    if not subdirs:
+        raise RegistrationError(f"{folder}: expected one subfolder per defect type with example images")
+    types, paths, hashes = list(product.defects.types), list(product.defects.paths), list(product.defect_hashes)
+    for i, (p, h) in enumerate(zip(paths, hashes)):
+        if h is None:
+            try:
+                hashes[i] = content_hash(load_image(p, product.max_side))
+            except ImageError:
+                pass
+    known, sigs = {h for h in hashes if h}, []
+    for sub in subdirs:
+        files = list_images(sub)
+        if not files:
+            raise RegistrationError(f"{sub}: defect type folder has no images")
+        keep = []
+        for f, img in zip(files, _load_all(files, True, product.max_side)):
+            h = content_hash(img)
+            if h not in known:
+                known.add(h)
+                keep.append((f, img, h))
+        if not keep:
+            continue
+        for (f, _, h), grid in zip(keep, product.extractor([img for _, img, _ in keep])):
+            sigs.append(anomaly_signature(grid, product.bank.patch_distances(grid)))
+            types.append(sub.name)
+            paths.append(str(f.resolve()))
+            hashes.append(h)
+    if sigs:
+        old, new = product.defects.signatures, np.stack(sigs)
+        product.defects = DefectExamples(types, new if old is None else np.concatenate([old, new]), paths)
+    product.defect_hashes = hashes
+    return len(sigs)
+
+
+def set_fpr(product: Product, fpr: float) -> dict[str, tuple[float | None, float]]:
+    """Re-set the threshold and tool limits of ``product`` for false-alarm rate ``fpr``, in place.
+
+    Nothing is extracted or re-read: the threshold comes from the stored held-out scores; the
+    zoom and comparison limits are defined relative to the threshold (``tools.calibration``)
+    and scale with it; the high-frequency limit is re-derived from the tools' stored readings
+    when the product has them, else kept.
+
+    Returns:
+        ``{limit: (before, after)}`` of what changed.
+
+    Raises:
+        RegistrationError: ``fpr`` out of range, or a limit that would be zero or non-finite
+            (the product is then left as it was).
+    """
+    if not 0 < fpr < 1:
+        raise RegistrationError(f"--fpr must be between 0 and 1 (exclusive), got {fpr}")
+    cal = product.bank.calibration
+    before, old_fpr = product.limits(), cal.fpr
+    gate_before = {f.name: getattr(product.gate, f.name) for f in fields(product.gate)}
+    old_threshold = cal.threshold
+    cal.fpr = fpr
+    scale = cal.threshold / old_threshold if old_threshold > 0 else math.nan
+    for name in ("zoom_threshold", "compare_threshold"):
+        if hasattr(product.gate, name):
+            setattr(product.gate, name, float(getattr(product.gate, name)) * scale)
+    readings = (product.tool_readings or {}).get("highfreq")
+    if readings and hasattr(product.gate, "highfreq_threshold"):
+        from iad_agent.vision.normal_bank import threshold_for_fpr
+
+        product.gate.highfreq_threshold = threshold_for_fpr(readings, fpr)
+    try:
+        check_limits(product)
+    except RegistrationError:
+        cal.fpr = old_fpr
+        for k, v in gate_before.items():
+            setattr(product.gate, k, v)
+        raise
+    return _changes(before, product.limits())
+
+
+def remove_images(product: Product, paths: Sequence[str | Path], progress: Callable[[int, int], None] | None = None
+                  ) -> Registration:
+    """A copy of ``product`` without the good images registered under ``paths``.
+
+    The coreset and the held-out scores are rebuilt from the stored feature grids and the
+    product recalibrated at its stored false-alarm rate; the tools' calibration reads a few of
+    the remaining good images back from their paths (and zooms into them, as at registration).
+
+    Raises:
+        RegistrationError: a path that is not registered, removing every good image, or a
+            remaining good image that calibration needs and cannot read.
+    """
+    from iad_agent.vision.normal_bank import NormalBank
+
+    old = product.bank
+    registered = {p: i for i, p in enumerate(old.paths)}
+    drop, unknown = set(), []
+    for p in paths:
+        i = registered.get(str(Path(p).expanduser().resolve()), registered.get(str(p)))
+        if i is None:
+            unknown.append(str(p))
+        else:
+            drop.add(i)
+    if unknown:
+        raise RegistrationError(f"not registered as good images of {product.name!r}: " + ", ".join(unknown)
+                                + f" (`iad products --json` lists its {len(old)} good images)")
+    keep = [i for i in range(len(old)) if i not in drop]
+    if not keep:
+        raise RegistrationError(f"cannot remove every good image of {product.name!r}: a product needs at least one "
+                                f"(to delete the product: `iad products rm {product.name}`)")
+    new = product._copy()
+    new.bank = NormalBank(old.config, max_patches=old.max_patches, seed=old.seed)
+    new.bank.add(old.grids[keep], [old.paths[i] for i in keep])
+    new.image_hashes = [product.image_hashes[i] for i in keep]
+    new.image_added = [product.image_added[i] for i in keep]
+    new._images = OrderedDict()
+    if progress:
+        progress(1, 2)
+    fpr = old.calibration.fpr if old.calibration else DEFAULT_FPR
+    try:
+        new.bank.calibrate(fpr, augmented=lambda: new.extractor(augmented_views(new.reference_image(0))))
+        new._calibrate_gate()
+    except ImageError as exc:
+        raise RegistrationError(f"cannot recalibrate {product.name!r} without those images: a remaining good image "
+                                f"cannot be read ({exc})") from exc
+    check_limits(new)
+    if progress:
+        progress(2, 2)
+    return Registration(new, changed=True, removed=[old.paths[i] for i in sorted(drop)],
+                        limits=_changes(product.limits(), new.limits()))
+
+
+def check_limits(product: Product) -> None:
+    """Refuse a calibration that would store a zero, negative or non-finite limit.
+
+    A zero limit means the held-out good parts matched the others exactly (identical images:
+    the same picture registered twice, or a frozen camera): the calibration measured nothing,
+    and a stand-in number would make the stated false-alarm rate untrue. So registration stops
+    and says why, instead of storing a limit that tools would divide by.
+
+    Raises:
+        RegistrationError: naming each bad limit.
+    """
+    bad = {k: v for k, v in product.limits().items() if not (math.isfinite(v) and v > 0)}
+    if bad:
+        listed = ", ".join(f"{k} = {v:g}" for k, v in bad.items())
+        raise RegistrationError(
+            f"calibration of {product.name!r} failed: {listed} (limits must be positive and finite). The held-out "
+            "good images scored zero against the others, which happens when good images are copies of each other; "
+            "register distinct good images. Nothing was stored.")
+
+
+def _changes(before: dict[str, float], after: dict[str, float]) -> dict[str, tuple[float | None, float]]:
+    return {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
