@@ -83,8 +83,9 @@ def gate_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from iad_agent.datasets import DatasetError
+    from iad_agent.errors import IADError
     from iad_agent.eval.harness import default_root, parse_shots
-    from iad_agent.product import Workspace
+    from iad_agent.workspace import Workspace
     from iad_agent.training.gate import GateTrainConfig, collect, compare, leave_category_out, train
 
     try:
@@ -101,10 +102,8 @@ def gate_command(
         gate = train(outcomes, config)
         gate.save(out)
         for name in product:
-            ws = Workspace(workspace)
-            ws.load(name)  # refuses an unknown product with a clear message
-            gate.save(ws.product_dir(name) / "learned_gate.json")
-    except (ValueError, DatasetError, FileNotFoundError) as exc:
+            gate.install(Workspace(workspace), name)  # refuses an unknown product with a clear message
+    except (ValueError, DatasetError, FileNotFoundError, IADError) as exc:
         fail(str(exc))
     report = {"train": compare(gate, outcomes, config.weights)}
     if evaluate:
