@@ -56,27 +56,29 @@ class TextRLConfig(YamlConfig):
     held_out: list[str] = _help("Held-out categories as dataset:category (never trained on).",
                                 factory=lambda: ["mvtec:bottle", "mvtec:transistor", "loco:juice_bottle"])
     shots: int = _help("Good images each product is registered from.", 4)
-    max_per_category: int = _help("At most this many test images per category (both labels kept).", 10)
+    max_per_category: int = _help("At most this many test images per category (both labels kept).", 6)
     seed: int = _help("Seed of the reference draw, the splits and the trainers.", 0)
     max_steps: int = _help("Turn budget of an episode (the loop's max_steps; 2 tool rounds + answer).", 3)
-    max_new_tokens: int = _help("Tokens per turn when evaluating (greedy decoding).", 72)
+    max_new_tokens: int = _help("Tokens per turn when evaluating (greedy decoding).", 64)
     eval_batch_size: int = _help("Episodes evaluated together (their turns decoded in one batch).", 16)
     reward_weights: dict[str, float] = _help("Weights of iad_agent.rewards for GRPO and for the reported mean reward.",
                                              factory=lambda: {"format": 0.5, "accuracy": 1.0, "gated_tool": 1.0})
     lora_r: int = _help("LoRA rank (SFT and GRPO).", 16)
     lora_alpha: int = _help("LoRA alpha.", 32)
     lora_layers: int = _help("LoRA on the top this many transformer layers only (the backward pass stops there).", 8)
-    sft_epochs: float = _help("SFT epochs over the teacher turns.", 2.0)
-    sft_learning_rate: float = _help("SFT learning rate (LoRA).", 5e-4)
+    sft_epochs: float = _help("SFT epochs over the teacher turns.", 1.0)
+    sft_learning_rate: float = _help("SFT learning rate (LoRA).", 8e-4)
     sft_batch_size: int = _help("SFT rows per optimizer step.", 4)
-    grpo_steps: int = _help("GRPO optimizer steps.", 16)
+    grpo_steps: int = _help("GRPO optimizer steps.", 10)
     grpo_learning_rate: float = _help("GRPO learning rate (LoRA).", 2e-4)
     num_generations: int = _help("Rollouts per prompt (the GRPO group).", 4)
     prompts_per_step: int = _help("Prompts per GRPO step.", 1)
     temperature: float = _help("Sampling temperature of the GRPO rollouts.", 1.0)
     beta: float = _help("KL coefficient (0 skips the reference model's forward pass: CPU time).", 0.0)
-    max_completion_length: int = _help("Tokens per GRPO rollout, tool results included.", 160)
+    max_completion_length: int = _help("Tokens per GRPO rollout, tool results included.", 150)
     eval_train: bool = _help("Also evaluate on the train categories' images (costs time).", False)
+    stages: list[str] = _help("Stages to run: untrained, sft, sft+grpo (each saves eval_<stage>.json in out).",
+                              factory=lambda: ["untrained", "sft", "sft+grpo"])
 
 
 # ------------------------------------------------------------------------------------------ base model
@@ -254,13 +256,24 @@ def reward_plot(log_history: list[dict[str, Any]], path: Path, baselines: dict[s
 
 
 # ------------------------------------------------------------------------------------------ the benchmark
+STAGES = ("untrained", "sft", "sft+grpo")
+
+
 def run(cfg: TextRLConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """The whole benchmark (see the module docstring); writes ``results.json``, ``report.md`` and ``reward.png``."""
+    """The benchmark (see the module docstring); writes ``results.json``, ``report.md`` and ``reward.png``.
+
+    Each stage of ``cfg.stages`` saves its evaluation as ``eval_<stage>.json`` as soon as it is done
+    (``sft+grpo`` trains SFT first when ``<out>/sft`` is missing); the results merge every stage
+    saved in ``out``, so stages can run in separate processes on the same folder.
+    """
     from iad_agent.policies.text import load_text_model
     from iad_agent.training.text_data import prepare_cases, sft_rows
 
     if not cfg.out:
         raise ValueError("text-rl needs `out` (a folder)")
+    unknown = sorted(set(cfg.stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -273,47 +286,67 @@ def run(cfg: TextRLConfig, progress: Progress | None = None) -> dict[str, Any]:
     def tick(name: str) -> Callable[[int, int], None] | None:
         return (lambda i, n: progress(name, i, n)) if progress else None
 
+    def evaluated(name: str, path: Path, adapter: Path | None = None) -> None:
+        start = time.perf_counter()
+        model, tokenizer = load_text_model(path, adapter)
+        result = {"held_out": evaluate(model, tokenizer, held_cases, cfg, tick(f"eval {name}"))}
+        if cfg.eval_train:
+            result["train"] = evaluate(model, tokenizer, train_cases, cfg, tick(f"eval train {name}"))
+        stage(f"eval {name}", start)
+        result["eval_s"] = timings[f"eval {name}"]
+        _write_json(out / f"eval_{name}.json", result)
+
     start = time.perf_counter()
     base = base_model(cfg)
     stage("base model", start)
     start = time.perf_counter()
-    train_cases = prepare_cases(cfg.train, cfg, tick("train cases"))
+    train_cases = prepare_cases(cfg.train, cfg, tick("train cases")) if set(cfg.stages) - {"untrained"} or cfg.eval_train else []
     held_cases = prepare_cases(cfg.held_out, cfg, tick("held-out cases"))
     stage("cases (products, global looks, zooms)", start)
-    results: dict[str, Any] = {"config": asdict(cfg), "models": {}}
 
-    start = time.perf_counter()
-    model, tokenizer = load_text_model(base)
-    results["models"]["untrained"] = {"held_out": evaluate(model, tokenizer, held_cases, cfg, tick("eval untrained"))}
-    stage("eval untrained", start)
+    if "untrained" in cfg.stages:
+        evaluated("untrained", base)
+    sft = out / "sft"
+    if "sft" in cfg.stages or ("sft+grpo" in cfg.stages and not (sft / "config.json").exists()):
+        start = time.perf_counter()
+        rows = sft_rows(train_cases, cfg.max_steps, tick("teacher"))
+        train_sft(base, rows, cfg, sft)
+        stage("sft", start)
+        _write_json(out / "sft_meta.json", {"rows": len(rows), "train_cases": len(train_cases), "sft_s": timings["sft"]})
+        if "sft" in cfg.stages:
+            evaluated("sft", sft)
+    if "sft+grpo" in cfg.stages:
+        start = time.perf_counter()
+        grpo = train_grpo(sft, train_cases, cfg, out / "grpo")
+        stage("grpo", start)
+        log_history = [{k: v for k, v in e.items() if isinstance(v, (int, float, str))} for e in grpo["log_history"]]
+        _write_json(out / "grpo_log.json", {"log_history": log_history, "grpo_s": timings["grpo"]})
+        reward_plot(log_history, out / "reward.png")
+        evaluated("sft+grpo", sft, out / "grpo")
+    return collect_results(out, cfg, timings, round(time.perf_counter() - t0, 1))
 
-    start = time.perf_counter()
-    rows = sft_rows(train_cases, cfg.max_steps, tick("teacher"))
-    sft = train_sft(base, rows, cfg, out / "sft")
-    stage("sft", start)
-    start = time.perf_counter()
-    model, tokenizer = load_text_model(sft)
-    results["models"]["sft"] = {"held_out": evaluate(model, tokenizer, held_cases, cfg, tick("eval sft"))}
-    stage("eval sft", start)
 
-    start = time.perf_counter()
-    grpo = train_grpo(sft, train_cases, cfg, out / "grpo")
-    stage("grpo", start)
-    start = time.perf_counter()
-    model, tokenizer = load_text_model(sft, out / "grpo")
-    results["models"]["sft+grpo"] = {"held_out": evaluate(model, tokenizer, held_cases, cfg, tick("eval sft+grpo"))}
-    stage("eval sft+grpo", start)
-    if cfg.eval_train:
-        for name, (path, adapter) in {"sft": (sft, None), "sft+grpo": (sft, out / "grpo")}.items():
-            model, tokenizer = load_text_model(path, adapter)
-            results["models"][name]["train"] = evaluate(model, tokenizer, train_cases, cfg, tick(f"eval train {name}"))
+def _write_json(path: Path, data: Any) -> None:
+    from iad_agent.imageio import atomic_write_text
 
-    log_history = [{k: v for k, v in e.items() if isinstance(v, (int, float, str))} for e in grpo["log_history"]]
-    results.update(grpo_log=log_history, sft_rows=len(rows), n_train_cases=len(train_cases), n_held_out=len(held_cases),
-                   timings_s=timings, wall_s=round(time.perf_counter() - t0, 1))
-    reward_plot(log_history, out / "reward.png")
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(report(results), encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def collect_results(out: Path, cfg: TextRLConfig, timings: dict[str, float], wall_s: float) -> dict[str, Any]:
+    """Merge the stages saved in ``out`` into ``results.json`` and ``report.md``."""
+    results: dict[str, Any] = {"config": asdict(cfg), "models": {}, "timings_s": timings, "wall_s": wall_s}
+    for name in STAGES:
+        path = out / f"eval_{name}.json"
+        if path.exists():
+            results["models"][name] = json.loads(path.read_text(encoding="utf-8"))
+    for extra in ("sft_meta", "grpo_log"):
+        if (out / f"{extra}.json").exists():
+            results[extra] = json.loads((out / f"{extra}.json").read_text(encoding="utf-8"))
+    results["grpo_log"] = results.get("grpo_log", {}).get("log_history", [])
+    _write_json(out / "results.json", results)
+    from iad_agent.imageio import atomic_write_text
+
+    atomic_write_text(out / "report.md", report(results))
     return results
 
 
@@ -330,4 +363,4 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {cat} | {c['n_images']} | {c['mean_reward']:.3f} | {c['balanced_accuracy']:.3f} "
                          f"| {c['tool_calls_per_image']:.2f} |")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in results["timings_s"].items())
-    return "\n".join(lines) + f"\n\nWall time {results['wall_s']:.0f} s ({times}).\n"
+    return "\n".join(lines) + f"\n\nWall time of this process {results['wall_s']:.0f} s ({times}).\n"
