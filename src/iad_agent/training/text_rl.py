@@ -66,10 +66,10 @@ class TextRLConfig(YamlConfig):
     lora_r: int = _help("LoRA rank (SFT and GRPO).", 16)
     lora_alpha: int = _help("LoRA alpha.", 32)
     lora_layers: int = _help("LoRA on the top this many transformer layers only (the backward pass stops there).", 8)
-    sft_epochs: float = _help("SFT epochs over the teacher turns.", 1.0)
-    sft_learning_rate: float = _help("SFT learning rate (LoRA).", 8e-4)
+    sft_epochs: float = _help("SFT epochs over the teacher turns.", 2.0)
+    sft_learning_rate: float = _help("SFT learning rate (LoRA).", 5e-4)
     sft_batch_size: int = _help("SFT rows per optimizer step.", 4)
-    grpo_steps: int = _help("GRPO optimizer steps.", 10)
+    grpo_steps: int = _help("GRPO optimizer steps.", 14)
     grpo_learning_rate: float = _help("GRPO learning rate (LoRA).", 2e-4)
     num_generations: int = _help("Rollouts per prompt (the GRPO group).", 4)
     prompts_per_step: int = _help("Prompts per GRPO step.", 1)
@@ -145,7 +145,7 @@ def train_sft(model_path: Path, rows: list[dict[str, Any]], cfg: TextRLConfig, o
     args = SFTConfig(output_dir=str(out) + ".run", num_train_epochs=cfg.sft_epochs, learning_rate=cfg.sft_learning_rate,
                      per_device_train_batch_size=cfg.sft_batch_size, lr_scheduler_type="constant", logging_steps=1,
                      save_strategy="no", report_to=["none"], seed=cfg.seed, use_cpu=True, max_length=None,
-                     completion_only_loss=True, gradient_checkpointing=False)
+                     completion_only_loss=True, gradient_checkpointing=False, bf16=False)  # CPU: no bf16 GEMM here
     peft = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                       target_modules=lora_targets(model, cfg.lora_layers), task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
