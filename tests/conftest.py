@@ -37,3 +37,11 @@ def hazelnut_inspector(hazelnut_product):
     from iad_agent.inspector import Inspector
 
     return Inspector(hazelnut_product)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random Qwen2.5-VL checkpoint folder (config, weights, tokenizer, processor), built once."""
+    from iad_agent.testing import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl")

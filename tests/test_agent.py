@@ -1,6 +1,5 @@
 """The agent loop (step budget, errors) and the embedded policy's verdicts on real images."""
 
-import numpy as np
 import pytest
 
 from iad_agent.agent.loop import run_episode
@@ -66,14 +65,9 @@ def test_trace_records_every_call_and_timing(hazelnut_inspector, data_root):
 
 
 def test_gate_skips_tools_when_the_evidence_is_clear(hazelnut_product, data_root):
-    from dataclasses import replace
-
     from iad_agent.inspector import Inspector
-    from iad_agent.product import Product
 
-    narrow = Product(hazelnut_product.name, hazelnut_product.bank, replace(hazelnut_product.gate, band_low=5.0, band_high=6.0, small_area=0.0),
-                     defects=hazelnut_product.defects, priors=hazelnut_product.priors)
-    narrow._extractor = hazelnut_product.extractor
+    narrow = _with_gate(hazelnut_product, band_low=5.0, band_high=6.0, small_area=0.0)
     result = Inspector(narrow).inspect(data_root / "mvtec_ad/hazelnut/test/good/000.png")
     assert result.to_dict()["tool_calls"] == [] and result.trajectory.answer.anomaly_present is False
 
@@ -83,7 +77,8 @@ def _with_gate(product, **changes):
 
     from iad_agent.product import Product
 
-    p = Product(product.name, product.bank, replace(product.gate, **changes), defects=product.defects, priors=product.priors)
+    p = Product(product.name, product.bank, replace(product.gate, **changes), defects=product.defects, priors=product.priors,
+                image_size=product.image_size, tool_limits=product.tool_limits)
     p._extractor = product.extractor
     return p
 
@@ -115,6 +110,7 @@ def test_anomalous_answer_boxes_the_global_hot_spot_that_the_tools_examined(haze
             assert Box.from_list(call["arguments"]["box"]).to_list(3) == ep_look_box.to_list(3)
 
 
+@pytest.mark.slow
 def test_position_based_tools_are_skipped_when_shapes_differ(data_root):
     """Magnetic Tile crops come in many shapes: "the same region" of two tiles is not the same place."""
     from iad_agent import product as product_mod
@@ -132,3 +128,34 @@ def test_position_based_tools_are_skipped_when_shapes_differ(data_root):
     assert "shape" in result.trajectory.steps[0].thought
     uniform = _with_gate(Product.build("tiles1", free[:1]), band_low=0.0, band_high=100.0)
     assert not uniform.gate.mixed_geometry
+
+
+def test_fusion_weighs_each_tool_and_keeps_one_as_the_boundary():
+    from iad_agent.policies.embedded import fuse, squash
+
+    assert fuse(1.3, []) == pytest.approx(1.3)  # no tool evidence: the global look decides
+    assert fuse(1.3, [(5.0, 0.0)]) == pytest.approx(1.3)  # a tool of weight 0 changes nothing
+    assert fuse(0.8, [(0.8, 1.0), (0.8, 0.5)]) == pytest.approx(0.8)  # agreeing evidence leaves the ratio
+    assert fuse(0.9, [(2.0, 1.0)]) == pytest.approx((0.9 * 2.0) ** 0.5)  # geometric mean
+    assert fuse(1.0, [(1.5, 1.0)]) > fuse(1.0, [(1.2, 1.0)]) > 1.0 > fuse(1.0, [(0.8, 1.0)])  # monotonic
+    assert fuse(1.0, [(1e9, 1.0)]) == pytest.approx(20 ** 0.5)  # one wild reading is bounded
+    values = [0.01, 0.5, 0.9, 1.0, 1.1, 2.0, 100.0]
+    squashed = [squash(v, 0.75, 1.5) for v in values]
+    assert squashed == sorted(squashed) and all(0.75 < v < 1.5 for v in squashed)
+    assert squash(1.0, 0.75, 1.5) == pytest.approx(1.0) and squash(3.0, 0.0, float("inf")) == pytest.approx(3.0)
+
+
+def test_the_verdict_is_the_fusion_of_the_recorded_tool_evidence(hazelnut_inspector, data_root):
+    from iad_agent.policies.embedded import fuse, squash
+    from iad_agent.tools import Evidence
+
+    result = hazelnut_inspector.inspect(data_root / "mvtec_ad/hazelnut/test/crack/000.png")
+    gate, look, answer = hazelnut_inspector.product.gate, result.episode.look, result.trajectory.answer
+    weights = {"perceptive_zoomer": gate.w_zoom, "comparative_retriever": gate.w_compare, "high_frequency_enhancer": gate.w_highfreq}
+    evidence = [(obs.reading.evidence, weights[call.name]) for step in result.trajectory.steps
+                for call, obs in zip(step.tool_calls, step.observations) if isinstance(obs.reading, Evidence)]
+    assert evidence and gate.band_low <= look.ratio <= gate.band_high  # the gate opened: the tools weighed in
+    expected = squash(fuse(look.ratio, evidence), gate.band_low, gate.band_high)
+    assert answer.score / answer.threshold == pytest.approx(expected)
+    assert answer.anomaly_present == (expected > 1.0) and answer.threshold == look.threshold
+    assert f"global {look.ratio:.2f}" in answer.reason

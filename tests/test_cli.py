@@ -51,6 +51,7 @@ def test_inspect_json_schema_and_files(workspace, data_root, tmp_path):
     assert html.count("data:image/png;base64") >= 3 and "perceptive_zoomer" in html and "Reason." in html
 
 
+@pytest.mark.slow
 def test_inspect_one_off_with_normals_folder(normals, data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["inspect", str(data_root / "mvtec_ad/hazelnut/test/good/000.png"), "--normals", str(normals)])
@@ -94,6 +95,7 @@ def test_bad_registrations_name_the_file_and_keep_the_product(workspace, tmp_pat
     assert _bank_state(workspace) == before  # nothing registered earlier is lost
 
 
+@pytest.mark.slow
 def test_register_adds_incrementally(normals, tmp_path, data_root):
     ws = tmp_path / "ws"
     first = tmp_path / "first"
@@ -108,6 +110,7 @@ def test_register_adds_incrementally(normals, tmp_path, data_root):
     assert [(p["name"], p["images"]) for p in listed] == [("nut", 5)]
 
 
+@pytest.mark.slow
 def test_one_good_image_is_enough(tmp_path, normals):
     single = tmp_path / "single"
     single.mkdir()

@@ -1,4 +1,4 @@
-"""Tests for the benchmark harness (iad_agent.eval.harness / report, `iad eval`), the knn policy and resume."""
+"""Tests for the benchmark (iad_agent.eval plan / runner / records / report, `iad eval`), the knn policy and resume."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from iad_agent.cli import app
-from iad_agent.eval import harness, report
+from iad_agent.eval import aggregate, plan, report
+from iad_agent.eval import runner as eval_runner
+from iad_agent.eval import records as recordfile
 from iad_agent.types import ANOMALOUS, NORMAL, FinalAnswer, Sample
 
 runner = CliRunner()
@@ -70,55 +72,55 @@ def _s(name: str, label: int, split: str = "test", **kw) -> Sample:
 def test_split_uses_train_normals_and_validation_when_test_has_no_normal():
     samples = [_s("t0", NORMAL, "train"), _s("t1", NORMAL, "train"), _s("v0", NORMAL, "validation"),
                _s("a0", ANOMALOUS, defect_type="x")]
-    split = harness.split_dataset(samples)
+    split = plan.split_dataset(samples)
     assert split.protocol == "train" and split.pool == [Path("/d/t0.png"), Path("/d/t1.png")]
     assert [s.image_path.stem for s in split.test] == ["a0", "v0"] and "validation" in split.note
 
 
 def test_split_without_train_holds_out_a_fixed_normal_pool():
     samples = [_s(f"n{i:02d}", NORMAL) for i in range(10)] + [_s(f"a{i}", ANOMALOUS, defect_type="x") for i in range(4)]
-    split = harness.split_dataset(samples, max_normals=3)
+    split = plan.split_dataset(samples, max_normals=3)
     assert split.protocol == "held-out normals" and len(split.pool) == 3
     tested = {s.image_path for s in split.test}
     assert not tested & set(split.pool), "a reference must never be tested"
     assert len(split.test) == 14 - 3 and sum(not s.is_anomalous for s in split.test) == 7
-    assert len(harness.split_dataset(samples, max_normals=50).pool) == 5  # at most half of the normals
+    assert len(plan.split_dataset(samples, max_normals=50).pool) == 5  # at most half of the normals
 
 
 def test_split_with_given_references():
     samples = [_s("a0", ANOMALOUS, defect_type="x", references=(Path("/d/a0_temp.png"),))]
-    split = harness.split_dataset(samples)
+    split = plan.split_dataset(samples)
     assert split.protocol == "given" and split.pool == [] and len(split.test) == 1
 
 
 def test_draw_references_is_seeded_and_all_means_the_pool():
     pool = [Path(f"/p/{i}.png") for i in range(20)]
-    a = harness.draw_references(pool, 4, 0, "c")
-    assert a == harness.draw_references(pool, 4, 0, "c") and len(a) == 4 and a == sorted(a, key=pool.index)
-    assert any(harness.draw_references(pool, 4, s, "c") != a for s in range(1, 4))
-    assert harness.draw_references(pool, "all", 3, "c") == pool
-    assert len(harness.draw_references(pool, "all", 0, "c", max_normals=5)) == 5
-    assert harness.draw_references(pool, 50, 0, "c") == pool
+    a = plan.draw_references(pool, 4, 0, "c")
+    assert a == plan.draw_references(pool, 4, 0, "c") and len(a) == 4 and a == sorted(a, key=pool.index)
+    assert any(plan.draw_references(pool, 4, s, "c") != a for s in range(1, 4))
+    assert plan.draw_references(pool, "all", 3, "c") == pool
+    assert len(plan.draw_references(pool, "all", 0, "c", max_normals=5)) == 5
+    assert plan.draw_references(pool, 50, 0, "c") == pool
 
 
 def test_plan_runs_the_whole_pool_once_and_skips_done_keys(data_root):
-    config = harness.EvalConfig(datasets=[("mvtec", data_root / "mvtec_ad")], categories=["bottle"],
+    config = plan.EvalConfig(datasets=[("mvtec", data_root / "mvtec_ad")], categories=["bottle"],
                                 shots=[1, "all"], seeds=3, policies=["knn", "embedded"], max_test=4)
-    groups = harness.plan(config)
+    groups = plan.plan(config)
     assert [(g.shots, g.seed) for g in groups] == [(1, 0), (1, 1), (1, 2), ("all", 0)]
     assert all(len(g.test) == 4 and g.protocol == "train" for g in groups)
     assert len(groups[-1].references) == 10  # bottle keeps 10 train/good images
     done = {groups[0].key("knn"), groups[0].key("embedded"), groups[1].key("knn")}
-    again = harness.plan(config, done)
+    again = plan.plan(config, done)
     assert [(g.shots, g.seed, g.policies) for g in again][:2] == [(1, 1, ["embedded"]), (1, 2, ["knn", "embedded"])]
     with pytest.raises(ValueError, match="not found"):
-        harness.plan(harness.EvalConfig(datasets=[("mvtec", data_root / "mvtec_ad")], categories=["nope"]))
+        plan.plan(plan.EvalConfig(datasets=[("mvtec", data_root / "mvtec_ad")], categories=["nope"]))
 
 
 def test_parse_shots():
-    assert harness.parse_shots(["1", "4", "all", "4"]) == [1, 4, "all"]
+    assert plan.parse_shots(["1", "4", "all", "4"]) == [1, 4, "all"]
     with pytest.raises(ValueError):
-        harness.parse_shots(["0"])
+        plan.parse_shots(["0"])
 
 
 class _Result:
@@ -129,10 +131,10 @@ class _Result:
 
 
 def test_answer_score_uses_the_policy_score_else_its_verdict():
-    assert harness.answer_score(_Result(FinalAnswer(True, score=3.0))) == (3.0, "policy")
-    assert harness.answer_score(_Result(FinalAnswer(True, confidence=0.8))) == (pytest.approx(0.9), "verdict")
-    assert harness.answer_score(_Result(FinalAnswer(False))) == (0.0, "verdict")
-    assert harness.answer_score(_Result(FinalAnswer(None))) == (0.5, "verdict")
+    assert recordfile.answer_score(_Result(FinalAnswer(True, score=3.0))) == (3.0, "policy")
+    assert recordfile.answer_score(_Result(FinalAnswer(True, confidence=0.8))) == (pytest.approx(0.9), "verdict")
+    assert recordfile.answer_score(_Result(FinalAnswer(False))) == (0.0, "verdict")
+    assert recordfile.answer_score(_Result(FinalAnswer(None))) == (0.5, "verdict")
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -141,7 +143,7 @@ def test_answer_score_uses_the_policy_score_else_its_verdict():
 def _rec(category, seed, policy, auroc, n_normal=2, n_anomalous=3, shots=1, **kw):
     r = {"dataset": "d", "category": category, "shots": shots, "seed": seed, "policy": policy, "n_normal": n_normal,
          "n_anomalous": n_anomalous, "protocol": "train"}
-    r.update({m: None for m in report.METRICS})
+    r.update({m: None for m in aggregate.METRICS})
     r.update(image_auroc=auroc, balanced_accuracy=auroc, ms_per_image_p50=10.0 * (seed + 1), **kw)
     return r
 
@@ -150,11 +152,11 @@ def test_aggregate_mean_std_over_seeds_and_two_class_summary():
     records = [_rec("a", 0, "knn", 0.6), _rec("a", 1, "knn", 0.8), _rec("b", 0, "knn", 1.0),
                _rec("c", 0, "knn", None, n_normal=0, box_hit_rate=0.5)]
     records[-1]["balanced_accuracy"] = 0.2  # defined on one class only: left out of the image-level mean
-    aggs = {a["category"]: a for a in report.aggregate(records)}
+    aggs = {a["category"]: a for a in aggregate.aggregate(records)}
     assert aggs["a"]["image_auroc_mean"] == pytest.approx(0.7)
     assert aggs["a"]["image_auroc_std"] == pytest.approx(0.1414, abs=1e-4)  # sample std over 2 seeds
     assert aggs["a"]["n_seeds"] == 2 and aggs["b"]["image_auroc_std"] == 0.0
-    (summary,) = report.summarize(list(aggs.values()))
+    (summary,) = aggregate.summarize(list(aggs.values()))
     assert summary["image_auroc_mean"] == pytest.approx(0.85)  # (0.7 + 1.0) / 2
     assert summary["balanced_accuracy_mean"] == pytest.approx(0.85)  # c is one-class: excluded
     assert summary["box_hit_rate_mean"] == 0.5 and summary["n_categories"] == 3
@@ -162,19 +164,19 @@ def test_aggregate_mean_std_over_seeds_and_two_class_summary():
 
 
 def test_records_file_survives_a_torn_last_line(tmp_path):
-    path = tmp_path / harness.RECORDS_FILE
-    harness.append_record(path, _rec("a", 0, "knn", 0.6))
-    harness.append_record(path, _rec("a", 0, "knn", 0.7))  # a rerun of the same key: the last wins
+    path = tmp_path / recordfile.RECORDS_FILE
+    recordfile.append_record(path, _rec("a", 0, "knn", 0.6))
+    recordfile.append_record(path, _rec("a", 0, "knn", 0.7))  # a rerun of the same key: the last wins
     with open(path, "a") as fh:
         fh.write('{"dataset": "d", "categ')  # killed mid-write
-    records = harness.read_records(path)
+    records = recordfile.read_records(path)
     assert len(records) == 1 and records[0]["image_auroc"] == 0.7
-    assert harness.done_keys(tmp_path) == {("d", "a", "1", 0, "knn")}
+    assert recordfile.done_keys(tmp_path) == {("d", "a", "1", 0, "knn")}
 
 
 def test_benchmarks_markdown_renders_from_metrics(tmp_path):
     records = [_rec("a", 0, "knn", 0.6), _rec("a", 0, "embedded", 0.8)]
-    doc = report.build_metrics(records, {"runs": [{"command": "iad eval --x", "wall_s": 12.0, "cores": 2}], "cores": 2,
+    doc = aggregate.build_metrics(records, {"runs": [{"command": "iad eval --x", "wall_s": 12.0, "cores": 2}], "cores": 2,
                                          "date": "2026-01-01", "total_wall_s": 12.0, "compute_s": 10.0})
     memory = {"normals": 200, "bank_patches": 16384, "build_s": 20.0, "peak_rss_mb_after_build": 1200.0,
               "peak_rss_mb": 1250.0, "ms_per_image_p50": 150.0, "date": "2026-01-01", "policy": "embedded",
@@ -205,18 +207,18 @@ def _eval(out: Path, *args: str):
 def test_iad_eval_end_to_end_and_resume(tmp_path, monkeypatch):
     out = tmp_path / "results"
     computed: list[tuple] = []
-    real_run_group = harness.run_group
+    real_run_group = eval_runner.run_group
 
     def counting_run_group(group, config, out_dir, on_image=None):
         computed.extend(group.key(p) for p in group.policies)
         return real_run_group(group, config, out_dir, on_image)
 
-    monkeypatch.setattr(harness, "run_group", counting_run_group)
+    monkeypatch.setattr(eval_runner, "run_group", counting_run_group)
 
     first = _eval(out, "--policy", "knn")
     assert first.exit_code == 0, first.output
     assert computed == [("mvtec", "hazelnut", "1", 0, "knn")]
-    knn_record = harness.read_records(out / harness.RECORDS_FILE)[0]
+    knn_record = recordfile.read_records(out / recordfile.RECORDS_FILE)[0]
 
     refused = _eval(out, "--policy", "knn")
     assert refused.exit_code == 2 and "--resume" in refused.output
@@ -230,13 +232,13 @@ def test_iad_eval_end_to_end_and_resume(tmp_path, monkeypatch):
     third = _eval(out, "--policy", "knn", "--policy", "embedded-no-zoom", "--resume")
     assert third.exit_code == 0 and computed == []
 
-    records = {r["policy"]: r for r in harness.read_records(out / harness.RECORDS_FILE)}
+    records = {r["policy"]: r for r in recordfile.read_records(out / recordfile.RECORDS_FILE)}
     assert set(records) == {"knn", "embedded-no-zoom"}
     assert records["knn"]["finished_at"] == knn_record["finished_at"]
     assert records["embedded-no-zoom"]["disabled_tools"] == ["perceptive_zoomer"]
 
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["schema"] == report.SCHEMA and len(doc["records"]) == 2
+    assert doc["schema"] == aggregate.SCHEMA and len(doc["records"]) == 2
     for r in doc["records"]:
         assert REQUIRED_KEYS <= set(r), REQUIRED_KEYS - set(r)
         assert (r["n_normal"], r["n_anomalous"]) == (1, 2)
@@ -265,17 +267,7 @@ def test_iad_eval_refuses_bad_options(tmp_path):
     assert bad.exit_code == 2 and "--shots" in bad.output
     bad = runner.invoke(app, ["eval", "--dataset", "mvtec", "--policy", "embedded-no-telescope", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "unknown tool" in bad.output
-    assert not (tmp_path / harness.RECORDS_FILE).exists()
-
-
-
-def test_doctests():
-    import doctest
-
-    from iad_agent.policies import knn
-
-    for module in (harness, report, knn):
-        assert doctest.testmod(module).failed == 0, module.__name__
+    assert not (tmp_path / recordfile.RECORDS_FILE).exists()
 
 
 def test_set_threads_limits_torch_faiss_and_blas_pools():
@@ -284,11 +276,11 @@ def test_set_threads_limits_torch_faiss_and_blas_pools():
 
     before = torch.get_num_threads()
     try:
-        harness.set_threads(1)
+        eval_runner.set_threads(1)
         assert torch.get_num_threads() == 1
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     finally:
-        harness.set_threads(before)
+        eval_runner.set_threads(before)
 
 
 def test_plus_tool_policy_turns_a_switched_off_tool_back_on():
@@ -300,3 +292,40 @@ def test_plus_tool_policy_turns_a_switched_off_tool_back_on():
     assert "anomaly_map" not in r.tools and "high_frequency_enhancer" in r.tools and r.disabled == ()
     with pytest.raises(PolicyConfigError, match="telescope"):
         resolve_policy("embedded+telescope")
+
+
+@pytest.mark.slow
+def test_run_groups_with_two_workers_matches_one_process(tmp_path, data_root):
+    config = plan.EvalConfig(datasets=[("mvtec", data_root / "mvtec_ad")], categories=["bottle"], shots=[1], seeds=2,
+                             policies=["knn"], max_test=3, examples=False)
+    groups = plan.plan(config)
+    assert len(groups) == 2
+    finished = []
+    written = eval_runner.run_groups(groups, config, tmp_path / "two", workers=2, threads=1,
+                                     on_group=lambda g, n: finished.append((g.seed, n)))
+    assert written == 2 and sorted(n for _, n in finished) == [1, 2]
+    parallel = {r["seed"]: r for r in recordfile.read_records(tmp_path / "two" / recordfile.RECORDS_FILE)}
+    assert set(parallel) == {0, 1}
+    eval_runner.run_groups(groups[:1], config, tmp_path / "one", workers=1, threads=1)
+    (single,) = recordfile.read_records(tmp_path / "one" / recordfile.RECORDS_FILE)
+    assert [s["score"] for s in single["samples"]] == [s["score"] for s in parallel[groups[0].seed]["samples"]]
+    assert single["image_auroc"] == parallel[groups[0].seed]["image_auroc"]
+
+
+def test_policies_share_one_prepared_query_and_answer_as_alone(hazelnut_product, data_root):
+    from iad_agent.inspector import Inspector
+    from iad_agent.policies import resolve_policy
+
+    image = data_root / "mvtec_ad/hazelnut/test/crack/000.png"
+    inspectors = [Inspector(hazelnut_product, r.policy, r.tools) for r in map(resolve_policy, ("knn", "embedded"))]
+    prepared = inspectors[0].prepare(image)
+    assert prepared.ms > 0 and not prepared.grid.flags.writeable  # shared: nobody may write into it
+    shared = [inspector.inspect(prepared) for inspector in inspectors]
+    alone = [inspector.inspect(image) for inspector in inspectors]
+    for a, b in zip(shared, alone):
+        assert a.episode.grid is prepared.grid and a.episode.look is prepared.look and a.heatmap is prepared.heatmap
+        assert a.trajectory.query_path == image and a.trajectory.evidence["score"] == prepared.look.score
+        assert a.to_dict()["score"] == b.to_dict()["score"] and a.to_dict()["tool_calls"] == b.to_dict()["tool_calls"]
+    other = inspectors[0].__class__(hazelnut_product.__class__(hazelnut_product.name, hazelnut_product.bank, hazelnut_product.gate))
+    with pytest.raises(ValueError, match="prepared for product"):
+        other.inspect(prepared)

@@ -16,16 +16,10 @@ from iad_agent.agent.loop import run_episode
 from iad_agent.inspector import Inspector
 from iad_agent.policies import ScriptedPolicy, make_policy
 from iad_agent.policies.hf import HFPolicy, encode_messages, load_processor
-from iad_agent.testing import build_tiny_qwen2_5_vl
 from iad_agent.tools import default_tools
 from iad_agent.types import Step, ToolCall
 
 CRACK = "mvtec_ad/hazelnut/test/crack/000.png"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny-qwen"))
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,7 @@ def test_single_type_category_has_no_classification_question():
 
 def test_generate_questions_on_real_data(data_root, tmp_path):
     from iad_agent.datasets import load_dataset
-    from iad_agent.eval.harness import split_dataset
+    from iad_agent.eval.plan import split_dataset
 
     samples = load_dataset("mvtec", data_root / "mvtec_ad", "hazelnut")
     split = split_dataset(samples)
@@ -217,9 +217,3 @@ def test_iad_eval_mmad_style_then_reuse_the_file(data_root, tmp_path):
                                  "--policy", "knn", "--out", str(again)])
     assert second.exit_code == 0, second.output
     assert json.loads((again / "mmad_scores.json").read_text()) == scores
-
-
-def test_doctests():
-    import doctest
-
-    assert doctest.testmod(mmad).failed == 0

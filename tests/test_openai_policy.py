@@ -160,7 +160,7 @@ def test_scripted_conversation_text_protocol(inspect_with, hazelnut_product, mon
 
     # what the server received
     assert len(server.requests) == 3
-    assert all(h.get("Authorization") == "Bearer secret" for h in server.headers)
+    assert all({k.lower(): v for k, v in h.items()}.get("authorization") == "Bearer secret" for h in server.headers)
     first, second, third = server.requests
     assert first["model"] == "qwen2.5-vl-3b" and first["temperature"] == 0.0 and first["max_tokens"] == 1024
     assert "tools" not in first  # text protocol: the schemas travel in the system prompt
@@ -233,7 +233,7 @@ def test_retries_429_and_500_then_succeeds(inspect_with):
     script = [(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"}), (500, {"error": "boom"}, {}),
               (503, b"upstream down", {}), chat_reply(ANSWER_TURN)]
     with ScriptedServer(script) as server:
-        result = inspect_with(OpenAIPolicy("m", server.url, backoff=0.01, max_retries=3))
+        result = inspect_with(OpenAIPolicy("m", server.url, max_retries=3))
     assert len(server.requests) == 4
     assert server.requests[0] == server.requests[3]  # the same request, resent
     assert result.trajectory.stop_reason == "answer"
@@ -242,7 +242,7 @@ def test_retries_429_and_500_then_succeeds(inspect_with):
 
 def test_server_500_past_retries_ends_without_answer(inspect_with):
     with ScriptedServer([(500, {"error": "boom"}, {})]) as server:
-        result = inspect_with(OpenAIPolicy("m", server.url, backoff=0.01, max_retries=2))
+        result = inspect_with(OpenAIPolicy("m", server.url, max_retries=2))
     assert len(server.requests) == 3
     d = result.to_dict()
     assert d["anomaly_present"] is None and d["stop_reason"] == "error"
@@ -252,7 +252,7 @@ def test_server_500_past_retries_ends_without_answer(inspect_with):
 def test_server_hangs_past_timeout(inspect_with):
     with ScriptedServer([HANG]) as server:
         start = time.perf_counter()
-        result = inspect_with(OpenAIPolicy("m", server.url, timeout=0.5, max_retries=1, backoff=0.01))
+        result = inspect_with(OpenAIPolicy("m", server.url, timeout=0.5, max_retries=1))
         elapsed = time.perf_counter() - start
     assert len(server.requests) == 2
     assert result.trajectory.stop_reason == "error" and result.trajectory.answer.anomaly_present is None
@@ -262,14 +262,14 @@ def test_server_hangs_past_timeout(inspect_with):
 
 def test_malformed_json_is_retried(inspect_with):
     with ScriptedServer([b"{not json", b'{"choices": []}', chat_reply(ANSWER_TURN)]) as server:
-        result = inspect_with(OpenAIPolicy("m", server.url, backoff=0.01, max_retries=2))
+        result = inspect_with(OpenAIPolicy("m", server.url, max_retries=2))
     assert len(server.requests) == 3
     assert result.trajectory.answer.anomaly_present is True
 
 
 def test_always_malformed_ends_without_answer(inspect_with):
     with ScriptedServer([b"<html>bad gateway</html>"]) as server:
-        result = inspect_with(OpenAIPolicy("m", server.url, backoff=0.01, max_retries=1))
+        result = inspect_with(OpenAIPolicy("m", server.url, max_retries=1))
     assert len(server.requests) == 2
     assert result.trajectory.stop_reason == "error"
     assert "malformed response" in result.trajectory.answer.reason
@@ -277,7 +277,7 @@ def test_always_malformed_ends_without_answer(inspect_with):
 
 def test_client_error_is_not_retried(inspect_with):
     with ScriptedServer([(400, {"error": {"message": "context length exceeded"}}, {})]) as server:
-        result = inspect_with(OpenAIPolicy("m", server.url, backoff=0.01))
+        result = inspect_with(OpenAIPolicy("m", server.url))
     assert len(server.requests) == 1
     assert "context length exceeded" in result.trajectory.answer.reason
 

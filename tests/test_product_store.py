@@ -124,7 +124,7 @@ def test_building_onto_a_product_skips_what_it_holds_and_leaves_it_unchanged(ws,
     existing = ws.load("haz")
     again = Product.build("haz", goods[:3], existing=existing)
     assert again.bank.paths == existing.bank.paths == _resolved(goods[:3])
-    assert again.gate.compare_threshold == existing.gate.compare_threshold > 0
+    assert again.tool_limits.compare_threshold == existing.tool_limits.compare_threshold > 0
     grown = Product.build("haz", goods[3:4], existing=existing)
     assert len(grown.bank) == 4 and len(existing.bank) == 3  # existing is not modified
 
@@ -141,10 +141,10 @@ def test_a_calibration_that_would_store_a_zero_limit_is_refused(tmp_path):
 
 def test_a_zero_limit_is_never_saved(ws):
     product = ws.load("haz")
-    product.gate.zoom_threshold = float("nan")
+    product.tool_limits.zoom_threshold = float("nan")
     with pytest.raises(RegistrationError, match="zoom_threshold = nan"):
         product.save(ws.product_dir("haz"))
-    assert ws.load("haz").gate.zoom_threshold > 0
+    assert ws.load("haz").tool_limits.zoom_threshold > 0
 
 
 # ------------------------------------------------------------------ item 1: --fpr alone
@@ -160,8 +160,10 @@ def test_fpr_alone_resets_threshold_and_tool_limits_from_stored_scores(ws, monke
     assert cal.threshold == pytest.approx(threshold_for_fpr(old.bank.calibration.global_scores, 0.01))
     assert cal.threshold > old.bank.calibration.threshold
     for limit in ("zoom_threshold", "compare_threshold"):  # defined relative to the threshold
-        ratio_old = getattr(old.gate, limit) / old.bank.calibration.threshold
-        assert getattr(new.gate, limit) / cal.threshold == pytest.approx(ratio_old)
+        ratio_old = getattr(old.tool_limits, limit) / old.bank.calibration.threshold
+        assert getattr(new.tool_limits, limit) / cal.threshold == pytest.approx(ratio_old)
+    # the high-frequency limit is re-derived from the tools' stored readings at the new rate
+    assert new.tool_limits.highfreq_threshold == pytest.approx(threshold_for_fpr(old.tool_readings["highfreq"], 0.01))
     assert reg.limits["threshold"] == (pytest.approx(old.bank.calibration.threshold), pytest.approx(cal.threshold))
     assert not ws.register("haz", fpr=0.01).changed  # the same again: a no-op
     with pytest.raises(RegistrationError, match="--fpr must be between 0 and 1"):
@@ -366,9 +368,11 @@ DAMAGE = {
     "empty gate.json": ("gate.json", lambda p: p.write_text(""), "is empty"),
     "gate.json not JSON": ("gate.json", lambda p: p.write_text("{oops"), "is not valid JSON"),
     "gate.json a list": ("gate.json", lambda p: p.write_text("[1, 2]"), "should hold a JSON object, not list"),
-    "gate.json wrong type": ("gate.json", lambda p: p.write_text('{"zoom_threshold": "high"}'), "'zoom_threshold' is \"high\""),
+    "gate.json wrong type": ("gate.json", lambda p: p.write_text('{"band_low": "high"}'), "'band_low' is \"high\""),
+    "limits.json wrong type": ("limits.json", lambda p: p.write_text('{"zoom_threshold": "high"}'), "'zoom_threshold' is \"high\""),
+    "empty limits.json": ("limits.json", lambda p: p.write_text(""), "is empty"),
     "gate.json bool as number": ("gate.json", lambda p: p.write_text('{"texture": 1}'), "'texture' is 1, should be true or false"),
-    "gate.json zero limit": ("gate.json", lambda p: p.write_text('{"compare_threshold": 0}'), "should be a positive number"),
+    "limits.json zero limit": ("limits.json", lambda p: p.write_text('{"compare_threshold": 0}'), "should be a positive number"),
     "bank.json garbage": ("bank/bank.json", lambda p: p.write_text("\x00\x01"), "bank.json"),
     "bank.json no calibration": ("bank/bank.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "calibration": None})),
                                  "has no usable calibration"),

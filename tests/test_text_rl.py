@@ -165,7 +165,7 @@ def test_grpo_tokens_equal_the_text_policys_tokens(cfg, cases, tmp_path, monkeyp
             "tools/perceptive_zoomer"} <= {k for e in trainer.state.log_history for k in e}
 
 
-def test_the_benchmark_runs_end_to_end(cfg):
+def test_the_benchmark_runs_end_to_end(cfg, data_root):
     """Untrained → SFT → GRPO → evaluation on a held-out category, with results, report and plot."""
     from iad_agent.training.text_rl import run
 

@@ -27,7 +27,9 @@ Example (the README's main job)::
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,8 +49,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IADError", "ImageError", "InspectionOutcome", "MissingExtra", "PolicyConfigError", "ProductError", "ProductNotFound", "RegistrationError",
-    "ResolvedPolicy", "VLMOptions", "inspect", "inspect_many", "list_products", "load_product", "make_inspector",
-    "read_priors", "register", "resolve_policy",
+    "ResolvedPolicy", "VLMOptions", "delete_product", "fpr_for_threshold", "inspect", "inspect_many", "list_products",
+    "load_product", "make_inspector", "product_summaries", "product_version", "read_priors", "register", "resolve_policy",
+    "set_fpr", "threshold_for_fpr",
 ]
 
 #: Step budget of one inspection (turns of the policy).
@@ -81,13 +84,11 @@ def load_product(name: str, workspace: PathLike | None = None) -> Product:
     from iad_agent.product import Workspace
 
     ws = Workspace(workspace)
-    if not ws.exists(name):
-        raise ProductNotFound(name, ws.root, ws.products())
     try:
         return ws.load(name)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        if isinstance(exc, RegistrationError):
-            raise
+    except IADError:  # ProductNotFound, DamagedProduct (a ProductError), RegistrationError (the name)
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ProductError(f"{ws.product_dir(name)}: cannot load product {name!r} ({exc}); "
                            f"register it again with `iad register {name} --normals DIR`") from exc
 
@@ -125,8 +126,9 @@ def register(
 ) -> Product:
     """Register a product from good images, or add to a registered one; sets its threshold from them alone.
 
-    A new product gets MMAD's domain-knowledge priors for its name (when it is one of MMAD's
-    categories), overridden by ``priors``. The product is written into the workspace
+    A new product gets the domain-knowledge priors of its name (MMAD's, packaged, or the file
+    ``$IAD_PRIORS`` names; see :mod:`iad_agent.tools.priors`) when it is one of their
+    categories, overridden by ``priors``. The product is written into the workspace
     atomically: a failed registration never loses what was registered before.
 
     Args:
@@ -162,7 +164,10 @@ def register(
     files = _image_files(normals, list_images)
     user_priors = dict(priors) if isinstance(priors, Mapping) else read_priors(priors) if priors is not None else {}
     if existing is None:
-        user_priors = {**domain_priors(name), **user_priors}
+        try:
+            user_priors = {**domain_priors(name), **user_priors}
+        except ValueError as exc:  # a broken $IAD_PRIORS file
+            raise RegistrationError(str(exc)) from exc
     try:
         product = Product.build(name, files, FeatureConfig(backbone=backbone, resolution=resolution), fpr=fpr,
                                 defects_dir=defects, priors=user_priors, allow_mixed_sizes=allow_mixed_sizes,
@@ -174,6 +179,111 @@ def register(
     if ws is not None:
         product.save(ws.product_dir(name))
     return product
+
+
+def product_version(name: str, workspace: PathLike | None = None) -> str:
+    """A short fingerprint of the stored product's current version (changes whenever it does).
+
+    The stored version's number (``v7``: every registration, added image, new false-alarm rate
+    or installed file makes a new one) and a hash of its ``product.json`` (which tells apart a
+    product removed and registered again under the same name). The service keys its loaded
+    products by it and records it with every inspection.
+
+    Raises:
+        ProductNotFound: no product of that name is registered.
+        RegistrationError: ``name`` is not a valid product name.
+    """
+    from iad_agent import store
+    from iad_agent.workspace import Workspace
+
+    ws = Workspace(workspace)
+    pointer = ws.product_dir(name)
+    for _ in range(5):  # a new version may replace the one being read: read again
+        folder = store.current(pointer)
+        if folder is None:
+            raise ProductNotFound(name, ws.root, ws.products())
+        try:
+            meta = (folder / store.MARKER).read_bytes()
+        except OSError:
+            continue
+        return f"{folder.name.partition('~')[2] or 'v0'}-{hashlib.sha256(meta).hexdigest()[:8]}"
+    raise ProductError(f"{pointer}: product {name!r} keeps changing while it is read; try again")
+
+
+def product_summaries(workspace: PathLike | None = None) -> list[dict]:
+    """Per registered product: ``name, images, threshold, fpr, method, defect_types, created, updated,
+    version`` (``error`` for a damaged one), read without loading any product (fast)."""
+    from iad_agent.workspace import Workspace
+
+    return Workspace(workspace).summaries()
+
+
+def delete_product(name: str, workspace: PathLike | None = None) -> None:
+    """Remove a registered product, every stored version of it (a crash leaves all or nothing).
+
+    Raises:
+        ProductNotFound: no product of that name is registered.
+        RegistrationError: ``name`` is not a valid product name.
+    """
+    from iad_agent.workspace import Workspace
+
+    Workspace(workspace).remove(name)
+
+
+#: The range of false-alarm rates a threshold may be set for (as ``iad register --fpr``).
+FPR_RANGE = (0.001, 0.5)
+
+
+def threshold_for_fpr(product: Product, fpr: float) -> float:
+    """The threshold that ``product``'s held-out good scores give for false-alarm rate ``fpr``."""
+    from iad_agent.vision.normal_bank import threshold_for_fpr as from_scores
+
+    return from_scores(product.bank.calibration.global_scores, fpr)
+
+
+def fpr_for_threshold(product: Product, threshold: float) -> float:
+    """The expected false-alarm rate of ``threshold``: the smallest rate that sets it this low.
+
+    The inverse of :func:`threshold_for_fpr`, clipped to :data:`FPR_RANGE` (a threshold above
+    the one for 0.1 % means "at most 0.1 %"). The threshold falls as the rate grows, except
+    where few scores switch it from a normal fit to the empirical quantile, so the first
+    crossing is found on a log grid and then refined by bisection.
+    """
+    grid = [math.exp(math.log(FPR_RANGE[0]) + i / 199 * math.log(FPR_RANGE[1] / FPR_RANGE[0])) for i in range(200)]
+    crossing = next((i for i, f in enumerate(grid) if threshold_for_fpr(product, f) <= threshold), None)
+    if crossing is None:
+        return FPR_RANGE[1]
+    if crossing == 0:
+        return FPR_RANGE[0]
+    lo, hi = grid[crossing - 1], grid[crossing]  # threshold(lo) > threshold >= threshold(hi)
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        if threshold_for_fpr(product, mid) > threshold:
+            lo = mid
+        else:
+            hi = mid
+    return round(hi, 6)
+
+
+def set_fpr(name: str, fpr: float, workspace: PathLike | None = None) -> Product:
+    """Set a registered product's threshold for a new false-alarm rate, from its stored good scores.
+
+    The threshold and each tool's normal limit are set exactly as a registration with ``fpr``
+    would set them (nothing is re-extracted), and stored as a new version (locked, atomic):
+    ``iad register NAME --fpr F`` does the same.
+
+    Raises:
+        RegistrationError: ``fpr`` outside :data:`FPR_RANGE`, or an invalid name.
+        ProductNotFound, ProductError: as for :func:`load_product`.
+    """
+    from iad_agent.workspace import Workspace
+
+    if not FPR_RANGE[0] <= fpr <= FPR_RANGE[1]:
+        raise RegistrationError(f"false-alarm rate must be between {FPR_RANGE[0]} and {FPR_RANGE[1]}, got {fpr}")
+    ws = Workspace(workspace)
+    if not ws.exists(name):
+        raise ProductNotFound(name, ws.root, ws.products())
+    return ws.set_fpr(name, float(fpr)).product
 
 
 def one_off_name(folder: PathLike) -> str:

@@ -1,20 +1,24 @@
 """An inspection episode: the query, the product it is checked against, and the evidence so far.
 
-The :class:`Episode` is what tools and policies receive. It caches the query's patch features
-and the global look (the normal-bank heat map), so no tool re-extracts what is already known.
+A :class:`PreparedQuery` is the query image with what the product's normal bank says about
+it (patch features, the global look, the heat map), each computed once. The :class:`Episode`
+that tools and policies receive starts from one; several episodes can share it (the
+benchmark runs every policy on the same prepared query), so no tool and no policy
+re-extracts what is already known.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from iad_agent.types import Box, Trajectory
-from iad_agent.vision.normal_bank import image_score, upsample_map
 
 if TYPE_CHECKING:
     from iad_agent.product import Product
@@ -22,7 +26,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class GlobalLook:
-    """The normal-bank evidence for the whole image (computed once per episode)."""
+    """The normal-bank evidence for the whole image (computed once per query)."""
 
     patch_map: np.ndarray  # (g, g) patch distances
     score: float
@@ -35,33 +39,97 @@ class GlobalLook:
         return self.score / self.threshold if self.threshold > 0 else float("inf")
 
 
-@dataclass
-class Episode:
-    """State shared by the agent loop, the policy and the tools for one inspection."""
+class PreparedQuery:
+    """A query image of one product with its features, global look and heat map, each computed once.
 
-    product: Product
-    query: Image.Image
-    trajectory: Trajectory
-    notes: list[str] = field(default_factory=list)
-    memo: dict[str, Any] = field(default_factory=dict)
+    Attributes:
+        product: the product the query is checked against.
+        image: the query, RGB.
+        path: the file it was loaded from (``None`` for an in-memory image).
+        warnings: problems that do not stop the inspection (e.g. a size unlike the good images').
+        ms / cpu_ms: wall-clock and CPU time :meth:`compute` (and the loading before it) took.
+    """
+
+    def __init__(self, product: Product, image: Image.Image, path: Path | None = None,
+                 warnings: list[str] | None = None) -> None:
+        self.product = product
+        self.image = image
+        self.path = path
+        self.warnings = list(warnings or [])
+        self.ms = 0.0
+        self.cpu_ms = 0.0
 
     @cached_property
     def grid(self) -> np.ndarray:
         """The query's patch features at the product's base resolution."""
-        return self.product.extractor([self.query])[0]
+        return self.product.extractor([self.image])[0]
 
     @cached_property
     def look(self) -> GlobalLook:
         """The global look: heat map, score, threshold and the hottest region."""
+        from iad_agent.vision.normal_bank import image_score
+
         bank = self.product.bank
         dmap = bank.patch_distances(self.grid)
         cal = bank.calibration
         hot = dmap > cal.patch_threshold
         return GlobalLook(dmap, image_score(dmap), cal.threshold, hot_spot_box(dmap, cal.patch_threshold), float(hot.mean()))
 
+    @cached_property
     def heatmap(self) -> np.ndarray:
         """Pixel heat map (image size) in patch-distance units."""
-        return upsample_map(self.look.patch_map, self.query.width, self.query.height)
+        from iad_agent.vision.normal_bank import upsample_map
+
+        return upsample_map(self.look.patch_map, self.image.width, self.image.height)
+
+    def compute(self) -> PreparedQuery:
+        """Compute the features, the global look and the heat map now (timed, added to ``ms`` / ``cpu_ms``).
+
+        The arrays become read-only: they are shared by every episode that starts from this
+        query, so a tool that wrote into one would fail loudly instead of corrupting the others.
+        """
+        start, cpu = time.perf_counter(), time.process_time()
+        for array in (self.grid, self.look.patch_map, self.heatmap):
+            array.flags.writeable = False
+        self.ms += (time.perf_counter() - start) * 1000
+        self.cpu_ms += (time.process_time() - cpu) * 1000
+        return self
+
+
+@dataclass
+class Episode:
+    """State shared by the agent loop, the policy and the tools for one inspection.
+
+    ``prepared`` is the query's shared evidence; when not given it is made from ``query``
+    (computed on first use).
+    """
+
+    product: Product
+    query: Image.Image
+    trajectory: Trajectory
+    notes: list[str] = field(default_factory=list)
+    memo: dict[str, Any] = field(default_factory=dict)
+    prepared: PreparedQuery | None = None
+
+    def __post_init__(self) -> None:
+        if self.prepared is None:
+            self.prepared = PreparedQuery(self.product, self.query)
+        elif self.prepared.product is not self.product or self.prepared.image is not self.query:
+            raise ValueError("the prepared query belongs to another product or image than the episode")
+
+    @property
+    def grid(self) -> np.ndarray:
+        """The query's patch features at the product's base resolution."""
+        return self.prepared.grid
+
+    @property
+    def look(self) -> GlobalLook:
+        """The global look: heat map, score, threshold and the hottest region."""
+        return self.prepared.look
+
+    def heatmap(self) -> np.ndarray:
+        """Pixel heat map (image size) in patch-distance units."""
+        return self.prepared.heatmap
 
     @property
     def defect_types(self) -> list[str]:

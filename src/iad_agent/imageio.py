@@ -13,6 +13,7 @@ output can be written at all.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
@@ -307,3 +308,25 @@ def check_output_path(path: str | Path, folder: bool = False) -> Path:
     os.close(fd)
     probe.unlink(missing_ok=True)
     return path
+
+
+def data_url(img: Image.Image, fmt: str = "png", max_side: int | None = None, compress_level: int = 6) -> str:
+    """The image as a ``data:`` URL (the HTML report, VLM requests), RGB.
+
+    Args:
+        fmt: ``png`` (lossless) or ``jpeg`` (quality 95).
+        max_side: downsize (never upsize) so that the longer side is at most this.
+        compress_level: PNG zlib level (1: larger, several times faster; 6: Pillow's default).
+
+    >>> data_url(Image.new("RGB", (4, 2)), max_side=2)[:22]
+    'data:image/png;base64,'
+    """
+    if max_side and max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.convert("RGB").save(buf, format="JPEG", quality=95)
+    else:
+        img.convert("RGB").save(buf, format="PNG", compress_level=compress_level)
+    return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode()

@@ -36,6 +36,7 @@ from iad_agent.errors import (  # noqa: F401  (the errors of stored products; im
     WorkspaceError,
 )
 from iad_agent.imageio import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, ImageError, load_image, scan_images  # noqa: F401
+from iad_agent.tools.base import ToolLimits
 
 if TYPE_CHECKING:
     from iad_agent.registration import Registration
@@ -93,8 +94,9 @@ class GateParams:
             has weight 0 by default: in the benchmark's ablation (``docs/benchmarks.md``) the
             agent was more accurate without it at 1 and 4 shots. It stays available to VLM
             policies and to users who set a weight.
-        zoom_threshold / compare_threshold / highfreq_threshold: each tool's normal level,
-            calibrated on held-out good images at registration.
+
+    Each tool's calibrated normal level is not a gate parameter: it is the product's
+    :class:`~iad_agent.tools.base.ToolLimits` (``limits.json``).
     """
 
     band_low: float = 0.75
@@ -107,9 +109,6 @@ class GateParams:
     w_zoom: float = 1.0
     w_compare: float = 0.5
     w_highfreq: float = 0.0
-    zoom_threshold: float = 1.5
-    compare_threshold: float = 1.0
-    highfreq_threshold: float = 1.5
     type_from_priors: bool = True
 
     @classmethod
@@ -170,11 +169,13 @@ class Product:
 
     def __init__(self, name: str, bank: NormalBank, gate: GateParams, folder: Path | None = None,
                  defects: DefectExamples | None = None, priors: dict[str, str] | None = None,
-                 max_side: int = DEFAULT_MAX_SIDE, image_size: tuple[int, int] | None = None) -> None:
+                 max_side: int = DEFAULT_MAX_SIDE, image_size: tuple[int, int] | None = None,
+                 tool_limits: ToolLimits | None = None) -> None:
         self.name = name
         self.image_size = tuple(image_size) if image_size else None  # (width, height) of the good images
         self.bank = bank
         self.gate = gate
+        self.tool_limits = tool_limits or ToolLimits()  # each tool's normal level, set by calibration
         self.folder = folder
         self.defects = defects or DefectExamples()
         self.priors = priors or {}
@@ -185,7 +186,7 @@ class Product:
         self.created: str | None = None
         self.updated: str | None = None
         self.version: str | None = None
-        self.tool_readings: dict | None = None  # the tools' calibration readings, when calibrate_tools returns them
+        self.tool_readings: dict | None = None  # the tools' calibration readings (re-setting the fpr re-uses them)
         self._extractor: FeatureExtractor | None = None
         self._images: OrderedDict[int, Image.Image] = OrderedDict()
 
@@ -235,6 +236,7 @@ class Product:
         new.bank.paths = list(self.bank.paths)
         new.bank.calibration = copy.deepcopy(self.bank.calibration)
         new.gate = dataclasses.replace(self.gate)
+        new.tool_limits = dataclasses.replace(self.tool_limits)
         new.defects = dataclasses.replace(self.defects, types=list(self.defects.types), paths=list(self.defects.paths))
         new.priors = dict(self.priors)
         new.image_hashes, new.image_added, new.defect_hashes = list(self.image_hashes), list(self.image_added), list(self.defect_hashes)
@@ -258,8 +260,7 @@ class Product:
             imgs = augmented_views(self.reference_image(0))
             views = (imgs, self.extractor(imgs))
         self.gate.texture = texture_likeness(self.bank, None if len(self.bank) > 1 else views[1][0]) < 0.8
-        readings = calibrate_tools(self, views=views)
-        self.tool_readings = readings if isinstance(readings, dict) else None
+        self.tool_readings = calibrate_tools(self, views=views)
 
     def add_defect_examples(self, folder: str | Path, allow_mixed_sizes: bool = True) -> int:
         """Register labelled defect examples ``folder/<defect_type>/*.png``: see ``registration.add_defect_examples``."""
@@ -275,9 +276,7 @@ class Product:
             cal = self.bank.calibration
             out.update(threshold=float(cal.threshold), aligned_threshold=float(cal.aligned_threshold),
                        patch_threshold=float(cal.patch_threshold))
-        for f in fields(self.gate):
-            if f.name.endswith("_threshold"):
-                out[f.name] = float(getattr(self.gate, f.name))
+        out.update(self.tool_limits.to_dict())
         return out
 
     def set_fpr(self, fpr: float) -> dict[str, tuple[float | None, float]]:

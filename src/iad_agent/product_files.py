@@ -3,7 +3,8 @@
 A version folder holds::
 
     bank/bank.npz, bank/bank.json   the normal bank (``NormalBank.save``): feature grids, coreset, calibration
-    gate.json                       the embedded policy's gate parameters and tool limits
+    gate.json                       the embedded policy's gate parameters
+    limits.json                     each tool's calibrated normal limit (before: in gate.json)
     good_images.json                content hash and date of each good image (parallel to the bank's paths)
     priors.json, defects.npy/.json  optional: priors, labelled defect examples
     tools.json                      optional: the tools' calibration readings
@@ -30,13 +31,14 @@ import numpy as np
 from iad_agent import store
 from iad_agent.imageio import DEFAULT_MAX_SIDE, atomic_write_bytes, atomic_write_text
 from iad_agent.product import DamagedProduct, DefectExamples, GateParams, Product, ProductNotFound
+from iad_agent.tools.base import ToolLimits
 
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # 1: before versions, content hashes and summaries were stored
 #: What ``write_product`` writes (or leaves out on purpose); any other file in a version (e.g. a
 #: learned gate installed there) is carried over into the next version.
-OWN_FILES = frozenset({"bank", "gate.json", "good_images.json", "priors.json", "defects.npy", "defects.json",
+OWN_FILES = frozenset({"bank", "gate.json", "limits.json", "good_images.json", "priors.json", "defects.npy", "defects.json",
                        "tools.json", store.MARKER})
 
 
@@ -66,6 +68,7 @@ def write_product(product: Product, folder: Path) -> None:
     """Write every file of ``product`` into the new version folder ``folder`` (``product.json`` last)."""
     product.bank.save(folder / "bank")
     atomic_write_text(folder / "gate.json", _json_text(asdict(product.gate)))
+    atomic_write_text(folder / "limits.json", _json_text(product.tool_limits.to_dict()))
     atomic_write_text(folder / "good_images.json", _json_text({"sha256": product.image_hashes, "added": product.image_added}))
     if product.priors:
         atomic_write_text(folder / "priors.json", _json_text(product.priors))
@@ -199,7 +202,12 @@ def _read(pointer: Path, src: Path) -> Product:
     name = pointer.name
     meta = _read_meta(src, name)
     max_side, size = meta.get("max_side", DEFAULT_MAX_SIDE), meta.get("image_size")
-    gate = check_record(GateParams, read_json(src / "gate.json", name), src / "gate.json", name)
+    gate_dict = read_json(src / "gate.json", name)
+    gate = check_record(GateParams, gate_dict, src / "gate.json", name)
+    if (src / "limits.json").exists():
+        limits = check_record(ToolLimits, read_json(src / "limits.json", name), src / "limits.json", name)
+    else:  # stored before limits.json: the limits were gate parameters
+        limits = check_record(ToolLimits, gate_dict, src / "gate.json", name)
     bank = _read_bank(src / "bank", name)
     priors = {}
     if (src / "priors.json").exists():
@@ -207,7 +215,7 @@ def _read(pointer: Path, src: Path) -> Product:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in priors.items()):
             raise _damaged(src / "priors.json", name, "should map names to texts (strings)")
     defects, defect_hashes = _read_defects(src, name, bank.memory.shape[1])
-    product = Product(meta["name"], bank, gate, pointer, defects, priors, max_side, tuple(size) if size else None)
+    product = Product(meta["name"], bank, gate, pointer, defects, priors, max_side, tuple(size) if size else None, limits)
     if (src / "good_images.json").exists():
         info = read_json(src / "good_images.json", name)
         hashes, added = info.get("sha256"), info.get("added")

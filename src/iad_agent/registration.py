@@ -13,7 +13,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -280,24 +280,23 @@ def set_fpr(product: Product, fpr: float) -> dict[str, tuple[float | None, float
         raise RegistrationError(f"--fpr must be between 0 and 1 (exclusive), got {fpr}")
     cal = product.bank.calibration
     before, old_fpr = product.limits(), cal.fpr
-    gate_before = {f.name: getattr(product.gate, f.name) for f in fields(product.gate)}
+    limits_before = replace(product.tool_limits)
     old_threshold = cal.threshold
     cal.fpr = fpr
     scale = cal.threshold / old_threshold if old_threshold > 0 else math.nan
-    for name in ("zoom_threshold", "compare_threshold"):
-        if hasattr(product.gate, name):
-            setattr(product.gate, name, float(getattr(product.gate, name)) * scale)
+    limits = product.tool_limits
+    limits.zoom_threshold *= scale
+    limits.compare_threshold *= scale
     readings = (product.tool_readings or {}).get("highfreq")
-    if readings and hasattr(product.gate, "highfreq_threshold"):
+    if readings:
         from iad_agent.vision.normal_bank import threshold_for_fpr
 
-        product.gate.highfreq_threshold = threshold_for_fpr(readings, fpr)
+        limits.highfreq_threshold = threshold_for_fpr(readings, fpr)
     try:
         check_limits(product)
     except RegistrationError:
         cal.fpr = old_fpr
-        for k, v in gate_before.items():
-            setattr(product.gate, k, v)
+        product.tool_limits = limits_before
         raise
     return _changes(before, product.limits())
 

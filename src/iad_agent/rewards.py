@@ -73,10 +73,12 @@ class Rollout:
 
 
 def evidence_of(result: ToolResult | None) -> float | None:
-    """A tool's reading over its normal limit, if it measured one."""
-    if result is None or not result.ok or result.data.get("evidence") is None:
+    """A tool's reading over its normal limit, if it measured one (its typed ``Evidence`` reading;
+    ``data`` for a result read back from JSON, which has no typed reading)."""
+    if result is None or not result.ok:
         return None
-    return float(result.data["evidence"])
+    value = getattr(result.reading, "evidence", None) if result.reading is not None else result.data.get("evidence")
+    return float(value) if value is not None else None
 
 
 def _message_text(message: dict[str, Any]) -> str:

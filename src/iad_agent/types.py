@@ -210,9 +210,11 @@ class ToolCall:
 class ToolResult:
     """What a tool returned: text for the model, images to show, and numbers for policies.
 
-    ``data`` holds JSON-serializable measurements (scores, similarities) that the embedded
-    policy and the rewards read; ``error`` is set when the call was refused, in which case
-    ``text`` explains why so a model can correct itself on its next turn.
+    ``reading`` holds the tool's typed measurements (a :class:`iad_agent.tools.base.Reading`,
+    e.g. ``ZoomReading``) that policies and rewards read; ``data`` is its JSON form for the
+    trace (filled from ``reading`` when not given). ``error`` is set when the call was
+    refused or failed, in which case ``text`` explains why so a model can correct itself on
+    its next turn.
     """
 
     text: str
@@ -220,6 +222,11 @@ class ToolResult:
     data: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     image_captions: list[str] = field(default_factory=list)
+    reading: Any = None
+
+    def __post_init__(self) -> None:
+        if self.reading is not None and not self.data:
+            self.data = self.reading.to_dict()
 
     @property
     def ok(self) -> bool:

@@ -14,17 +14,22 @@ boxes, answers with missing fields. Whatever can be repaired is (and noted in
 ``ParsedTurn.repairs``); whatever cannot becomes an entry of ``ParsedTurn.errors``, which the
 loop shows the model on its next turn. It never raises. The format is documented in
 ``docs/protocol.md``.
+
+Longer than our usual ~400 lines on purpose: rendering and lenient reading of one format are
+kept side by side so that they cannot drift apart; most of the length is the list of damage
+models really produce (boxes in pixels, fields under other names, ...), one small function each.
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import json_repair
 
 from iad_agent.types import Box, FinalAnswer, Step, ToolCall, ToolResult
 
@@ -33,6 +38,7 @@ MAX_CALLS_PER_TURN = 5
 _TAG = re.compile(r"<\s*(/?)\s*(think|tool_call|answer|tool_response)\s*>", re.IGNORECASE)
 _FENCE = re.compile(r"```[a-zA-Z]*")
 _ARRAY_OF_OBJECTS = re.compile(r"\[\s*\{")
+_DECODER = json.JSONDecoder()
 _NUMBER = re.compile(r"-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
 _FIRST_WORD = re.compile(r"[^A-Za-z0-9]*([A-Za-z0-9\-]+)")
 _TRUE = {"true", "yes", "y", "1", "anomalous", "anomaly", "abnormal", "defective", "defect", "bad", "ng"}
@@ -460,40 +466,54 @@ def _dedupe_and_cap(turn: ParsedTurn) -> None:
 def _json_values(text: str, turn: ParsedTurn) -> tuple[list[Any], list[str]]:
     """Every top-level JSON object (or array of objects) in ``text``, repaired where needed.
 
-    Returns the values and, when none could be read, the reasons; the repairs behind values
-    that were read are appended to ``turn.repairs``.
+    Well-formed values are read exactly (``json.JSONDecoder.raw_decode``, several in a row
+    included); from the first damaged one on, the rest of the text goes to ``json_repair``
+    (single quotes, trailing commas, unquoted keys, Python literals, values cut off). Returns
+    the values and, when none could be read, the reasons; the repairs behind values that were
+    read are appended to ``turn.repairs``.
     """
     s = _FENCE.sub(" ", text)
     values: list[Any] = []
-    errors: list[str] = []
     notes: list[str] = []
     outside: list[str] = []
+    problem = ""
     pos = 0
-    while True:
-        start = _next_opening(s, pos)
-        if start < 0:
+    while (start := _next_opening(s, pos)) >= 0:
+        outside.append(s[pos:start])
+        try:
+            value, pos = _DECODER.raw_decode(s, start)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            problem = f"{exc.msg} at character {exc.pos - start}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            repaired = _repair(s[start:], many=s[start] == "{")
+            if repaired:
+                values.extend(repaired)
+                notes.append("repaired invalid JSON (quotes, commas, literals or a value cut off)")
+            pos = len(s)
             break
-        chunk, end, closed = _balanced(s, start)
-        value, problem, fixes = _loads(chunk if closed else chunk + _closers(chunk))
-        if problem is None:
-            values.append(value)
-            notes.extend(fixes)
-            if not closed:
-                notes.append("closed a JSON value that was cut off")
-            outside.append(s[pos:start])
-        else:
-            errors.append(problem)
-        pos = end
-        if not closed:
-            break
+        values.append(value)
+    outside.append(s[pos:])
     if not values:
-        return [], errors or ["no JSON object found"]
-    if "".join(outside).strip() or s[pos:].strip():
+        return [], [f"invalid JSON ({problem})" if problem else "no JSON object found"]
+    if "".join(outside).strip():
         notes.append("ignored text around the JSON")
     if s != text:
         notes.append("ignored a markdown code fence")
     turn.repairs.extend(notes)
     return values, []
+
+
+def _repair(chunk: str, many: bool) -> list[Any]:
+    """The JSON values ``json_repair`` reads from ``chunk`` (``[]`` when it reads none).
+
+    ``many``: the chunk starts with an object, so a list back means several objects in a row.
+    """
+    try:
+        value = json_repair.loads(chunk)
+    except Exception:  # noqa: BLE001 - a third-party parser on arbitrary model output: never crash on it
+        return []
+    if many and isinstance(value, list):
+        return [v for v in value if isinstance(v, (dict, list))]
+    return [value] if isinstance(value, (dict, list)) else []
 
 
 def _next_opening(s: str, pos: int) -> int:
@@ -503,138 +523,6 @@ def _next_opening(s: str, pos: int) -> int:
     if bracket and (brace < 0 or bracket.start() < brace):
         return bracket.start()
     return brace
-
-
-def _balanced(s: str, start: int) -> tuple[str, int, bool]:
-    """The bracketed value starting at ``start``: ``(text, end index, closed?)``; respects quotes."""
-    depth = 0
-    quote: str | None = None
-    i = start
-    while i < len(s):
-        ch = s[i]
-        if quote:
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            # an apostrophe inside a word is not a quote
-            if ch == "'" and 0 < i < len(s) - 1 and s[i - 1].isalnum() and s[i + 1].isalnum():
-                pass
-            else:
-                quote = ch
-        elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-            if depth == 0:
-                return s[start:i + 1], i + 1, True
-        i += 1
-    return s[start:], len(s), False
-
-
-def _closers(chunk: str) -> str:
-    """The brackets (and quote) needed to close a value that was cut off."""
-    stack: list[str] = []
-    quote: str | None = None
-    i = 0
-    while i < len(chunk):
-        ch = chunk[i]
-        if quote:
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "{[":
-            stack.append("}" if ch == "{" else "]")
-        elif ch in "}]" and stack:
-            stack.pop()
-        i += 1
-    tail = quote or ""
-    body = chunk.rstrip()
-    if not quote and body.endswith((",", ":")):
-        tail = " null" if body.endswith(":") else ""
-    return tail + "".join(reversed(stack))
-
-
-def _loads(chunk: str) -> tuple[Any, str | None, list[str]]:
-    """``json.loads`` with the usual repairs; returns ``(value, error or None, repairs made)``."""
-    try:
-        return json.loads(chunk), None, []
-    except json.JSONDecodeError as exc:
-        first_error = f"{exc.msg} at character {exc.pos}"
-    fixed = _double_quote(chunk)
-    fixed = re.sub(r",\s*([}\]])", r"\1", fixed)
-    fixed = re.sub(r"([{,]\s*)([A-Za-z_][\w\-]*)\s*:", r'\1"\2":', fixed)
-    fixed = _python_literals(fixed)
-    try:
-        return json.loads(fixed), None, ["repaired invalid JSON (quotes, trailing commas or literals)"]
-    except json.JSONDecodeError:
-        pass
-    try:
-        value = ast.literal_eval(chunk)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None, f"invalid JSON ({first_error})", []
-    if isinstance(value, (dict, list)):
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            return None, f"invalid JSON ({first_error})", []
-        return value, None, ["read a Python literal as JSON"]
-    return None, f"invalid JSON ({first_error})", []
-
-
-def _double_quote(s: str) -> str:
-    """Turn single-quoted strings into double-quoted ones, leaving double-quoted strings alone."""
-    out: list[str] = []
-    quote: str | None = None
-    i = 0
-    while i < len(s):
-        ch = s[i]
-        if quote is None:
-            if ch == "'" and not (0 < i < len(s) - 1 and s[i - 1].isalnum() and s[i + 1].isalnum()):
-                quote = "'"
-                out.append('"')
-            else:
-                if ch == '"':
-                    quote = '"'
-                out.append(ch)
-        elif quote == '"':
-            if ch == "\\" and i + 1 < len(s):
-                out.append(s[i:i + 2])
-                i += 2
-                continue
-            if ch == '"':
-                quote = None
-            out.append(ch)
-        else:  # inside a single-quoted string
-            if ch == "\\" and i + 1 < len(s):
-                out.append("'" if s[i + 1] == "'" else s[i:i + 2])
-                i += 2
-                continue
-            if ch == "'" and not (i + 1 < len(s) and s[i + 1].isalnum() and s[i - 1].isalnum()):
-                quote = None
-                out.append('"')
-            elif ch == '"':
-                out.append('\\"')
-            else:
-                out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-def _python_literals(s: str) -> str:
-    """``True``/``False``/``None`` outside strings → JSON literals."""
-    parts = re.split(r'("(?:[^"\\]|\\.)*")', s)
-    for i in range(0, len(parts), 2):
-        parts[i] = re.sub(r"\bTrue\b", "true", parts[i])
-        parts[i] = re.sub(r"\bFalse\b", "false", parts[i])
-        parts[i] = re.sub(r"\bNone\b", "null", parts[i])
-    return "".join(parts)
 
 
 def _clip(value: Any, n: int = 80) -> str:

@@ -30,3 +30,5 @@ from iad_agent.cli import products as _products  # noqa: E402,F401  (`iad produc
 from iad_agent.cli import trajectories as _trajectories  # noqa: E402,F401
 from iad_agent.cli import train as _train  # noqa: E402,F401
 from iad_agent.cli import eval as _eval  # noqa: E402,F401  (registers `iad eval`)
+from iad_agent.cli import batch as _batch  # noqa: E402,F401  (registers `iad batch`)
+from iad_agent.cli import serve as _serve  # noqa: E402,F401  (registers `iad serve`)

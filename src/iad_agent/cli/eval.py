@@ -75,7 +75,7 @@ def _meta(out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _datasets(dataset: list[str], root: Path | None) -> list[tuple[str, Path]]:
     from iad_agent.datasets import READERS
-    from iad_agent.eval.harness import available_datasets, default_root
+    from iad_agent.eval.plan import available_datasets, default_root
 
     names = list(dict.fromkeys(dataset or ["mvtec"]))
     if "all" in names:
@@ -142,7 +142,8 @@ def eval_command(
     samples.csv and report.md (with plots) into --out."""
     from iad_agent import api
     from iad_agent.datasets import DatasetError
-    from iad_agent.eval import harness, report
+    from iad_agent.eval import plan, report, runner
+    from iad_agent.eval.records import RECORDS_FILE, done_keys, read_records
 
     started = time.time()
     policies = list(dict.fromkeys(policy or ["knn", "embedded"]))
@@ -160,23 +161,23 @@ def eval_command(
     if mmad is not None and questions is not None:
         fail("give either --mmad FILE (answer a question file) or --questions mmad-style (generate them), not both")
     if mmad is not None or questions is not None:
-        harness.set_threads(threads)
+        runner.set_threads(threads)
         _run_mmad(dataset, root, category, policies, disable_tool, options, max_test, max_normals, fpr, max_steps, out,
                   mmad, mmad_root, started, threads)
         return
     try:
-        shot_values = harness.parse_shots(shots or ["1"])
+        shot_values = plan.parse_shots(shots or ["1"])
     except ValueError as exc:
         fail(str(exc))
     try:
-        config = harness.EvalConfig(datasets=_datasets(dataset, root), categories=category or None, shots=shot_values,
+        config = plan.EvalConfig(datasets=_datasets(dataset, root), categories=category or None, shots=shot_values,
                                     seeds=seeds, policies=policies, disable_tools=tuple(disable_tool), max_test=max_test,
                                     max_normals=max_normals, fpr=fpr, policy_options=options, max_steps=max_steps)
-        records_path = out / harness.RECORDS_FILE
+        records_path = out / RECORDS_FILE
         if records_path.exists() and not resume:
             fail(f"{records_path} exists: pass --resume to continue that run, or choose another --out")
-        done = harness.done_keys(out) if resume else set()
-        groups = harness.plan(config, done)
+        done = done_keys(out) if resume else set()
+        groups = plan.plan(config, done)
     except (DatasetError, ValueError) as exc:
         fail(str(exc))
     if resume and done:
@@ -188,17 +189,17 @@ def eval_command(
         with _progress() as progress:
             task = progress.add_task(f"evaluating {len(groups)} groups", total=total or 1)
 
-            def finished(group: harness.Group, n: int) -> None:
+            def finished(group: plan.Group, n: int) -> None:
                 progress.update(task, description=f"[{n}/{len(groups)} groups] last: {group.title}")
 
-            harness.run_groups(groups, config, out, workers=n_workers, threads=threads,
+            runner.run_groups(groups, config, out, workers=n_workers, threads=threads,
                                on_image=lambda n: progress.advance(task, n), on_group=finished)
     except KeyboardInterrupt:
         _log_run(out, started, "k-shot (interrupted)", workers=n_workers, threads=threads)
         console.print(f"[yellow]interrupted[/]: finished records are in {records_path}; rerun with --resume", highlight=False)
         raise typer.Exit(130)
     _log_run(out, started, "k-shot", workers=n_workers, threads=threads)
-    records = harness.read_records(records_path)
+    records = read_records(records_path)
     mmad_scores = _read_json(out / "mmad_scores.json")
     doc = report.write_outputs(out, records, _meta(out, records), mmad_scores)
     _print_summary(doc)
@@ -230,7 +231,8 @@ def _run_mmad(dataset, root, category, policies, disable_tool, options, max_test
     """Generate (``--questions mmad-style``) or read (``--mmad``) questions, answer them, score them."""
     from iad_agent import api
     from iad_agent.datasets import DatasetError, list_categories, load_dataset
-    from iad_agent.eval import harness, mmad, report
+    from iad_agent.eval import mmad, plan, report
+    from iad_agent.eval.records import RECORDS_FILE, read_records
 
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -243,8 +245,8 @@ def _run_mmad(dataset, root, category, policies, disable_tool, options, max_test
             for name, path in pairs:
                 cats = [c for c in list_categories(name, path) if not category or c in category]
                 for cat in cats:
-                    split = harness.split_dataset(load_dataset(name, path, cat), max_normals)
-                    test = harness.cap_test(split.test, max_test) if max_test else split.test
+                    split = plan.split_dataset(load_dataset(name, path, cat), max_normals)
+                    test = plan.cap_test(split.test, max_test) if max_test else split.test
                     categories.append((split.pool, test))
             if not categories:
                 fail(f"no category {', '.join(category)} in {', '.join(n for n, _ in pairs)}")
@@ -268,7 +270,7 @@ def _run_mmad(dataset, root, category, policies, disable_tool, options, max_test
         scores[label] = mmad.score_mmad(entries)
     (out / "mmad_scores.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
     _log_run(out, started, "mmad", workers=1, threads=threads)
-    records = harness.read_records(out / harness.RECORDS_FILE)
+    records = read_records(out / RECORDS_FILE)
     report.write_outputs(out, records, _meta(out, records), scores)
     for label, s in scores.items():
         avg = s["average"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from iad_agent.cli import app, console, fail
+from iad_agent.cli import app, batch, console, fail
 from iad_agent.cli import options as opts
 
 WORKSPACE = typer.Option(None, "--workspace", help="Folder of registered products (default $IAD_WORKSPACE, else ~/.iad).")
@@ -76,8 +76,11 @@ def inspect(
     report: Path = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
     heatmap: Path = typer.Option(None, "--heatmap", help="Heat-map PNG path (default: next to the report, else <image>_heatmap.png in the current folder)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image."),
+    out: Path = typer.Option(None, "--out", help="Folder batch: write one CSV row per image here."),
+    jsonl: Path = typer.Option(None, "--jsonl", help="Folder batch: write each image's JSON object here."),
+    resume: bool = typer.Option(False, "--resume", help="Folder batch: continue the results files, skipping images already in them."),
 ) -> None:
-    """Inspect image(s): verdict, score vs threshold, box, heat map, defect type and trace."""
+    """Inspect image(s), folders or glob patterns: verdict, score vs threshold, box, heat map, defect type and trace."""
     from iad_agent import api
     from iad_agent.report import save_heatmap, save_report
 
@@ -91,6 +94,12 @@ def inspect(
                                max_new_tokens=max_new_tokens)
     try:
         resolved = api.resolve_policy(policy, disable_tool, options)  # a bad name fails before any work
+    except api.IADError as exc:
+        fail(str(exc))
+    if out is not None or jsonl is not None or resume or batch.is_folder_input(images):
+        batch.inspect_folder(images, product=product, normals=normals, workspace=workspace, resolved=resolved,
+                             max_steps=max_steps, out=out, jsonl=jsonl, resume=resume, as_json=as_json)
+    try:
         if normals is not None:
             with _progress() as progress:
                 task = progress.add_task("reading the good images", total=None)

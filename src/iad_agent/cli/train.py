@@ -84,7 +84,7 @@ def gate_command(
 
     from iad_agent.datasets import DatasetError
     from iad_agent.errors import IADError
-    from iad_agent.eval.harness import default_root, parse_shots
+    from iad_agent.eval.plan import default_root, parse_shots
     from iad_agent.workspace import Workspace
     from iad_agent.training.gate import GateTrainConfig, collect, compare, leave_category_out, train
 

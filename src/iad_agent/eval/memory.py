@@ -21,17 +21,15 @@ import time
 
 
 def measure(n_normals: int = 200, n_queries: int = 20, policy: str = "embedded") -> dict:
-    """Register ``n_normals`` good images as one product and inspect ``n_queries`` test images."""
+    """Register ``n_normals`` good images as one product and inspect ``n_queries`` test images.
+
+    Raises:
+        ValueError: fewer than ``n_normals`` normal images under the data root.
+    """
     from iad_agent.datasets import load_dataset
-    from iad_agent.eval.harness import (
-        SharedInspector,
-        available_datasets,
-        peak_rss_mb,
-        prepare_query,
-        reset_peak_rss,
-        set_threads,
-        split_dataset,
-    )
+    from iad_agent.eval.plan import available_datasets, split_dataset
+    from iad_agent.eval.runner import peak_rss_mb, reset_peak_rss, set_threads
+    from iad_agent.inspector import Inspector
     from iad_agent.policies import resolve_policy
     from iad_agent.product import Product
 
@@ -47,7 +45,7 @@ def measure(n_normals: int = 200, n_queries: int = 20, policy: str = "embedded")
             normals += split.pool
             queries += [s.image_path for s in split.test]
     if len(normals) < n_normals:
-        raise SystemExit(f"only {len(normals)} normal images found, fewer than --normals {n_normals}")
+        raise ValueError(f"only {len(normals)} normal images found, fewer than --normals {n_normals}")
     normals = normals[:n_normals]
     step = max(1, len(queries) // max(n_queries, 1))
     queries = queries[::step][:n_queries]
@@ -57,14 +55,12 @@ def measure(n_normals: int = 200, n_queries: int = 20, policy: str = "embedded")
     build_s = time.perf_counter() - t0
     after_build = peak_rss_mb()
     resolved = resolve_policy(policy)
+    inspector = Inspector(product, resolved.policy, resolved.tools)
     ms = []
     for path in queries:
-        prep = prepare_query(product, path)
-        inspector = SharedInspector(product, resolved.policy, resolved.tools)
-        inspector.prepared = prep
         t = time.perf_counter()
         inspector.inspect(path)
-        ms.append(prep.ms + (time.perf_counter() - t) * 1000)
+        ms.append((time.perf_counter() - t) * 1000)
     ms.sort()
     return {
         "normals": len(product.bank),
@@ -88,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--policy", default="embedded")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.normals, args.queries, args.policy), indent=1))
+    try:
+        result = measure(args.normals, args.queries, args.policy)
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    sys.stdout.write(json.dumps(result, indent=1) + "\n")
     return 0
 
 

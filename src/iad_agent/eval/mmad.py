@@ -30,6 +30,9 @@ a question type a source dataset has no question of is left out of its mean (MMA
 with one class only, *Anomaly Detection* is that class's accuracy (MMAD averages with 0).
 Normal vs anomalous is read from the Anomaly Detection answer (``No`` = normal) where the
 question is present, else from ``good`` in the path as MMAD does.
+
+A little over our usual ~400 lines: generating, answering and scoring are one protocol, and
+the deliberate differences from MMAD's script above are only checkable when they sit together.
 """
 
 from __future__ import annotations
@@ -282,7 +285,7 @@ def answer_questions(questions: dict[str, dict[str, Any]], image_root: Path, pol
         ``{label: [answer entry]}``; an entry is MMAD's ``{"image", "question",
         "question_type", "correct_answer", "gpt_answer"}`` plus ``normal`` and ``ms``.
     """
-    from iad_agent.eval.harness import SharedInspector, prepare_query
+    from iad_agent.inspector import Inspector
     from iad_agent.product import Product
     from iad_agent.tools.priors import domain_priors
 
@@ -302,16 +305,15 @@ def answer_questions(questions: dict[str, dict[str, Any]], image_root: Path, pol
             products[refs] = product
             while len(products) > 4:
                 products.popitem(last=False)
-        prep = prepare_query(product, image_root / key)
+        inspectors = [Inspector(product, p.policy, p.tools, max_steps=max_steps) for p in policies]
+        prepared = inspectors[0].prepare(image_root / key)  # once, shared by every policy
         conversation = item.get("conversation", [])
         normal = _is_normal(key, conversation)
-        for resolved in policies:
+        for resolved, inspector in zip(policies, inspectors):
             label = resolved.label
-            inspector = SharedInspector(product, resolved.policy, resolved.tools, max_steps=max_steps)
-            inspector.prepared = prep
             t0 = time.perf_counter()
-            result = inspector.inspect(image_root / key)
-            ms = prep.ms + (time.perf_counter() - t0) * 1000
+            result = inspector.inspect(prepared)
+            ms = prepared.ms + (time.perf_counter() - t0) * 1000
             for q in conversation:
                 answers[label].append({
                     "image": key,

@@ -9,59 +9,24 @@ figures are never typed by hand::
     python -m iad_agent.eval.report results/full/metrics.json --memory results/memory.json \
         --mmad results/mmad/metrics.json > docs/benchmarks.md
 
-``metrics.json`` schema (``"schema": "iad-agent/eval-metrics/1"``):
-
-* ``meta``: ``runs`` (each invocation: command, started, finished, wall_s, cores), ``date``,
-  ``cores``, ``total_wall_s`` (sum over invocations), ``compute_s`` (sum of group times).
-* ``records``: one object per ``(dataset, category, shots, seed, policy)`` with
-  ``dataset, category, shots (int | "all" | "given"), seed, policy, disabled_tools, protocol,
-  protocol_note, n_references, references, n_test, n_normal, n_anomalous, image_auroc,
-  image_ap, f1, balanced_accuracy, precision, tpr, tnr, no_answer, oracle_f1,
-  oracle_threshold, threshold, score_source, pixel_auroc, aupro, box_iou, box_hit_rate,
-  n_localised, defect_type_accuracy, tool_calls_per_image, tool_calls_by_tool,
-  ms_per_image_p50, ms_per_image_p95, cpu_ms_per_image_p50, cpu_ms_per_image_p95, build_ms,
-  peak_rss_mb, group_wall_s, cores,
-  finished_at, examples``. ``null`` where a metric does not apply (one class only, no masks,
-  no labelled types).
-* ``aggregates``: per ``(dataset, category, shots, policy)``: ``n_seeds``, ``n_normal``,
-  ``n_anomalous`` and ``<metric>_mean`` / ``<metric>_std`` over seeds (sample std, 0 for one seed).
-* ``summary``: per ``(shots, policy)``: ``<metric>_mean`` over categories of the per-category
-  means, with ``n_categories``. Image-level metrics (AUROC, AP, F1, balanced accuracy,
-  oracle F1) average only categories with both normal and anomalous test images.
-* ``mmad`` (when questions were answered): per policy, the MMAD score table.
+The numbers come from :mod:`iad_agent.eval.aggregate` (the ``metrics.json`` schema is described
+there), the figures from :mod:`iad_agent.eval.plots`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
-from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from iad_agent.eval.aggregate import METRICS, _policy_order, _shots_order, build_metrics, samples_csv
 from iad_agent.eval.metrics import mean_std
+from iad_agent.eval.plots import plot_auroc_bars, plot_examples, plot_roc
 from iad_agent.imageio import atomic_write_text
 
-SCHEMA = "iad-agent/eval-metrics/1"
-#: Metrics averaged over seeds and categories.
-METRICS = (
-    "image_auroc", "image_ap", "f1", "balanced_accuracy", "oracle_f1", "pixel_auroc", "aupro", "box_iou",
-    "box_hit_rate", "defect_type_accuracy", "tool_calls_per_image", "ms_per_image_p50", "ms_per_image_p95",
-    "cpu_ms_per_image_p50", "cpu_ms_per_image_p95", "peak_rss_mb",
-)
-#: Metrics that need both normal and anomalous test images to mean anything.
-IMAGE_LEVEL = ("image_auroc", "image_ap", "f1", "balanced_accuracy", "oracle_f1")
-SAMPLE_COLUMNS = (
-    "dataset", "category", "shots", "seed", "policy", "path", "label", "defect_type", "score", "score_source",
-    "threshold", "verdict", "box", "gt_box", "box_iou", "box_hit", "pred_defect_type", "tool_calls", "tools",
-    "stop_reason", "ms", "cpu_ms",
-)
 _LABELS = {
     "image_auroc": "image AUROC", "image_ap": "image AP", "f1": "F1 @ calibrated thr.",
     "balanced_accuracy": "balanced acc. @ calibrated thr.", "oracle_f1": "oracle-best F1 (test-tuned, not deployable)",
@@ -78,107 +43,6 @@ PUBLISHED = (
 )
 
 
-def _shots_order(value: Any) -> tuple:
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-        return (0, int(value))
-    return (1, str(value))
-
-
-def _policy_rank(policy: str) -> tuple:
-    """knn first, then the agent, then its ablations, then anything else (VLM backends)."""
-    return (0 if policy == "knn" else 1 if policy == "embedded" else 2 if policy.startswith("embedded") else 3, policy)
-
-
-def _policy_order(policies: Iterable[str]) -> list[str]:
-    return sorted(set(policies), key=_policy_rank)
-
-
-def strip_samples(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "samples"}
-
-
-def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std over seeds per ``(dataset, category, shots, policy)``."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        groups[(r["dataset"], r["category"], str(r["shots"]), r["policy"])].append(r)
-    out = []
-    for (dataset, category, _, policy), rs in groups.items():
-        row: dict[str, Any] = {"dataset": dataset, "category": category, "shots": rs[0]["shots"], "policy": policy,
-                               "n_seeds": len(rs), "n_normal": rs[0]["n_normal"], "n_anomalous": rs[0]["n_anomalous"],
-                               "protocol": rs[0].get("protocol")}
-        for m in METRICS:
-            mean, std = mean_std([r.get(m) for r in rs], ddof=1)
-            row[f"{m}_mean"], row[f"{m}_std"] = mean, std
-        out.append(row)
-    return sorted(out, key=lambda r: (r["dataset"], r["category"], _shots_order(r["shots"]), _policy_rank(r["policy"])))
-
-
-def summarize(aggregates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean over categories per ``(shots, policy)`` (image-level metrics: two-class categories only)."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for a in aggregates:
-        groups[(str(a["shots"]), a["policy"])].append(a)
-    out = []
-    for (_, policy), rows in groups.items():
-        row: dict[str, Any] = {"shots": rows[0]["shots"], "policy": policy, "n_categories": len(rows),
-                               "categories": sorted(f"{r['dataset']}/{r['category']}" for r in rows)}
-        for m in METRICS:
-            use = [r for r in rows if not (m in IMAGE_LEVEL and not (r["n_normal"] and r["n_anomalous"]))]
-            row[f"{m}_mean"] = mean_std([r[f"{m}_mean"] for r in use])[0]
-        out.append(row)
-    return sorted(out, key=lambda r: (_shots_order(r["shots"]), _policy_rank(r["policy"])))
-
-
-def build_metrics(records: list[dict[str, Any]], meta: dict[str, Any] | None = None,
-                  mmad: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``metrics.json`` object (see the module docstring)."""
-    aggregates = aggregate(records)
-    meta = dict(meta or {})
-    if any(r.get("samples") for r in records):
-        meta["time_breakdown"] = time_breakdown(records)
-    doc: dict[str, Any] = {
-        "schema": SCHEMA,
-        "meta": meta,
-        "records": [strip_samples(r) for r in records],
-        "aggregates": aggregates,
-        "summary": summarize(aggregates),
-    }
-    if mmad:
-        doc["mmad"] = mmad
-    return doc
-
-
-def time_breakdown(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per category: wall seconds of its groups, of product registration, and CPU seconds per policy.
-
-    A policy's CPU seconds include the per-image preparation it shares with the others (query
-    features, global look, heat map), which is about what ``knn`` costs in total.
-    """
-    rows: dict[str, dict[str, Any]] = {}
-    seen: set[tuple] = set()
-    for r in records:
-        cat = f"{r['dataset']}/{r['category']}"
-        row = rows.setdefault(cat, {"category": cat, "groups": 0, "group_wall_s": 0.0, "registration_s": 0.0,
-                                    "images": 0, "cpu_s": {}})
-        key = (cat, str(r["shots"]), r["seed"])
-        if key not in seen:
-            seen.add(key)
-            builds = r["n_test"] if r.get("protocol") == "given" else 1
-            row["groups"] += 1
-            row["images"] += r["n_test"]
-            row["group_wall_s"] += float(r.get("group_wall_s") or 0)
-            row["registration_s"] += float(r.get("build_ms") or 0) * builds / 1000
-        cpu = sum(float(s.get("cpu_ms") or 0) for s in r.get("samples", [])) / 1000
-        row["cpu_s"][r["policy"]] = row["cpu_s"].get(r["policy"], 0.0) + cpu
-    out = list(rows.values())
-    for row in out:
-        row["group_wall_s"] = round(row["group_wall_s"], 1)
-        row["registration_s"] = round(row["registration_s"], 1)
-        row["cpu_s"] = {k: round(v, 1) for k, v in row["cpu_s"].items()}
-    return sorted(out, key=lambda r: -r["group_wall_s"])
-
-
 def time_table(breakdown: list[dict[str, Any]]) -> str:
     policies = _policy_order(p for row in breakdown for p in row["cpu_s"])
     rows, total = [], {"group_wall_s": 0.0, "registration_s": 0.0, "images": 0, **{p: 0.0 for p in policies}}
@@ -193,23 +57,6 @@ def time_table(breakdown: list[dict[str, Any]]) -> str:
                  fmt(total["registration_s"], digits=0), *[fmt(total[p], digits=0) for p in policies]])
     return _table(["category", "groups", "test images (all groups)", "group wall s (both workers)", "registration wall s",
                    *[f"{p} CPU s" for p in policies]], rows)
-
-
-def samples_csv(records: list[dict[str, Any]]) -> str:
-    """One row per test image and policy record."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SAMPLE_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in records:
-        for row in r.get("samples", []):
-            row = dict(row)
-            for key in ("box", "gt_box"):
-                row[key] = json.dumps(row[key]) if row.get(key) is not None else ""
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in SAMPLE_COLUMNS})
-    return buf.getvalue()
-
-
-# ----------------------------------------------------------------------------- markdown
 
 
 def fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
@@ -324,122 +171,6 @@ def mmad_table(mmad: dict[str, Any]) -> str:
 
 def pct(value: float | None) -> float | None:
     return None if value is None else 100 * value
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(fig, out_dir: Path, name: str) -> str:  # noqa: ANN001 - a matplotlib Figure
-    """Lay ``fig`` out, write it to ``out_dir/name`` (PNG, 110 dpi), close it, and return ``name``."""
-    fig.tight_layout()
-    (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / name, dpi=110)
-    _plt().close(fig)
-    return name
-
-
-def plot_roc(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
-    """One PNG per category: ROC curves (all seeds pooled) of every policy, one panel per shots."""
-    from sklearn.metrics import roc_curve
-
-    plt = _plt()
-    by_cat: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        if r.get("n_normal") and r.get("n_anomalous"):
-            by_cat[f"{r['dataset']}/{r['category']}"].append(r)
-    files = []
-    for cat, rs in by_cat.items():
-        shots = sorted({str(r["shots"]) for r in rs}, key=_shots_order)
-        fig, axes = plt.subplots(1, len(shots), figsize=(3.6 * len(shots), 3.4), squeeze=False)
-        for ax, s in zip(axes[0], shots):
-            for policy in _policy_order(r["policy"] for r in rs):
-                rows = [row for r in rs if str(r["shots"]) == s and r["policy"] == policy for row in r["samples"]]
-                if not rows:
-                    continue
-                fpr, tpr, _ = roc_curve([row["label"] for row in rows], [row["score"] for row in rows])
-                ax.plot(fpr, tpr, label=policy, lw=1.4 if policy in ("knn", "embedded") else 0.9)
-            ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls=":")
-            ax.set_title(f"{cat} · shots={s}", fontsize=8)
-            ax.set_xlabel("false-positive rate", fontsize=7)
-            ax.set_ylabel("true-positive rate", fontsize=7)
-            ax.tick_params(labelsize=6)
-        axes[0][-1].legend(fontsize=6, loc="lower right")
-        files.append(_save_figure(fig, out_dir, f"plots/roc_{cat.replace('/', '_')}.png"))
-    return files
-
-
-def plot_auroc_bars(aggregates: list[dict[str, Any]], out_dir: Path) -> list[str]:
-    """Per-category bars of image AUROC per policy (one panel per shots), std as error bars."""
-    plt = _plt()
-    aggs = [a for a in aggregates if a["image_auroc_mean"] is not None]
-    if not aggs:
-        return []
-    shots = sorted({str(a["shots"]) for a in aggs}, key=_shots_order)
-    policies = _policy_order(a["policy"] for a in aggs)
-    fig, axes = plt.subplots(len(shots), 1, figsize=(max(6, 1.6 * len({a['category'] for a in aggs}) + 2), 2.6 * len(shots)),
-                             squeeze=False)
-    width = 0.8 / len(policies)
-    for ax, s in zip(axes[:, 0], shots):
-        cats = list(dict.fromkeys(f"{a['dataset']}/{a['category']}" for a in aggs if str(a["shots"]) == s))
-        index = {(f"{a['dataset']}/{a['category']}", a["policy"]): a for a in aggs if str(a["shots"]) == s}
-        for j, p in enumerate(policies):
-            vals = [index[(c, p)]["image_auroc_mean"] if (c, p) in index else np.nan for c in cats]
-            errs = [index[(c, p)]["image_auroc_std"] or 0 if (c, p) in index else 0 for c in cats]
-            ax.bar(np.arange(len(cats)) + j * width, vals, width, yerr=errs, label=p, capsize=1.5)
-        ax.set_xticks(np.arange(len(cats)) + 0.4 - width / 2)
-        ax.set_xticklabels(cats, fontsize=7)
-        ax.set_ylim(0.0, 1.02)
-        ax.set_ylabel(f"image AUROC\nshots={s}", fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
-    axes[0][0].legend(fontsize=6, ncol=len(policies), loc="lower left")
-    return [_save_figure(fig, out_dir, "plots/auroc_bars.png")]
-
-
-def plot_examples(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
-    """Per shots: a grid (rows = categories) of the best and worst heat-map tiles of one policy.
-
-    The policy shown is ``embedded`` when present, else the first policy with examples.
-    """
-    plt = _plt()
-    from PIL import Image
-
-    with_examples = [r for r in records if r.get("examples")]
-    if not with_examples:
-        return []
-    policies = _policy_order(r["policy"] for r in with_examples)
-    policy = "embedded" if "embedded" in policies else policies[0]
-    files = []
-    for s in sorted({str(r["shots"]) for r in with_examples}, key=_shots_order):
-        rs = [r for r in with_examples if r["policy"] == policy and str(r["shots"]) == s]
-        if not rs:
-            continue
-        ncol = max(len(r["examples"]) for r in rs)
-        fig, axes = plt.subplots(len(rs), ncol, figsize=(2.1 * ncol, 2.3 * len(rs)), squeeze=False)
-        for i, r in enumerate(rs):
-            for j in range(ncol):
-                ax = axes[i][j]
-                ax.axis("off")
-                if j >= len(r["examples"]):
-                    continue
-                ex = r["examples"][j]
-                path = out_dir / ex["file"]
-                if path.exists():
-                    ax.imshow(Image.open(path))
-                truth = ex["defect_type"] or "good"
-                ax.set_title(f"{ex['kind']}: {r['category']} ({truth})\nscore/thr {ex['score'] / max(ex['threshold'], 1e-9):.2f}"
-                             f" → {ex['verdict']}", fontsize=6)
-        fig.suptitle(f"{policy}, shots={s}: best and worst cases (white: answer box, green: ground truth)", fontsize=8)
-        files.append(_save_figure(fig, out_dir, f"plots/examples_{policy}_shots{s}.png"))
-    return files
 
 
 # ----------------------------------------------------------------------------- writing

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from iad_agent.tools.base import Tool
 
 __all__ = ["Policy", "PolicyConfigError", "ResolvedPolicy", "ScriptedPolicy", "VLMOptions", "make_policy",
-           "policy_label", "resolve_policy", "split_policy_name"]
+           "policy_label", "resolve_policy", "split_policy_name", "tools_for"]
 
 log = logging.getLogger(__name__)
 
@@ -157,22 +157,39 @@ def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions |
             (e.g. ``openai`` without a base URL).
         MissingExtra: a VLM backend without the ``vlm`` extra installed.
     """
-    from iad_agent.tools import default_tools
-
     label = policy_label(name, disable)
     if name == "knn":
         return ResolvedPolicy(label, make_policy("knn"), {}, ())
     base, disabled = split_policy_name(name)
     disabled = tuple(dict.fromkeys((*disabled, *(tool_name(d) for d in disable))))
-    embedded = base == "embedded" or base.startswith("embedded+")
     try:
-        tools = default_tools(disabled, anomaly_map=not embedded)  # the normal-bank evidence tool is for VLMs
+        tools = tools_for(base, disabled)
         policy = make_policy(base, **(options or VLMOptions()).given())
     except PolicyConfigError:
         raise
     except ValueError as exc:  # a backend refusing its options
         raise PolicyConfigError(str(exc)) from exc
     return ResolvedPolicy(label, policy, tools, disabled)
+
+
+def tools_for(base: str, disabled: Iterable[str] = ()) -> dict[str, Tool]:
+    """The tools a policy of this base name gets: none for ``knn``; the papers' four for the
+    embedded policy; those plus ``anomaly_map`` (the normal-bank evidence) for a VLM.
+
+    Raises:
+        ValueError: an unknown tool name in ``disabled``.
+
+    >>> sorted(tools_for("embedded+highfreq", ["zoom"]))
+    ['comparative_retriever', 'high_frequency_enhancer', 'prior_retriever']
+    >>> "anomaly_map" in tools_for("hf"), tools_for("knn")
+    (True, {})
+    """
+    from iad_agent.tools import default_tools
+
+    if base == "knn":
+        return {}
+    embedded = base == "embedded" or base.startswith("embedded+")
+    return default_tools(tuple(tool_name(t) for t in disabled), anomaly_map=not embedded)
 
 
 def make_policy(name: str, **options: Any) -> Policy:

@@ -7,7 +7,7 @@ tool whose fusion weight is 0, nor the position-based tools when the query and t
 differ in shape. Each tool's reading is an *evidence ratio* (its measurement over its normal
 limit calibrated on good images); the verdict fuses them with the global ratio by a weighted
 geometric mean, so 1.0 is the decision boundary throughout. All knobs are in the product's
-``GateParams``.
+``GateParams``; the tools' normal limits are the product's ``ToolLimits``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,23 @@ import math
 from typing import TYPE_CHECKING
 
 from iad_agent.product import anomaly_signature, same_shape
+from iad_agent.tools import (
+    ComparativeRetriever,
+    ComparisonReading,
+    Evidence,
+    HighFrequencyEnhancer,
+    HighFrequencyReading,
+    PerceptiveZoomer,
+    PriorMatches,
+    PriorRetriever,
+)
 from iad_agent.types import Box, FinalAnswer, Step, ToolCall
 
 if TYPE_CHECKING:
     from iad_agent.episode import Episode
     from iad_agent.tools.base import Tool
 
-ZOOM, COMPARE, HIGHFREQ, PRIORS = "perceptive_zoomer", "comparative_retriever", "high_frequency_enhancer", "prior_retriever"
+ZOOM, COMPARE, HIGHFREQ, PRIORS = PerceptiveZoomer.name, ComparativeRetriever.name, HighFrequencyEnhancer.name, PriorRetriever.name
 
 
 def fuse(global_ratio: float, evidence: list[tuple[float, float]]) -> float:
@@ -69,11 +79,12 @@ def describe(episode: Episode) -> str:
     size = "a tiny" if look.hot_area < 0.005 else "a small" if look.hot_area < 0.05 else "a large"
     words = [f"{size} anomalous region at the {where.strip()} of the {episode.product.name}"]
     for step in episode.trajectory.steps:
-        for call, obs in zip(step.tool_calls, step.observations):
-            if call.name == HIGHFREQ and obs.ok:
-                words.append("with thin sharp lines such as scratches or cracks" if obs.data["energy"] > obs.data["reference_energy"]
+        for obs in step.observations:
+            reading = obs.reading if obs.ok else None
+            if isinstance(reading, HighFrequencyReading):
+                words.append("with thin sharp lines such as scratches or cracks" if reading.energy > reading.reference_energy
                              else "smoother than normal, with missing texture or detail")
-            if call.name == COMPARE and obs.ok and obs.data["evidence"] > 1:
+            if isinstance(reading, ComparisonReading) and reading.evidence is not None and reading.evidence > 1:
                 words.append("where a part is missing, misplaced or deformed compared with a good one")
     return ", ".join(words)
 
@@ -194,17 +205,16 @@ class EmbeddedPolicy:
     def _evidence_text(self, episode: Episode) -> str:
         parts = []
         for call, obs in self._observations(episode):
-            ev = obs.data.get("evidence")
-            if ev is not None:
-                parts.append(f"{call.name.replace('_', ' ')} reads {ev:.2f}× its normal limit")
+            if isinstance(obs.reading, Evidence) and obs.reading.evidence is not None:
+                parts.append(f"{call.name.replace('_', ' ')} reads {obs.reading.evidence:.2f}× its normal limit")
         return ("Evidence so far: " + ", ".join(parts) + ".") if parts else ""
 
     def _evidence(self, episode: Episode) -> list[tuple[float, float]]:
         weights = self._weights(episode)
         best: dict[str, float] = {}  # several readings of one tool (a scan): the strongest counts
         for call, obs in self._observations(episode):
-            if call.name in weights and "evidence" in obs.data:
-                best[call.name] = max(best.get(call.name, 0.0), float(obs.data["evidence"]))
+            if call.name in weights and isinstance(obs.reading, Evidence) and obs.reading.evidence is not None:
+                best[call.name] = max(best.get(call.name, 0.0), float(obs.reading.evidence))
         return [(value, weights[name]) for name, value in best.items()]
 
     def _fused(self, episode: Episode) -> float:
@@ -226,9 +236,9 @@ class EmbeddedPolicy:
         if anomalous:
             candidates = episode.product.defects.classify(anomaly_signature(episode.grid, look.patch_map))
             if not candidates:  # fall back to the priors matched by text, if the policy asked for them
-                for call, obs in self._observations(episode):
-                    if call.name == PRIORS and obs.data.get("matches"):
-                        candidates = [{"defect_type": k, "similarity": v, "source": "priors"} for k, v in obs.data["matches"][:3]
+                for _, obs in self._observations(episode):
+                    if isinstance(obs.reading, PriorMatches) and obs.reading.matches:
+                        candidates = [{"defect_type": k, "similarity": v, "source": "priors"} for k, v in obs.reading.matches[:3]
                                       if v is not None]
             defect_type = candidates[0]["defect_type"] if candidates else None
         verdict = "anomalous" if anomalous else "normal"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from iad_agent.tools import ComparativeRetriever, PerceptiveZoomer
 from iad_agent.types import Step, ToolCall
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from iad_agent.policies.embedded import EmbeddedPolicy
     from iad_agent.tools.base import Tool
 
-ZOOM, COMPARE = "perceptive_zoomer", "comparative_retriever"
+ZOOM, COMPARE = PerceptiveZoomer.name, ComparativeRetriever.name
 ACTIONS = ("none", "zoom", "zoom+compare")
 FEATURES = ("bias", "log_ratio", "abs_log_ratio", "near_boundary", "hot_area", "texture", "aligned")
 INSTALLED_NAME = "learned_gate.json"

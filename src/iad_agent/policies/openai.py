@@ -1,9 +1,10 @@
 """``OpenAIPolicy``: any OpenAI-compatible ``/v1/chat/completions`` server as the agent's VLM.
 
 vLLM, SGLang, Ollama, LM Studio, llama.cpp's server and hosted APIs all speak this protocol.
-Images go as base64 data URLs (downsized to ``max_image_side``); the API key, if any, comes
-from an environment variable; 429 and 5xx answers, timeouts, dropped connections and
-malformed bodies are retried with exponential backoff (honouring ``Retry-After``); a
+Requests go through the ``openai`` client library, which retries 429 and 5xx answers,
+timeouts and dropped connections with exponential backoff (honouring ``Retry-After``); a
+reply whose body is not a chat completion is retried here, as often. Images go as data URLs
+(downsized to ``max_image_side``); the API key, if any, comes from an environment variable; a
 semaphore bounds the requests in flight when evaluation runs episodes in parallel. Token
 counts and retries land in ``Step.usage``, latency in ``Step.policy_ms``.
 
@@ -16,21 +17,18 @@ hermes``). Either way the trajectory records the turn in the text protocol.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import os
-import random
 import re
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import openai
 from PIL import Image
 
 from iad_agent.agent.protocol import render_parse_error, render_tool_response
+from iad_agent.imageio import data_url
 from iad_agent.policies.vlm import DEFAULT_MAX_IMAGE_SIDE, Completion, VLMPolicy
 
 if TYPE_CHECKING:
@@ -55,11 +53,13 @@ class OpenAIPolicy(VLMPolicy):
         model: model name as the server knows it (``--served-model-name`` for vLLM); when left
             out, the one model listed by ``GET /models``.
         base_url: the API root, e.g. ``http://127.0.0.1:8000/v1`` (default ``$OPENAI_BASE_URL``).
-        api_key_env: environment variable holding the API key; unset means no ``Authorization``.
-        timeout: seconds per request (connect and read) before it counts as failed.
-        max_retries: retries after the first attempt on 429, 5xx, timeouts, connection errors
-            and malformed responses; other 4xx answers fail at once.
-        backoff: first retry delay in seconds, doubled each retry (plus up to 10 % jitter).
+        api_key_env: environment variable holding the API key; unset or empty: a placeholder
+            key (local servers ignore it).
+        timeout: seconds per request before it counts as failed.
+        max_retries: retries after the first attempt on 429, 5xx, timeouts and connection
+            errors (the openai client's exponential backoff, 0.5 s doubling, or the server's
+            ``Retry-After``), and, separately, on replies that are not a chat completion;
+            other 4xx answers fail at once.
         max_image_side: longer side of every image sent, in pixels.
         concurrency: requests in flight at once from this policy (evaluation reads it too).
         temperature: sampling temperature (0 = greedy).
@@ -72,10 +72,9 @@ class OpenAIPolicy(VLMPolicy):
     name = "openai"
 
     def __init__(self, model: str | None = None, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 120.0, max_retries: int = 3, backoff: float = 1.0,
-                 max_image_side: int | None = DEFAULT_MAX_IMAGE_SIDE, concurrency: int = 4, temperature: float = 0.0,
-                 max_new_tokens: int = 1024, native_tools: bool = False, image_format: str = "png",
-                 extra_body: dict[str, Any] | None = None) -> None:
+                 timeout: float = 120.0, max_retries: int = 3, max_image_side: int | None = DEFAULT_MAX_IMAGE_SIDE,
+                 concurrency: int = 4, temperature: float = 0.0, max_new_tokens: int = 1024, native_tools: bool = False,
+                 image_format: str = "png", extra_body: dict[str, Any] | None = None) -> None:
         super().__init__(max_image_side=max_image_side, native_tools=native_tools)
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
@@ -89,23 +88,21 @@ class OpenAIPolicy(VLMPolicy):
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
         self.concurrency = concurrency
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.image_format = image_format
         self.extra_body = dict(extra_body or {})
         self._slots = threading.BoundedSemaphore(concurrency)
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
-        self._random = random.Random()
+        key = os.environ.get(api_key_env) if api_key_env else None
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key or "EMPTY", timeout=timeout, max_retries=max_retries)
         self.model = model or self._only_served_model()
 
     def _only_served_model(self) -> str:
         """The model name when ``--model`` is left out and the server serves exactly one."""
         try:
-            response = self._client.get(self.base_url + "/models", headers=self._headers())
-            names = [m["id"] for m in response.json()["data"]]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            names = [m.id for m in self._client.models.list()]
+        except (openai.OpenAIError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"no --model given and {self.base_url}/models did not list the served models ({exc})") from exc
         if len(names) != 1:
             raise ValueError(f"no --model given and {self.base_url} serves {len(names)} models: {', '.join(names) or 'none'}")
@@ -116,53 +113,37 @@ class OpenAIPolicy(VLMPolicy):
 
     # ------------------------------------------------------------------ request
     def complete(self, messages: list[dict[str, Any]], tools: dict[str, Tool], episode: Episode) -> Completion:
-        body: dict[str, Any] = {"model": self.model, "messages": self.api_messages(messages, episode),
-                                "max_tokens": self.max_new_tokens, "temperature": self.temperature}
+        request: dict[str, Any] = {"model": self.model, "messages": self.api_messages(messages, episode),
+                                   "max_tokens": self.max_new_tokens, "temperature": self.temperature}
         if self.native_tools and tools:
-            body["tools"] = [tool.spec() for tool in tools.values()]
-            body["tool_choice"] = "auto"
-        body.update(self.extra_body)
-        data, retries = self._post(body)
-        return self._completion(data, retries)
-
-    def _headers(self) -> dict[str, str]:
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
-    def _post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """POST with retries; returns the decoded body and the number of retries it took."""
-        payload = json.dumps(body, ensure_ascii=False).encode()
-        headers = {"Content-Type": "application/json", **self._headers()}
-        problem = ""
-        for attempt in range(self.max_retries + 1):
-            delay = None
+            request["tools"] = [tool.spec() for tool in tools.values()]
+            request["tool_choice"] = "auto"
+        if self.extra_body:
+            request["extra_body"] = self.extra_body
+        retries, problem = 0, ""
+        for attempt in range(self.max_retries + 1):  # the client retries transport and server errors itself
+            raw = self._create(request)
+            retries += raw.retries_taken + (attempt > 0)
             try:
-                with self._slots:
-                    response = self._client.post(self.url, content=payload, headers=headers)
-            except httpx.TimeoutException:
-                problem = f"no reply within {self.timeout:g} s"
-            except httpx.TransportError as exc:
-                problem = f"connection failed ({type(exc).__name__}: {exc})"
-            else:
-                status = response.status_code
-                if status == 429 or status >= 500:
-                    problem = f"server answered {status}: {_error_text(response)}"
-                    delay = _retry_after(response)
-                elif status >= 400:
-                    raise PolicyError(f"{self.url} answered {status}: {_error_text(response)}")
-                else:
-                    try:
-                        data = response.json()
-                        _check_shape(data)
-                        return data, attempt
-                    except (ValueError, KeyError, IndexError, TypeError) as exc:
-                        problem = f"malformed response ({exc}): {_clip(response.text)}"
-            if attempt < self.max_retries:
-                wait = delay if delay is not None else self.backoff * 2**attempt
-                wait = min(wait, 60.0) * (1 + 0.1 * self._random.random())
-                log.warning("%s: %s; retry %d/%d in %.1f s", self.url, problem, attempt + 1, self.max_retries, wait)
-                time.sleep(wait)
+                data = raw.parse().model_dump()
+                _check_shape(data)
+                return self._completion(data, retries)
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                problem = f"malformed response ({exc}): {_clip(raw.text)}"
+                log.warning("%s: %s; retry %d/%d", self.url, problem, attempt + 1, self.max_retries)
         raise PolicyError(f"{self.url}: {problem} (after {self.max_retries + 1} attempts)")
+
+    def _create(self, request: dict[str, Any]) -> Any:
+        """One chat completion, as the client's raw response (the client retries what it can)."""
+        try:
+            with self._slots:
+                return self._client.chat.completions.with_raw_response.create(**request)
+        except openai.APITimeoutError as exc:
+            raise PolicyError(f"{self.url}: no reply within {self.timeout:g} s (after {self.max_retries + 1} attempts)") from exc
+        except openai.APIConnectionError as exc:
+            raise PolicyError(f"{self.url}: connection failed ({exc.__cause__ or exc}) (after {self.max_retries + 1} attempts)") from exc
+        except openai.APIStatusError as exc:
+            raise PolicyError(f"{self.url} answered {exc.status_code}: {_error_text(exc)}") from exc
 
     def _completion(self, data: dict[str, Any], retries: int) -> Completion:
         choice = data["choices"][0]
@@ -201,12 +182,7 @@ class OpenAIPolicy(VLMPolicy):
         return {"type": "image_url", "image_url": {"url": hit[1]}}
 
     def _data_url(self, image: Image.Image) -> str:
-        buf = io.BytesIO()
-        if self.image_format == "jpeg":
-            image.convert("RGB").save(buf, format="JPEG", quality=95)
-        else:
-            image.save(buf, format="PNG")
-        return f"data:image/{self.image_format};base64," + base64.b64encode(buf.getvalue()).decode()
+        return data_url(image, self.image_format)
 
     def _native_turns(self, out: list[dict[str, Any]], episode: Episode) -> list[dict[str, Any]]:
         """Replace each tool-calling turn and its observation by OpenAI's assistant ``tool_calls``
@@ -257,22 +233,12 @@ def _check_shape(data: Any) -> None:
         raise ValueError("no message in the first choice")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-        error = data.get("error", data) if isinstance(data, dict) else data
-        message = error.get("message", error) if isinstance(error, dict) else error
-        return _clip(str(message))
-    except ValueError:
-        return _clip(response.text)
+def _error_text(exc: openai.APIStatusError) -> str:
+    """The server's own error message, as short as it can be said."""
+    body = exc.body
+    error = body.get("error", body) if isinstance(body, dict) else body
+    message = error.get("message", error) if isinstance(error, dict) else error
+    return _clip(str(message if message is not None else exc.response.text))
 
 
 def _clip(text: str, n: int = 200) -> str:

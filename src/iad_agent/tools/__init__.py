@@ -1,21 +1,26 @@
-"""The inspection tools: each a small class with a name, a description, a JSON schema and ``run``."""
+"""The inspection tools: each a small class with a name, a description, a JSON schema and ``run``.
 
-from iad_agent.tools.anomaly_map import AnomalyMap
-from iad_agent.tools.base import Tool, execute
-from iad_agent.tools.highfreq import HighFrequencyEnhancer
-from iad_agent.tools.priors import PriorRetriever
-from iad_agent.tools.retriever import ComparativeRetriever
-from iad_agent.tools.zoom import PerceptiveZoomer
+Importing them loads neither torch nor faiss: the tools reach the feature extractor and the
+normal bank through the episode's product, and import what they compute with when they run.
+"""
 
-__all__ = ["TOOL_ALIASES", "AnomalyMap", "ComparativeRetriever", "HighFrequencyEnhancer", "PerceptiveZoomer", "PriorRetriever", "Tool",
-           "default_tools", "execute"]
+from iad_agent.tools.anomaly_map import AnomalyMap, AnomalyMapReading
+from iad_agent.tools.base import Evidence, Reading, Tool, ToolLimits, evidence_ratio, execute
+from iad_agent.tools.highfreq import HighFrequencyEnhancer, HighFrequencyReading
+from iad_agent.tools.priors import PriorMatches, PriorRetriever
+from iad_agent.tools.retriever import ComparativeRetriever, ComparisonReading
+from iad_agent.tools.zoom import PerceptiveZoomer, ZoomReading
+
+__all__ = ["TOOL_ALIASES", "AnomalyMap", "AnomalyMapReading", "ComparativeRetriever", "ComparisonReading", "Evidence",
+           "HighFrequencyEnhancer", "HighFrequencyReading", "PerceptiveZoomer", "PriorMatches", "PriorRetriever", "Reading",
+           "Tool", "ToolLimits", "ZoomReading", "default_tools", "evidence_ratio", "execute"]
 
 #: Short tool names, usable in policy names (``embedded-no-zoom``, ``embedded+highfreq``) and ``--disable-tool``.
 TOOL_ALIASES = {
-    "zoom": "perceptive_zoomer",
-    "retriever": "comparative_retriever",
-    "highfreq": "high_frequency_enhancer",
-    "priors": "prior_retriever",
+    "zoom": PerceptiveZoomer.name,
+    "retriever": ComparativeRetriever.name,
+    "highfreq": HighFrequencyEnhancer.name,
+    "priors": PriorRetriever.name,
 }
 
 
@@ -24,7 +29,7 @@ def default_tools(disable: tuple[str, ...] = (), anomaly_map: bool = False) -> d
     tools: list[Tool] = [PerceptiveZoomer(), ComparativeRetriever(), HighFrequencyEnhancer(), PriorRetriever()]
     if anomaly_map:
         tools.append(AnomalyMap())
-    known = {t.name for t in tools} | {"anomaly_map"}
+    known = {t.name for t in tools} | {AnomalyMap.name}
     for name in disable:
         if name not in known:
             raise ValueError(f"unknown tool {name!r}; tools are {', '.join(sorted(known))}")

@@ -6,15 +6,32 @@ nearest-neighbour evidence. It reuses the episode's cached global look (no re-ex
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from iad_agent.tools.base import BOX_SCHEMA, Tool
+from iad_agent.tools.base import BOX_SCHEMA, Reading, Tool
 from iad_agent.tools.retriever import region_of
 from iad_agent.types import Box, ToolResult
-from iad_agent.vision.normal_bank import image_score
 
 if TYPE_CHECKING:
     from iad_agent.episode import Episode
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnomalyMapReading(Reading):
+    """The normal-bank evidence for a region.
+
+    Attributes:
+        score: anomaly score of the region (whole image: the global look's score).
+        threshold: the product's threshold, set from good images.
+        box: the region scored.
+        hot_box: the hottest region of the whole image.
+    """
+
+    score: float
+    threshold: float
+    box: list[float]
+    hot_box: list[float]
 
 
 class AnomalyMap(Tool):
@@ -27,6 +44,7 @@ class AnomalyMap(Tool):
 
     def run(self, episode: Episode, box: list[float] | None = None) -> ToolResult:
         from iad_agent.report import overlay
+        from iad_agent.vision.normal_bank import image_score
 
         look = episode.look
         b = Box(0, 0, 1, 1) if box is None else Box.from_list(box).clamped(0.05)
@@ -36,5 +54,5 @@ class AnomalyMap(Tool):
             f"Anomaly score {score:.3f} for region {b.to_list(3)} (threshold {look.threshold:.3f}; "
             f"above means unlike every good part). Hottest region of the image: {look.hot_box.to_list(3)}."
         )
-        return ToolResult(text=text, images=[image], data={"score": score, "threshold": look.threshold, "box": b.to_list(),
-                                                          "hot_box": look.hot_box.to_list()}, image_captions=["anomaly heat map"])
+        reading = AnomalyMapReading(score=score, threshold=look.threshold, box=b.to_list(), hot_box=look.hot_box.to_list())
+        return ToolResult(text=text, images=[image], reading=reading, image_captions=["anomaly heat map"])

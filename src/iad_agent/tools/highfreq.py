@@ -6,13 +6,14 @@ it as an image and compares its energy with the same region of the nearest good 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from iad_agent.tools.base import BOX_SCHEMA, Tool
+from iad_agent.tools.base import BOX_SCHEMA, Evidence, Tool, evidence_ratio
 from iad_agent.tools.zoom import OUTPUT_SIDE, crop
 from iad_agent.types import Box, ToolResult
 
@@ -45,6 +46,25 @@ def highfreq_ratio(query: Image.Image, reference: Image.Image, box: Box, side: i
     return eq, er, max(ratio, 1 / ratio), q
 
 
+@dataclass(frozen=True, kw_only=True)
+class HighFrequencyReading(Evidence):
+    """What the high-frequency enhancer measured.
+
+    Attributes:
+        box: the region examined.
+        energy: fine-detail (difference-of-Gaussians) energy of the query's region, grey levels.
+        reference_energy: the same in the aligned region of the nearest good image.
+        ratio: the symmetric ratio of the two energies (>= 1: more *or* less detail than normal).
+        reference: index of that good image.
+    """
+
+    box: list[float]
+    energy: float
+    reference_energy: float
+    ratio: float
+    reference: int
+
+
 class HighFrequencyEnhancer(Tool):
     name = "high_frequency_enhancer"
     description = (
@@ -63,13 +83,13 @@ class HighFrequencyEnhancer(Tool):
         ref_index = episode.product.bank.nearest(episode.grid, 1)[0][0]
         reference = episode.product.reference_image(ref_index)
         eq, er, ratio, detail = highfreq_ratio(episode.query, reference, b)
-        evidence = ratio / episode.product.gate.highfreq_threshold
+        limit = episode.product.tool_limits.highfreq_threshold
         view = visualize(detail)
         more = "more" if eq > er else "less"
         text = (
             f"High-frequency detail of region {b.to_list(3)}: energy {eq:.2f} vs {er:.2f} in the same region of "
-            f"the nearest good part ({more} fine detail, ratio {ratio:.2f}; normal limit "
-            f"{episode.product.gate.highfreq_threshold:.2f})."
+            f"the nearest good part ({more} fine detail, ratio {ratio:.2f}; normal limit {limit:.2f})."
         )
-        data = {"box": b.to_list(), "energy": eq, "reference_energy": er, "ratio": ratio, "evidence": evidence, "reference": ref_index}
-        return ToolResult(text=text, images=[view], data=data, image_captions=["high-frequency detail"])
+        reading = HighFrequencyReading(box=b.to_list(), energy=eq, reference_energy=er, ratio=ratio,
+                                       evidence=evidence_ratio(ratio, limit), reference=ref_index)
+        return ToolResult(text=text, images=[view], reading=reading, image_captions=["high-frequency detail"])

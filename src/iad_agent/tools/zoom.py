@@ -7,14 +7,14 @@ references, so zooming adds evidence (a zoom ratio) and not only pixels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from iad_agent.tools.base import BOX_SCHEMA, Tool
+from iad_agent.tools.base import BOX_SCHEMA, Evidence, Tool, evidence_ratio
 from iad_agent.types import Box, ToolResult
-from iad_agent.vision.normal_bank import image_score
 
 if TYPE_CHECKING:
     from iad_agent.episode import Episode
@@ -43,6 +43,8 @@ def zoom_evidence(product: Product, query: Image.Image, box: Box, refs: list[int
     distances) is in absolute feature units and is compared with the product's zoom limit,
     calibrated the same way on held-out good images.
     """
+    from iad_agent.vision.normal_bank import image_score
+
     extractor = product.extractor
     ref_box = box.expanded(0.15)
     q_crop = crop(query, box)
@@ -54,6 +56,25 @@ def zoom_evidence(product: Product, query: Image.Image, box: Box, refs: list[int
     d = (qf**2).sum(1)[:, None] - 2 * qf @ bank.T + (bank**2).sum(1)[None]
     q_map = np.sqrt(np.maximum(d.min(axis=1), 0)).reshape(q.shape[:2])
     return {"score": image_score(q_map), "map": q_map, "crop": q_crop}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZoomReading(Evidence):
+    """What the perceptive zoomer measured.
+
+    Attributes:
+        box: the region actually examined (clamped, grown to the minimum size, with context).
+        score: the crop's anomaly score at the higher resolution (``None`` without re-scoring).
+        limit: the product's calibrated normal level of that score.
+        peak: the most unusual point, normalized ``[x, y]`` in the whole image.
+        references: indices of the good images the crop was compared with.
+    """
+
+    box: list[float]
+    score: float | None = None
+    limit: float | None = None
+    peak: list[float] | None = None
+    references: list[int] | None = None
 
 
 class PerceptiveZoomer(Tool):
@@ -81,21 +102,25 @@ class PerceptiveZoomer(Tool):
         b = b.clamped(MIN_SIZE).expanded(CONTEXT)
         view = crop(episode.query, b, OUTPUT_SIDE)
         if not self.rescore:
-            return ToolResult(text=f"Zoomed into {b.to_list(3)}.", images=[view], data={"box": b.to_list()}, image_captions=["zoomed crop"])
+            return ToolResult(text=f"Zoomed into {b.to_list(3)}.", images=[view], reading=ZoomReading(box=b.to_list(), evidence=None),
+                              image_captions=["zoomed crop"])
         refs = [i for i, _ in episode.product.bank.nearest(episode.grid, self.n_references)]
         ev = zoom_evidence(episode.product, episode.query, b, refs)
-        limit = episode.product.gate.zoom_threshold
-        ratio = ev["score"] / limit
+        limit = episode.product.tool_limits.zoom_threshold
+        ratio = evidence_ratio(ev["score"], limit)
         hot = ev["map"]
         peak = np.unravel_index(int(np.argmax(hot)), hot.shape)
         py, px = (peak[0] + 0.5) / hot.shape[0], (peak[1] + 0.5) / hot.shape[1]
         peak_xy = (b.x1 + px * b.width, b.y1 + py * b.height)
-        verdict = "stands out from" if ratio > 1 else "matches"
+        if ratio is None:
+            verdict = f"has zoom score {ev['score']:.3f} (the product has no calibrated normal limit to compare it with)"
+        else:
+            verdict = (f"{'stands out from' if ratio > 1 else 'matches'} the same region of {len(refs)} good part(s): "
+                       f"zoom score {ev['score']:.3f} against the normal limit {limit:.3f} (ratio {ratio:.2f})")
         text = (
-            f"Zoomed into {b.to_list(3)} at {view.width}x{view.height}. At this resolution the region "
-            f"{verdict} the same region of {len(refs)} good part(s): zoom score {ev['score']:.3f} against the "
-            f"normal limit {limit:.3f} (ratio {ratio:.2f}). "
+            f"Zoomed into {b.to_list(3)} at {view.width}x{view.height}. At this resolution the region {verdict}. "
             f"Most unusual point at ({peak_xy[0]:.2f}, {peak_xy[1]:.2f})."
         )
-        data = {"box": b.to_list(), "score": ev["score"], "limit": limit, "evidence": ratio, "peak": [round(peak_xy[0], 4), round(peak_xy[1], 4)], "references": refs}
-        return ToolResult(text=text, images=[view], data=data, image_captions=["zoomed crop"])
+        reading = ZoomReading(box=b.to_list(), score=ev["score"], limit=limit, evidence=ratio,
+                              peak=[round(peak_xy[0], 4), round(peak_xy[1], 4)], references=refs)
+        return ToolResult(text=text, images=[view], reading=reading, image_captions=["zoomed crop"])

@@ -79,22 +79,18 @@ def components(trajectories: list[Trajectory], label: int) -> dict[str, np.ndarr
 
 def outcome(product: Any, sample: Any, config: GateTrainConfig) -> Outcome:
     """Run every gate action (and the hand-set gate) on one image; see the module docstring."""
-    from iad_agent.eval.harness import SharedInspector, prepare_query
+    from iad_agent.inspector import Inspector
     from iad_agent.policies.embedded import EmbeddedPolicy
     from iad_agent.policies.gate import ForcedGate, action_mask, gate_features
     from iad_agent.tools import default_tools
     from iad_agent.tools.cache import ToolCache, cached_tools
 
-    prep = prepare_query(product, sample.image_path)
     tools = cached_tools(default_tools(), ToolCache())
+    prepared = Inspector(product, EmbeddedPolicy(), tools).prepare(sample.image_path)  # once, shared by every run
     runs = []
     for policy in [EmbeddedPolicy(gate=ForcedGate(a)) for a in range(len(ACTIONS))] + [EmbeddedPolicy()]:
-        inspector = SharedInspector(product, policy, tools)
-        inspector.prepared = prep
-        runs.append(inspector.inspect(sample.image_path, sample).trajectory)
-    inspector = SharedInspector(product, EmbeddedPolicy(), tools)
-    inspector.prepared = prep
-    ep, _ = inspector.episode(sample.image_path)  # the global look the gate decides from
+        runs.append(Inspector(product, policy, tools).inspect(prepared, sample).trajectory)
+    ep, _ = Inspector(product, EmbeddedPolicy(), tools).episode(prepared)  # the global look the gate decides from
     mask = action_mask(ep, tools, EmbeddedPolicy())
     return Outcome(sample.category, int(sample.label), gate_features(ep), mask, components(runs, int(sample.label)),
                    [r.answer.anomaly_present if r.answer else None for r in runs], [len(r.tool_calls) for r in runs])
@@ -104,7 +100,7 @@ def collect(categories: list[tuple[str, str, str]], config: GateTrainConfig,
             progress: Callable[[int, int, str], None] | None = None) -> list[Outcome]:
     """Outcomes for ``(dataset, root, category)`` triples: product from ``shots`` good images, test images capped."""
     from iad_agent.datasets import load_dataset
-    from iad_agent.eval.harness import cap_test, draw_references, split_dataset
+    from iad_agent.eval.plan import cap_test, draw_references, split_dataset
     from iad_agent.product import Product
     from iad_agent.tools.priors import domain_priors
 

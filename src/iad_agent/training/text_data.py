@@ -61,7 +61,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def prepare_cases(specs: list[str], cfg: Any, progress: Callable[[int, int], None] | None = None) -> list[Case]:
     """Cases of the ``dataset:category`` specs (see the module docstring)."""
     from iad_agent.datasets import data_root, load_dataset
-    from iad_agent.eval.harness import DATASET_FOLDERS, cap_test, draw_references, split_dataset
+    from iad_agent.eval.plan import DATASET_FOLDERS, cap_test, draw_references, split_dataset
     from iad_agent.inspector import Inspector
     from iad_agent.policies.text import text_tools
     from iad_agent.product import Product

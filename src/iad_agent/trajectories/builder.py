@@ -93,10 +93,10 @@ class BuildResult:
 
 
 def inference_tools(anomaly_map: bool = True) -> dict[str, Tool]:
-    """The tool set ``iad inspect`` gives a VLM policy, so the system prompts are identical."""
-    from iad_agent.tools import default_tools
+    """The tool set ``iad inspect`` gives a VLM policy (the same resolver), so the system prompts are identical."""
+    from iad_agent.policies import tools_for
 
-    return default_tools(anomaly_map=anomaly_map)
+    return tools_for("hf", () if anomaly_map else ("anomaly_map",))
 
 
 def sample_seed(seed: int, sample: Sample) -> int:

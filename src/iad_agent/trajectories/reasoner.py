@@ -10,15 +10,12 @@ truth and the reply is well formed; otherwise the template text is kept.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import re
 from typing import Any
 
-from PIL import Image
-
+from iad_agent.imageio import data_url
 from iad_agent.trajectories.templates import location
 from iad_agent.types import Sample, Trajectory
 
@@ -33,15 +30,6 @@ evidence, in plain first-person sentences, 1-3 sentences per turn, no markup or 
 Reply with one JSON object only:
 {"anomaly_present": true|false, "defect_type": "<type>" or null, "thoughts": ["...", ...], "reason": "<one sentence>"}
 with exactly one thought per turn."""
-
-
-def data_url(image: Image.Image, max_side: int = 768) -> str:
-    """PNG data URL, downscaled so the longer side is at most ``max_side``."""
-    img = image.copy()
-    img.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def facts(traj: Trajectory, sample: Sample, priors: dict[str, str]) -> dict[str, Any]:
@@ -100,7 +88,7 @@ class VLMReasoner:
 
         priors = domain_priors(sample.category) if priors is None else priors
         images = [p["image"] for m in traj.to_messages() if m["role"] == "user" for p in m["content"] if p["type"] == "image"]
-        content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": data_url(im)}} for im in images[: self.max_images]]
+        content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": data_url(im, max_side=768)}} for im in images[: self.max_images]]
         content.append({"type": "text", "text": json.dumps(facts(traj, sample, priors), ensure_ascii=False, indent=1)})
         try:
             reply = self.client.chat.completions.create(

@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
-ZOOM = "perceptive_zoomer"
-COMPARE = "comparative_retriever"
-HIGHFREQ = "high_frequency_enhancer"
-PRIORS = "prior_retriever"
+from iad_agent.tools import ComparativeRetriever, HighFrequencyEnhancer, PerceptiveZoomer, PriorRetriever
+
+ZOOM = PerceptiveZoomer.name
+COMPARE = ComparativeRetriever.name
+HIGHFREQ = HighFrequencyEnhancer.name
+PRIORS = PriorRetriever.name
 
 STYLES = ("perceptive", "comparative", "indus-cot")
 

@@ -19,9 +19,10 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from iad_agent.tools import ComparisonReading, HighFrequencyReading, ZoomReading
 from iad_agent.trajectories.styles import COMPARE, HIGHFREQ, PRIORS, ZOOM, plan
 from iad_agent.trajectories.templates import Phrasing, first_sentence
-from iad_agent.types import Box, FinalAnswer, Sample, Step, ToolCall, ToolResult
+from iad_agent.types import Box, FinalAnswer, Sample, Step, ToolCall
 
 if TYPE_CHECKING:
     from iad_agent.episode import Episode
@@ -155,19 +156,14 @@ class TeacherPolicy:
             if call.name == PRIORS:
                 good = priors.get("good") or priors.get("normal")
                 parts.append(p.priors_seen(sample.category, first_sentence(good) if good else None))
-            elif call.name == ZOOM:
-                state.zoom_box = obs.data.get("box")
+            elif isinstance(obs.reading, ZoomReading):
+                state.zoom_box = obs.reading.box
                 prior = priors.get(sample.defect_type or "") if anomalous else None
                 parts.append(p.zoom_seen(sample.category, anomalous, sample.defect_type, state.truth or state.region,
-                                         _number(obs, "evidence"), first_sentence(prior) if prior else None))
-            elif call.name == COMPARE:
-                parts.append(p.compare_seen(anomalous, _number(obs, "region_distance"),
-                                            episode.product.gate.compare_threshold, _number(obs, "evidence")))
-            elif call.name == HIGHFREQ:
-                parts.append(p.highfreq_seen(anomalous, sample.defect_type, _number(obs, "ratio")))
+                                         obs.reading.evidence, first_sentence(prior) if prior else None))
+            elif isinstance(obs.reading, ComparisonReading):
+                parts.append(p.compare_seen(anomalous, obs.reading.region_distance, episode.product.tool_limits.compare_threshold,
+                                            obs.reading.evidence))
+            elif isinstance(obs.reading, HighFrequencyReading):
+                parts.append(p.highfreq_seen(anomalous, sample.defect_type, obs.reading.ratio))
         return " ".join(t for t in parts if t)
-
-
-def _number(obs: ToolResult, key: str) -> float | None:
-    value = obs.data.get(key)
-    return float(value) if value is not None else None
