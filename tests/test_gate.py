@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,22 @@ def test_installed_gate_replaces_the_hand_set_band(hazelnut_product, data_root, 
         hazelnut_product.folder = None
     assert [c.name for c in installed.steps[0].tool_calls] == ["perceptive_zoomer", "comparative_retriever"]
     assert hand.answer is not None
+
+
+def test_install_stores_the_gate_as_a_new_product_version_that_the_policy_uses(data_root, tmp_path):
+    """`iad train gate --product NAME`: the gate lands in the version the workspace loads (and later ones)."""
+    from iad_agent.inspector import Inspector
+    from iad_agent.policies.embedded import EmbeddedPolicy
+    from iad_agent.product import list_images
+    from iad_agent.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    ws.register("hazelnut", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:3])
+    always = LearnedGate(np.zeros((len(ACTIONS), len(FEATURES))))
+    always.weights[1, 0] = 10.0  # "zoom" always
+    version = always.install(ws, "hazelnut")
+    product = ws.load("hazelnut")
+    assert (Path(version) / "learned_gate.json").exists() and (Path(product.folder) / "learned_gate.json").exists()
+    image = data_root / "mvtec_ad/hazelnut/test/good/000.png"
+    installed = Inspector(product, EmbeddedPolicy()).inspect(image).trajectory
+    assert [c.name for c in installed.steps[0].tool_calls] == ["perceptive_zoomer"]

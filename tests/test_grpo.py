@@ -1,4 +1,7 @@
-"""`iad train grpo` on TRL's GRPOTrainer: a tiny random Qwen2.5-VL, two steps, real images and tools (issue 13)."""
+"""`iad train grpo` on TRL's GRPOTrainer: a tiny random Qwen2.5-VL (and Qwen3-VL), real images and tools (issue 13).
+
+Marked slow (about a minute: two GRPO runs with real tool calls); it still runs in CI.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import torch
 
 from iad_agent.trajectories import BuildConfig
 from iad_agent.trajectories.rl_prompts import build_from_dataset
+
+pytestmark = pytest.mark.slow
 
 SCRIPT = '<think>look closer</think>\n<tool_call>{"name": "perceptive_zoomer", "arguments": {"box": [0.2, 0.2, 0.6, 0.6]}}</tool_call>'
 
@@ -48,18 +53,22 @@ def _script_first_turns(model, tokenizer):
     model.generate = generate
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_model, rl_data, tmp_path_factory):
+def _train(model_path, rl_data, out, steps: int = 2):
     from iad_agent.training.grpo import GRPORunConfig, build_trainer, save_checkpoint
 
-    cfg = GRPORunConfig(model=str(tiny_model), data=str(rl_data), out=str(tmp_path_factory.mktemp("ckpt") / "grpo"),
-                        num_generations=2, per_device_train_batch_size=2, max_steps=2, max_completion_length=400,
+    cfg = GRPORunConfig(model=str(model_path), data=str(rl_data), out=str(out), num_generations=2,
+                        per_device_train_batch_size=2, max_steps=steps, max_completion_length=240,
                         learning_rate=5e-3, gradient_checkpointing=False, dtype="float32", save_strategy="no")
     trainer = build_trainer(cfg)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     _script_first_turns(trainer.model, trainer.processing_class.tokenizer)
     trainer.train()
     return {"cfg": cfg, "trainer": trainer, "before": before, "checkpoint": save_checkpoint(trainer, cfg)}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, rl_data, tmp_path_factory):
+    return _train(tiny_model, rl_data, tmp_path_factory.mktemp("ckpt") / "grpo")
 
 
 def test_tool_result_tokens_carry_no_loss(trained):
@@ -78,7 +87,7 @@ def test_tool_result_tokens_carry_no_loss(trained):
     assert kept.startswith(SCRIPT)
 
 
-def test_training_tokens_equal_the_hf_policys_tokens(trained, data_root):
+def _assert_training_tokens_equal_the_hf_policys(trained):
     """Prompt + the model's turn + TRL's tool turn = what HFPolicy encodes for the same episode."""
     from iad_agent.inspector import Inspector
     from iad_agent.policies.hf import HFPolicy, encode_messages
@@ -112,6 +121,21 @@ def test_training_tokens_equal_the_hf_policys_tokens(trained, data_root):
         episode.trajectory.steps.append(turn)
         candidates.append(encode_messages(policy.processor, policy.messages(episode))["input_ids"][0].tolist())
     assert training_ids in candidates
+
+
+def test_training_tokens_equal_the_hf_policys_tokens(trained):
+    _assert_training_tokens_equal_the_hf_policys(trained)
+
+
+def test_qwen3_vl_tool_turns_render_as_the_hf_policy_renders_them(rl_data, tmp_path):
+    """Qwen3-VL's path: its stock template is checked, replaced by the tool-aware one, and a real
+    zoom call's tool turn (text + image tokens) is token for token what HFPolicy sends."""
+    from iad_agent.testing import build_tiny_qwen3_vl
+    from iad_agent.training.templates import QWEN3_VL_TOOLS
+
+    trained = _train(build_tiny_qwen3_vl(tmp_path / "qwen3_vl"), rl_data, tmp_path / "grpo", steps=1)
+    assert trained["trainer"].processing_class.chat_template == QWEN3_VL_TOOLS
+    _assert_training_tokens_equal_the_hf_policys(trained)
 
 
 def test_rewards_and_tool_calls_are_logged_and_weights_move(trained):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 # The chat template shipped with Qwen/Qwen2.5-VL-3B-Instruct (images in any role's content list).
 QWEN2_5_VL_CHAT_TEMPLATE = (
@@ -55,6 +56,25 @@ def _prompt_corpus() -> list[str]:
     return texts
 
 
+def _tiny_tokenizer(special_tokens: list[str], vocab_size: int, chat_template: str) -> Any:
+    """Byte-level BPE (every text encodes and decodes back), with merges learnt from the prompt
+    templates so that a system prompt with its tool schemas stays around a thousand tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=special_tokens, show_progress=False)
+    tok.train_from_iterator(_prompt_corpus(), trainer)
+    tok.add_tokens(PROTOCOL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        unk_token=None, model_max_length=32768)
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
 def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
                           min_pixels: int = 28 * 28 * 4, max_pixels: int = 112 * 112, vocab_size: int = 1024) -> Path:
     """Write a tiny random Qwen2.5-VL checkpoint (config, weights, tokenizer, processor) to ``out_dir``.
@@ -76,26 +96,14 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 32, num_layers
         ``out_dir`` as a path, loadable with ``from_pretrained``.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    # Byte-level BPE (every text encodes and decodes back), with merges learnt from the prompt
-    # templates so that a system prompt with its tool schemas stays around a thousand tokens.
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tok.train_from_iterator(_prompt_corpus(), trainer)
-    tok.add_tokens(PROTOCOL_TOKENS)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        unk_token=None, model_max_length=32768)
-    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    tokenizer = _tiny_tokenizer(SPECIAL_TOKENS, vocab_size, QWEN2_5_VL_CHAT_TEMPLATE)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
     image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
                                                merge_size=2, temporal_patch_size=2)
@@ -106,7 +114,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 32, num_layers
     mrope = [quarter - 2 * (quarter // 3), quarter // 3, quarter // 3]  # t, h, w rotary sections, sum head_dim / 2
     config = Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": tok.get_vocab_size(), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+            "vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
             "num_hidden_layers": num_layers, "num_attention_heads": heads, "num_key_value_heads": 1,
             "max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                                                   "mrope_section": mrope},
@@ -134,5 +142,106 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 32, num_layers
     config_file = out / "preprocessor_config.json"
     preprocessor = json.loads(config_file.read_text(encoding="utf-8"))
     preprocessor["processor_class"] = "Qwen2_5_VLProcessor"
+    config_file.write_text(json.dumps(preprocessor, indent=2), encoding="utf-8")
+    return out
+
+
+# The chat template shipped with HuggingFaceTB/SmolLM2-135M-Instruct (string contents, ChatML).
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_chatml_lm(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
+                         vocab_size: int = 1024) -> Path:
+    """Write a tiny random Llama (SmolLM2's architecture) with a ChatML tokenizer and SmolLM2's template.
+
+    Stands in for SmolLM2-135M-Instruct in the text-mode tests (``AutoModelForCausalLM`` /
+    ``AutoTokenizer.from_pretrained`` load it offline in a second).
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = _tiny_tokenizer(specials, vocab_size, SMOLLM2_CHAT_TEMPLATE)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=ids["<|im_start|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def qwen3_vl_chat_template() -> str:
+    """The chat template shipped with Qwen3-VL-*-Instruct (TRL keeps a verbatim copy)."""
+    from importlib import resources
+
+    return resources.files("trl").joinpath("chat_templates/qwen3_vl.jinja").read_text(encoding="utf-8")
+
+
+def build_tiny_qwen3_vl(out_dir: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
+                        min_pixels: int = 32 * 32 * 4, max_pixels: int = 128 * 128, vocab_size: int = 1024) -> Path:
+    """Write a tiny random Qwen3-VL checkpoint (config, weights, tokenizer, processor, stock chat template).
+
+    Like :func:`build_tiny_qwen2_5_vl`, with Qwen3-VL's layout: patch 16, merge 2, interleaved
+    multimodal rotary sections, one deepstack layer, and Qwen3-VL's own template (which renders
+    ``tool`` messages itself, differently from our observation turn).
+    """
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    template = qwen3_vl_chat_template()
+    tokenizer = _tiny_tokenizer(SPECIAL_TOKENS, vocab_size, template)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=16,
+                                               merge_size=2, temporal_patch_size=2)
+    heads = 2
+    quarter = hidden_size // heads // 2
+    mrope = [quarter - 2 * (quarter // 4), quarter // 4, quarter // 4]
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": num_layers, "num_attention_heads": heads, "num_key_value_heads": 1,
+            "head_dim": hidden_size // heads, "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope,
+                                "mrope_interleaved": True},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 1, "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_heads": heads,
+            "out_hidden_size": hidden_size, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "num_position_embeddings": 64, "deepstack_visual_indexes": [0],
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(template, encoding="utf-8")
+    config_file = out / "preprocessor_config.json"
+    preprocessor = json.loads(config_file.read_text(encoding="utf-8"))
+    preprocessor["processor_class"] = "Qwen3VLProcessor"
     config_file.write_text(json.dumps(preprocessor, indent=2), encoding="utf-8")
     return out

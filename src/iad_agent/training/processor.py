@@ -18,12 +18,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from transformers import Qwen2_5_VLProcessor
+from transformers import Qwen2_5_VLProcessor, Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
 log = logging.getLogger(__name__)
 
-QWEN_VL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+QWEN_VL_TYPES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
 
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
@@ -37,6 +37,17 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+    """``Qwen3VLProcessor`` without the video processor (no torchvision needed)."""
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any) -> None:
+        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+        self.vision_start_token, self.vision_end_token = "<|vision_start|>", "<|vision_end|>"
+        for name in ("image_token", "video_token", "vision_start_token", "vision_end_token"):
+            setattr(self, f"{name}_id", tokenizer.convert_tokens_to_ids(getattr(self, name)))
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
 def load_training_processor(path: str | Path) -> ProcessorMixin:
     """``AutoProcessor`` of a local model folder, or the image-only Qwen-VL processor without torchvision."""
     from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
@@ -47,10 +58,11 @@ def load_training_processor(path: str | Path) -> ProcessorMixin:
         model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
         if "torchvision" not in str(exc).lower() or model_type not in QWEN_VL_TYPES:
             raise
-    log.info("%s: AutoProcessor needs torchvision; using the image-only Qwen2.5-VL processor", path)
+    log.info("%s: AutoProcessor needs torchvision; using the image-only %s processor", path, model_type)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=_read_chat_template(Path(path)) or tokenizer.chat_template)
+    cls = ImageOnlyQwen3VLProcessor if model_type == "qwen3_vl" else ImageOnlyQwen2_5_VLProcessor
+    return cls(image_processor, tokenizer, chat_template=_read_chat_template(Path(path)) or tokenizer.chat_template)
 
 
 def _read_chat_template(folder: Path) -> str | None:
