@@ -89,7 +89,7 @@ def load_product(name: str, workspace: PathLike | None = None) -> Product:
     try:
         return ws.load(name)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        if isinstance(exc, RegistrationError):
+        if isinstance(exc, (RegistrationError, ProductError)):  # they name the file or folder already
             raise
         raise ProductError(f"{ws.product_dir(name)}: cannot load product {name!r} ({exc}); "
                            f"register it again with `iad register {name} --normals DIR`") from exc
@@ -122,6 +122,7 @@ def register(
     fpr: float = 0.05,
     backbone: str = "efficientnet-lite0",
     resolution: int = 256,
+    layers: Sequence[int] | None = None,
     allow_mixed_sizes: bool = False,
     save: bool = True,
     progress: Callable[[int, int], None] | None = None,
@@ -139,8 +140,12 @@ def register(
         defects: a folder with one subfolder of example images per defect type.
         priors: a priors JSON file or a mapping ``{"good": text, "<defect type>": text}``.
         fpr: false-alarm rate on good parts that the threshold is set for.
-        backbone: feature extractor of a new product (``efficientnet-lite0`` / ``-lite1`` / ``-lite2``).
-        resolution: input resolution of the feature extractor of a new product.
+        backbone: feature extractor of a new product: ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``,
+            a local Hugging Face model folder (DINOv2, DINOv3, CLIP, SigLIP, ConvNeXt, ResNet, ...)
+            or ``timm:MODEL_NAME:CHECKPOINT`` (:mod:`iad_agent.vision.backbones`). Saved with the
+            product and used whenever it is loaded.
+        resolution: input resolution (short side) of the feature extractor of a new product.
+        layers: a custom backbone's tapped layers (default: what suits its family).
         allow_mixed_sizes: accept good images of different sizes.
         save: write the product into the workspace; ``False`` builds a one-off product that
             is only returned (the workspace is not read either).
@@ -151,12 +156,13 @@ def register(
 
     Raises:
         RegistrationError: nothing to register, no or unreadable images, mixed sizes, a bad
-            priors file or defects folder, an invalid name.
+            priors file or defects folder, an invalid name, an unusable backbone (its message names
+            the folder or checkpoint; also when the package it needs is not installed).
         ProductError: the stored product to extend cannot be loaded.
     """
     from iad_agent.product import Product, Workspace, list_images
     from iad_agent.tools.priors import domain_priors
-    from iad_agent.vision.features import FeatureConfig
+    from iad_agent.vision.backbones import feature_config
 
     if normals is None and defects is None and priors is None:
         raise RegistrationError("nothing to register: give good images, defect examples or priors")
@@ -167,12 +173,13 @@ def register(
     if existing is None:
         user_priors = {**domain_priors(name), **user_priors}
     try:
-        product = Product.build(name, files, FeatureConfig(backbone=backbone, resolution=resolution), fpr=fpr,
+        config = feature_config(backbone, resolution, layers) if existing is None else None  # kept by an existing product
+        product = Product.build(name, files, config, fpr=fpr,
                                 defects_dir=defects, priors=user_priors, allow_mixed_sizes=allow_mixed_sizes,
                                 progress=progress, existing=existing)
     except RegistrationError:
         raise
-    except (FileNotFoundError, ValueError) as exc:  # an image that vanished, a bad backbone or resolution, ...
+    except (FileNotFoundError, ValueError, MissingExtra) as exc:  # an image that vanished, a bad backbone or resolution, ...
         raise RegistrationError(str(exc)) from exc
     if ws is not None:
         product.save(ws.product_dir(name))

@@ -28,7 +28,8 @@ def register(
     priors: Path = typer.Option(None, "--priors", help="JSON file {\"good\": text, \"<defect type>\": text}."),
     workspace: Path = WORKSPACE,
     fpr: float = typer.Option(0.05, "--fpr", min=0.001, max=0.5, help="False-alarm rate the threshold is set for, on good parts."),
-    backbone: str = typer.Option("efficientnet-lite0", help="efficientnet-lite0 / -lite1 / -lite2 (new products only)."),
+    backbone: str = opts.BACKBONE,
+    layers: str = opts.LAYERS,
     resolution: int = typer.Option(256, help="Input resolution of the feature extractor (new products only)."),
     allow_mixed_sizes: bool = typer.Option(False, "--allow-mixed-sizes", help="Accept good images of different sizes."),
 ) -> None:
@@ -41,7 +42,8 @@ def register(
         with _progress() as progress:
             task = progress.add_task(f"registering {name}", total=None)
             product = api.register(name, normals, workspace=workspace, defects=defects, priors=priors, fpr=fpr,
-                                   backbone=backbone, resolution=resolution, allow_mixed_sizes=allow_mixed_sizes,
+                                   backbone=backbone, resolution=resolution, layers=opts.layers(layers),
+                                   allow_mixed_sizes=allow_mixed_sizes,
                                    progress=lambda done, total: progress.update(task, completed=done, total=total))
     except (api.RegistrationError, api.ProductError) as exc:
         fail(str(exc))

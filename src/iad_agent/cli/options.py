@@ -1,4 +1,5 @@
-"""Command-line options shared by ``iad inspect`` and ``iad eval`` (the VLM backend settings)."""
+"""Command-line options shared by ``iad inspect``, ``iad register`` and ``iad eval`` (the VLM backend
+settings, the feature backbone)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,26 @@ DTYPE = typer.Option(None, "--dtype", help="hf: auto, float32, bfloat16, float16
 DEVICE = typer.Option(None, "--device", help="hf: cpu, cuda, auto.")
 TEMPERATURE = typer.Option(None, "--temperature", help="VLM: 0 = greedy decoding.")
 MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", help="VLM: tokens per turn.")
+BACKBONE = typer.Option("efficientnet-lite0", "--backbone", help="Feature backbone of new products: efficientnet-lite0 "
+                        "/ -lite1 / -lite2 (packaged), a local Hugging Face model folder (DINOv2, DINOv3, CLIP, SigLIP, "
+                        "ConvNeXt, ResNet, ...), or timm:MODEL_NAME:CHECKPOINT. Saved with the product.")
+LAYERS = typer.Option(None, "--layers", help="Custom backbone: tapped layers, comma-separated (Hugging Face: hidden-state "
+                      "indices, 0 = embeddings; timm: feature levels). Default: the last block of DINO ViTs, the blocks "
+                      "at 1/2 and 3/4 depth of other ViTs, the stride-8 and stride-16 stages of CNNs.")
+
+
+def layers(text: str | None) -> tuple[int, ...] | None:
+    """``--layers "6,9"`` → ``(6, 9)``; unset → None (the backbone's default).
+
+    >>> layers("6, 9"), layers(None), layers("-1")
+    ((6, 9), None, (-1,))
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers such as 6,9, got {text!r}", param_hint="--layers") from None
 
 
 def vlm_options(**given: object):  # noqa: ANN201 - VLMOptions, imported lazily

@@ -43,7 +43,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -56,6 +56,9 @@ from iad_agent.policies import VLMOptions, policy_label, resolve_policy
 from iad_agent.product import Product
 from iad_agent.tools.cache import ToolCache, cached_tools
 from iad_agent.types import Box, Sample
+
+if TYPE_CHECKING:
+    from iad_agent.vision.features import FeatureConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ class EvalConfig:
         policy_options: VLM backend settings, passed to :func:`iad_agent.policies.resolve_policy`.
         max_steps: the agent loop's step budget.
         examples: save best/worst example tiles for the first seed's records.
+        features: the feature extractor of every product (``iad eval --backbone``); None = the default.
     """
 
     datasets: list[tuple[str, Path]]
@@ -112,6 +116,7 @@ class EvalConfig:
     policy_options: VLMOptions = field(default_factory=VLMOptions)
     max_steps: int = 6
     examples: bool = True
+    features: FeatureConfig | None = None
 
 
 def default_root(dataset: str) -> Path:
@@ -478,15 +483,16 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     build_ms: list[float] = []
     if group.protocol != "given":
         t0 = time.perf_counter()
-        product = Product.build(group.category, group.references, fpr=config.fpr, priors=priors, allow_mixed_sizes=True)
+        product = Product.build(group.category, group.references, config.features, fpr=config.fpr, priors=priors,
+                                allow_mixed_sizes=True)
         build_ms.append((time.perf_counter() - t0) * 1000)
     masks: list[np.ndarray | None] = []
     pixel_ok: list[bool] = []
     for sample in group.test:
         if group.protocol == "given":
             t0 = time.perf_counter()
-            product = Product.build(group.category, list(sample.references), fpr=config.fpr, priors=priors,
-                                    allow_mixed_sizes=True)
+            product = Product.build(group.category, list(sample.references), config.features, fpr=config.fpr,
+                                    priors=priors, allow_mixed_sizes=True)
             build_ms.append((time.perf_counter() - t0) * 1000)
         prep = prepare_query(product, sample.image_path)
         size = _downsample_size(prep.image.width, prep.image.height)
