@@ -325,7 +325,7 @@ def _load_hf(folder: str, fingerprint_: str) -> tuple[torch.nn.Module, str, int]
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # missing files, unknown model type, wrong weights
+    except Exception as exc:  # noqa: BLE001 - missing or damaged files, an unknown model type, wrong weights: the folder's fault
         raise ValueError(f"{folder}: cannot load this Hugging Face model from local files ({exc})") from exc
     vision = getattr(config, "vision_config", None)
     if vision is not None:  # a two-tower model (CLIP, SigLIP): its vision tower only
@@ -360,7 +360,7 @@ def _load_timm(checkpoint: str, name: str, layers: tuple[int, ...], fingerprint_
     try:
         model = _timm_create(name, pretrained=True, pretrained_cfg_overlay={"file": checkpoint}, features_only=True,
                              out_indices=layers)
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint or one of another model: the checkpoint's fault
         raise ValueError(f"{checkpoint}: cannot load it into timm's {name} ({type(exc).__name__}: {str(exc)[:300]})") from exc
     return model.eval().requires_grad_(False)
 
