@@ -118,7 +118,7 @@ def register(name: str, normals: PathLike | Sequence[PathLike] | None = None, **
     """Register a product from good images, or add to a registered one; sets its threshold from them alone.
 
     The product as :func:`register_details` leaves it; ``options`` are its keyword arguments
-    (``workspace, defects, priors, fpr, recursive, backbone, resolution, allow_mixed_sizes,
+    (``workspace, defects, priors, fpr, recursive, backbone, resolution, layers, allow_mixed_sizes,
     save, progress, on_wait``). The example in the module docstring is the README's main job.
     """
     return register_details(name, normals, **options).product
@@ -135,6 +135,7 @@ def register_details(
     recursive: bool = False,
     backbone: str = "efficientnet-lite0",
     resolution: int = 256,
+    layers: Sequence[int] | None = None,
     allow_mixed_sizes: bool = False,
     save: bool = True,
     progress: Callable[[int, int], None] | None = None,
@@ -164,8 +165,12 @@ def register_details(
             limits are re-set from the stored held-out scores (nothing is extracted).
         recursive: with a folder, include the images in its subfolders (without it they are
             left out with a warning in ``warnings``).
-        backbone: feature extractor of a new product (``efficientnet-lite0`` / ``-lite1`` / ``-lite2``).
-        resolution: input resolution of the feature extractor of a new product.
+        backbone: feature extractor of a new product: ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``,
+            a local Hugging Face model folder (DINOv2, DINOv3, CLIP, SigLIP, ConvNeXt, ResNet, ...)
+            or ``timm:MODEL_NAME:CHECKPOINT`` (:mod:`iad_agent.vision.backbones`). Saved with the
+            product and used whenever it is loaded.
+        resolution: input resolution (short side) of the feature extractor of a new product.
+        layers: a custom backbone's tapped layers (default: what suits its family).
         allow_mixed_sizes: accept good images of different sizes.
         save: store the product in the workspace; ``False`` builds a one-off product that
             is only returned (the workspace is neither read nor written).
@@ -179,15 +184,17 @@ def register_details(
 
     Raises:
         RegistrationError: nothing to register, no or unreadable images, mixed sizes, a bad
-            priors file or defects folder, an invalid name, ``fpr`` out of range; a
-            ``WorkspaceError`` (one of them) when the workspace is not a writable folder.
+            priors file or defects folder, an invalid name, ``fpr`` out of range, an unusable
+            backbone (its message names the folder or checkpoint; also when the package it needs
+            is not installed); a ``WorkspaceError`` (one of them) when the workspace is not a
+            writable folder.
         ProductNotFound: only ``fpr``, defects or priors given for a product not registered.
         ProductError: the stored product to extend cannot be loaded.
     """
     from iad_agent.registration import check_defects_dir
     from iad_agent.registration import register as build
     from iad_agent.tools.priors import domain_priors
-    from iad_agent.vision.features import FeatureConfig
+    from iad_agent.vision.backbones import feature_config
     from iad_agent.workspace import Workspace
 
     if normals is None and defects is None and priors is None and fpr is None:
@@ -202,8 +209,8 @@ def register_details(
         default_priors = domain_priors(name)
     except ValueError as exc:  # a broken $IAD_PRIORS file
         raise RegistrationError(str(exc)) from exc
-    config = FeatureConfig(backbone=backbone, resolution=resolution)
     try:
+        config = feature_config(backbone, resolution, layers)  # a new product's; an existing one keeps its own
         if not save:
             from iad_agent.product import list_images
 
@@ -218,7 +225,7 @@ def register_details(
                            priors=user_priors or None, allow_mixed_sizes=allow_mixed_sizes, progress=progress)
     except IADError:
         raise
-    except (FileNotFoundError, ValueError) as exc:  # an image that vanished, a bad backbone or resolution, ...
+    except (FileNotFoundError, ValueError, MissingExtra) as exc:  # an image that vanished, a bad backbone or resolution, ...
         raise RegistrationError(str(exc)) from exc
 
 

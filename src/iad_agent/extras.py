@@ -18,6 +18,8 @@ PURPOSE = {
     "train": "trajectory datasets and training",
     "serve": "the inspection service",
     "scale": "Ray scale-out",
+    "backbones": "Hugging Face backbones (--backbone MODEL_FOLDER)",
+    "timm": "timm backbones (--backbone timm:NAME:CHECKPOINT)",
 }
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from iad_agent import store
-from iad_agent.errors import DamagedProduct, ProductNotFound
+from iad_agent.errors import DamagedProduct, ProductError, ProductNotFound
 
 if TYPE_CHECKING:  # imported where used: reading a summary (``iad products``) needs neither numpy nor PIL
     from iad_agent.product import DefectExamples, Product
@@ -265,6 +265,10 @@ def _read_bank(folder: Path, name: str):
         config = FeatureConfig.from_dict(meta["config"])
     except Exception as exc:  # noqa: BLE001 - any bad config is the file's fault
         raise _damaged(meta_path, name, f"has an unusable feature config ({exc})") from None
+    problem = config.spec.problem() if config.spec is not None else None
+    if problem:  # a custom backbone (--backbone) that is gone or replaced: the stored features would not match
+        raise ProductError(f"{meta_path}: product {name!r} cannot be loaded: {problem}; put the model back there, "
+                           f"or register the product again with another --backbone")
     cal = meta.get("calibration")
     known = {"fpr", "method", "global_scores", "aligned_scores", "patch_threshold",
              "knn_scores", "knn_patch_threshold", "bank_size_factor", "knn_bank_size_factor"}  # the last four: issue 11

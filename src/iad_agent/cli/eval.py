@@ -125,6 +125,9 @@ def eval_command(
                                   "datasets and answer them instead of the k-shot run."),
     mmad: Path = typer.Option(None, "--mmad", help="An MMAD question file (mmad.json schema) to answer and score."),
     mmad_root: Path = typer.Option(None, "--mmad-root", help="Folder the MMAD image paths are relative to (default: the file's folder)."),
+    backbone: str = opts.BACKBONE,
+    layers: str = opts.LAYERS,
+    resolution: int = typer.Option(256, "--resolution", help="Input resolution (short side) of the feature extractor."),
     base_url: str = opts.BASE_URL,
     model: str = opts.MODEL,
     api_key_env: str = opts.API_KEY_ENV,
@@ -170,9 +173,16 @@ def eval_command(
     except ValueError as exc:
         fail(str(exc))
     try:
+        from iad_agent.vision.backbones import feature_config
+
+        features = feature_config(backbone, resolution, opts.layers(layers))
+    except (ValueError, api.MissingExtra) as exc:
+        fail(str(exc))
+    try:
         config = plan.EvalConfig(datasets=_datasets(dataset, root), categories=category or None, shots=shot_values,
-                                    seeds=seeds, policies=policies, disable_tools=tuple(disable_tool), max_test=max_test,
-                                    max_normals=max_normals, fpr=fpr, policy_options=options, max_steps=max_steps)
+                                 seeds=seeds, policies=policies, disable_tools=tuple(disable_tool), max_test=max_test,
+                                 max_normals=max_normals, fpr=fpr, policy_options=options, max_steps=max_steps,
+                                 features=features)
         records_path = out / RECORDS_FILE
         if records_path.exists() and not resume:
             fail(f"{records_path} exists: pass --resume to continue that run, or choose another --out")
@@ -195,10 +205,10 @@ def eval_command(
             runner.run_groups(groups, config, out, workers=n_workers, threads=threads,
                                on_image=lambda n: progress.advance(task, n), on_group=finished)
     except KeyboardInterrupt:
-        _log_run(out, started, "k-shot (interrupted)", workers=n_workers, threads=threads)
+        _log_run(out, started, "k-shot (interrupted)", workers=n_workers, threads=threads, features=features.to_dict())
         console.print(f"[yellow]interrupted[/]: finished records are in {records_path}; rerun with --resume", highlight=False)
         raise typer.Exit(130)
-    _log_run(out, started, "k-shot", workers=n_workers, threads=threads)
+    _log_run(out, started, "k-shot", workers=n_workers, threads=threads, features=features.to_dict())
     records = read_records(records_path)
     mmad_scores = _read_json(out / "mmad_scores.json")
     doc = report.write_outputs(out, records, _meta(out, records), mmad_scores)

@@ -1,4 +1,5 @@
-"""Command-line options shared by ``iad inspect`` and ``iad eval`` (the VLM backend settings)."""
+"""Command-line options shared by ``iad inspect``, ``iad register`` and ``iad eval`` (the VLM backend
+settings, the feature backbone)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,29 @@ TEMPERATURE = typer.Option(None, "--temperature", metavar="T", help="VLM: sampli
                            show_default="0")
 MAX_NEW_TOKENS = typer.Option(None, "--max-new-tokens", metavar="N", help="VLM: tokens per turn.",
                               show_default="openai 1024, hf 512")
+BACKBONE = typer.Option("efficientnet-lite0", "--backbone", metavar="NAME|DIR|timm:NAME:CHECKPOINT",
+                        help="Feature backbone of new products: efficientnet-lite0 / -lite1 / -lite2 (packaged), a local "
+                        "Hugging Face model folder (DINOv2, DINOv3, CLIP, SigLIP, ConvNeXt, ResNet, ...), or "
+                        "timm:MODEL_NAME:CHECKPOINT. Saved with the product.")
+LAYERS = typer.Option(None, "--layers", metavar="I,J", help="Custom backbone: tapped layers, comma-separated (Hugging Face: "
+                      "hidden-state indices, 0 = embeddings; timm: feature levels).",
+                      show_default="the last block of DINO ViTs, the blocks at 1/2 and 3/4 depth of other ViTs, the "
+                      "stride-8 and stride-16 stages of CNNs")
+
+
+def layers(text: str | None) -> tuple[int, ...] | None:
+    """``--layers "6,9"`` → ``(6, 9)``; unset → None (the backbone's default).
+
+    >>> layers("6, 9"), layers(None), layers("-1")
+    ((6, 9), None, (-1,))
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers such as 6,9, got {text!r}", param_hint="--layers") from None
+
 
 def vlm_options(**given: object):  # noqa: ANN201 - VLMOptions, imported lazily
     """The VLM flags of a command as one :class:`~iad_agent.policies.VLMOptions` (unset flags stay ``None``)."""

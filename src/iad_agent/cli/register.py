@@ -16,6 +16,7 @@ import typer
 from rich.markup import escape
 
 from iad_agent.cli import EXIT_FAILURE, app, console, fail
+from iad_agent.cli import options as opts
 from iad_agent.cli.progress import phases, progress_bar
 
 WORKSPACE = typer.Option(None, "--workspace", metavar="DIR", help="Folder of registered products.",
@@ -95,8 +96,8 @@ def register(
                               help="False-alarm rate on good parts the threshold is set for; alone, re-sets the "
                                    "threshold of a registered product from its stored scores.",
                               show_default="the stored rate; 0.05 for a new product"),
-    backbone: str = typer.Option("efficientnet-lite0", metavar="NAME",
-                                 help="efficientnet-lite0 / -lite1 / -lite2 (new products only)."),
+    backbone: str = opts.BACKBONE,
+    layers: str = opts.LAYERS,
     resolution: int = typer.Option(256, metavar="PIXELS", help="Input resolution of the feature extractor (new products only)."),
     allow_mixed_sizes: bool = typer.Option(False, "--allow-mixed-sizes", help="Accept good images of different sizes."),
     as_json: bool = typer.Option(False, "--json", help="Print what changed as one JSON object."),
@@ -116,7 +117,8 @@ def register(
             task = bar.add_task(f"registering {name}", total=None)
             reg = api.register_details(
                 name, normals, workspace=workspace, defects=defects, priors=priors, fpr=fpr, recursive=recursive,
-                backbone=backbone, resolution=resolution, allow_mixed_sizes=allow_mixed_sizes, on_wait=waiting,
+                backbone=backbone, resolution=resolution, layers=opts.layers(layers), allow_mixed_sizes=allow_mixed_sizes,
+                on_wait=waiting,
                 progress=phases(bar, task, f"registering {name}: reading good images",
                                 f"registering {name}: calibrating the threshold and tool limits on held-out good images"))
     except api.ProductError as exc:

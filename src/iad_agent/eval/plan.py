@@ -32,12 +32,15 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from iad_agent.datasets import READERS, data_root, list_categories, load_dataset
 from iad_agent.policies import VLMOptions, policy_label
+
+if TYPE_CHECKING:
+    from iad_agent.vision.features import FeatureConfig
 from iad_agent.types import Sample
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,7 @@ class EvalConfig:
         policy_options: VLM backend settings, passed to :func:`iad_agent.policies.resolve_policy`.
         max_steps: the agent loop's step budget.
         examples: save best/worst example tiles for the first seed's records.
+        features: the feature extractor of every product (``iad eval --backbone``); None = the default.
     """
 
     datasets: list[tuple[str, Path]]
@@ -92,6 +96,7 @@ class EvalConfig:
     policy_options: VLMOptions = field(default_factory=VLMOptions)
     max_steps: int = 6
     examples: bool = True
+    features: FeatureConfig | None = None
 
 
 def default_root(dataset: str) -> Path:

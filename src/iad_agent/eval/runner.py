@@ -99,14 +99,14 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     build_ms: list[float] = []
     if group.protocol != "given":
         t0 = time.perf_counter()
-        product = Product.build(group.category, group.references, fpr=config.fpr, priors=priors, allow_mixed_sizes=True)
+        product = Product.build(group.category, group.references, config.features, fpr=config.fpr, priors=priors, allow_mixed_sizes=True)
         build_ms.append((time.perf_counter() - t0) * 1000)
     masks: list[np.ndarray | None] = []
     pixel_ok: list[bool] = []
     for sample in group.test:
         if group.protocol == "given":
             t0 = time.perf_counter()
-            product = Product.build(group.category, list(sample.references), fpr=config.fpr, priors=priors,
+            product = Product.build(group.category, list(sample.references), config.features, fpr=config.fpr, priors=priors,
                                     allow_mixed_sizes=True)
             build_ms.append((time.perf_counter() - t0) * 1000)
         for run in runs:

