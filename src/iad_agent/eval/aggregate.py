@@ -39,7 +39,8 @@ from iad_agent.eval.metrics import mean_std
 SCHEMA = "iad-agent/eval-metrics/1"
 #: Metrics averaged over seeds and categories.
 METRICS = (
-    "image_auroc", "image_ap", "f1", "balanced_accuracy", "oracle_f1", "pixel_auroc", "aupro", "box_iou",
+    "image_auroc", "image_ap", "f1", "balanced_accuracy", "false_alarm_rate", "miss_rate", "promised_fpr", "oracle_f1",
+    "pixel_auroc", "aupro", "box_iou",
     "box_hit_rate", "defect_type_accuracy", "tool_calls_per_image", "ms_per_image_p50", "ms_per_image_p95",
     "cpu_ms_per_image_p50", "cpu_ms_per_image_p95", "peak_rss_mb",
 )
