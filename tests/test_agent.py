@@ -119,14 +119,14 @@ def test_position_based_tools_are_skipped_when_shapes_differ(data_root):
 
     assert product_mod.same_shape((1024, 1024), (250, 256)) and not product_mod.same_shape((529, 317), (123, 286))
     free = [p for p in list_images(data_root / "magnetic_tile/MT_Free/Imgs") if p.suffix == ".jpg"][:4]
-    mixed = Product.build("tiles", free, allow_mixed_sizes=True)
+    mixed = Product.build("tiles", free, allow_mixed_sizes=True, selfsim=False)  # the geometry rule, not the scoring
     assert mixed.gate.mixed_geometry
     wide = _with_gate(mixed, band_low=0.0, band_high=100.0)  # every query is "uncertain"
     result = Inspector(wide).inspect(list_images(data_root / "magnetic_tile/MT_Crack/Imgs")[0])
     names = {c["name"] for c in result.to_dict()["tool_calls"]}
     assert not names & {"perceptive_zoomer", "comparative_retriever"}
     assert "shape" in result.trajectory.steps[0].thought
-    uniform = _with_gate(Product.build("tiles1", free[:1]), band_low=0.0, band_high=100.0)
+    uniform = _with_gate(Product.build("tiles1", free[:1], selfsim=False), band_low=0.0, band_high=100.0)
     assert not uniform.gate.mixed_geometry
 
 
