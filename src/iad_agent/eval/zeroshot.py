@@ -52,28 +52,28 @@ def evaluate_zero_shot_group(group: Group, config: EvalConfig, out_dir: Path,
         ZeroShotSettings,
         batch_maps,
         feature_config_for,
-        inspect_batch,
+        score_batch,
     )
 
     start, cpu0 = time.perf_counter(), time.process_time()
     reset_peak_rss()
-    images = [load_image(s.image_path) for s in group.test]
-    extractor = FeatureExtractor(feature_config_for([im.size for im in images], config.features))
-    grids = [extractor.extract_batch([im])[0] for im in images]
+    sizes_full = [load_image(s.image_path).size for s in group.test]  # one scale for the batch when sizes differ
+    extractor = FeatureExtractor(feature_config_for(sizes_full, config.features))
+    grids = [extractor.extract_batch([load_image(s.image_path)])[0] for s in group.test]
     need_self = any(ZERO_SHOT_POLICIES[p] != 0.0 for p in group.policies)
     maps = batch_maps(grids, ZeroShotSettings(), need_self=need_self)
     del grids
-    ms = (time.perf_counter() - start) * 1000 / len(images)
-    cpu_ms = (time.process_time() - cpu0) * 1000 / len(images)
-    sizes = [downsample_size(*im.size) for im in images]
+    ms = (time.perf_counter() - start) * 1000 / len(group.test)  # each image's share of the batch's work
+    cpu_ms = (time.process_time() - cpu0) * 1000 / len(group.test)
+    sizes = [downsample_size(*size) for size in sizes_full]
     masks = [s.ground_truth_mask(size=size) for s, size in zip(group.test, sizes)]
     pixel_ok = [gt is not None and (s.mask_path is not None or not s.is_anomalous) for s, gt in zip(group.test, masks)]
     runs = []
     for label in group.policies:
         weight = ZERO_SHOT_POLICIES[label]
         settings = ZeroShotSettings() if weight is None else dataclasses.replace(ZeroShotSettings(), self_weight=weight)
-        results = inspect_batch(images, [s.image_path for s in group.test], group.category, settings, policy=label,
-                                maps=maps)
+        results = score_batch(maps, [s.image_path for s in group.test], sizes_full, group.category,
+                              settings, policy=label)
         run = PolicyRun(label, None, {}, ())
         for sample, result, size, gt in zip(group.test, results, sizes, masks):
             run.rows.append(_row(group, label, sample, result, ms, cpu_ms, gt))
