@@ -120,3 +120,17 @@ def test_eval_shots_0_yields_zero_shot_records_beside_k_shot_ones(data_root, tmp
         assert rec["pixel_auroc"] is not None and rec["box_hit_rate"] is not None
     metrics = json.loads((tmp_path / "ev/metrics.json").read_text())
     assert {s["policy"] for s in metrics["summary"] if str(s["shots"]) == "0"} == {"zero-shot", "zero-shot-mutual"}
+
+
+def test_big_batches_compare_each_image_with_a_bounded_number_of_others():
+    from iad_agent.vision.similarity import mutual_pairs, mutual_scores
+
+    pairs = mutual_pairs(200, 8, seed=0)
+    partners = np.bincount(np.array(pairs).ravel(), minlength=200)
+    assert len(pairs) <= 200 * 4 and partners.min() >= 4 and partners.max() <= 20  # linear in the batch, not quadratic
+    rng = np.random.default_rng(0)
+    grids = [rng.normal(size=(4, 5, 3)).astype(np.float32) for _ in range(12)]
+    grids[3][1, 2] += 50  # one far-off patch
+    maps = mutual_scores(grids, max_refs=4)
+    assert len(maps) == 12 and maps[3].shape == (4, 5)
+    assert np.unravel_index(np.argmax(maps[3]), (4, 5)) == (1, 2)

@@ -85,9 +85,9 @@ def evaluate_zero_shot_group(group: Group, config: EvalConfig, out_dir: Path,
     records, pixel_cache = [], {}
     for run in runs:
         record = group_record(group, run, masks, pixel_ok, pixel_cache, [], None, peak, wall)
-        record["zero_shot"] = dataclasses.asdict(ZeroShotSettings()) | {"self_weight": ZERO_SHOT_POLICIES[run.label]
-                                                                         if ZERO_SHOT_POLICIES[run.label] is not None
-                                                                         else ZeroShotSettings().self_weight}
+        weight = ZERO_SHOT_POLICIES[run.label]
+        record["zero_shot"] = dataclasses.asdict(ZeroShotSettings() if weight is None
+                                                 else dataclasses.replace(ZeroShotSettings(), self_weight=weight))
         if group.examples:
             record["examples"] = save_examples(group, run, masks, Path(out_dir))
         records.append(record)
