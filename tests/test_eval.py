@@ -119,8 +119,9 @@ def test_plan_runs_the_whole_pool_once_and_skips_done_keys(data_root):
 
 def test_parse_shots():
     assert plan.parse_shots(["1", "4", "all", "4"]) == [1, 4, "all"]
+    assert plan.parse_shots(["0", "4"]) == [0, 4]  # 0 = zero-shot (tests/test_zeroshot.py)
     with pytest.raises(ValueError):
-        plan.parse_shots(["0"])
+        plan.parse_shots(["-1"])
 
 
 class _Result:

@@ -98,6 +98,69 @@ def inspect_folder(images: list[Path], *, product: str | None, normals: Path | N
     _finish(tally, outputs, as_json)
 
 
+def inspect_zero_shot(images: list[Path], *, product_name: str | None, out: Path | None, jsonl: Path | None,
+                      resume: bool, as_json: bool, heatmap_dir: Path) -> None:
+    """``iad inspect DIR --zero-shot [--product-name NAME] [--out ...] [--jsonl ...] [--resume]`` (exits).
+
+    The whole batch is scored together (each image against the others), so with ``--resume``
+    every image is scored again and only those not yet in the results files are written.
+    """
+    from iad_agent.scale.folder import BatchError, Tally, find_images, heatmap_name, result_row
+    from iad_agent.zeroshot import ZeroShotError, inspect_paths
+
+    if resume and out is None and jsonl is None:
+        fail("--resume continues a results file: give --out results.csv and/or --jsonl results.jsonl")
+    try:
+        files = find_images(images)
+        outputs = _open_outputs([out, jsonl], resume)
+    except BatchError as exc:
+        fail(str(exc))
+    name = product_name or (images[0].name if images[0].is_dir() else images[0].parent.name) or "batch"
+    try:
+        with _bar() as bar:
+            tasks: dict[str, int] = {}
+
+            def on_progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    label = {"features": f"reading {total} images", "scoring": "scoring each against the others"}[phase]
+                    tasks[phase] = bar.add_task(label, total=total)
+                bar.update(tasks[phase], completed=done)
+
+            outcomes = inspect_paths(files, name, progress=on_progress)
+    except ZeroShotError as exc:
+        for o in outputs:
+            o.close()
+        fail(str(exc))
+    heatmap_dir.mkdir(parents=True, exist_ok=True)
+    tally, unwritten = Tally(), 0
+    for outcome in outcomes:
+        if outcome.ok:
+            try:
+                outcome.result.save_heatmap(heatmap_dir / heatmap_name(outcome.image))
+            except OSError as exc:
+                unwritten += 1
+                console.print(f"[bold red]error:[/] {outcome.image}: heat map not written ({exc})", highlight=False)
+            full = outcome.result.to_dict()
+            row = result_row(outcome.image, full)
+        else:
+            full, row = {"image": outcome.image, "error": outcome.error}, result_row(outcome.image, error=outcome.error)
+            console.print(f"[bold red]error:[/] {outcome.error}", highlight=False)
+        for o in outputs:
+            if outcome.image in o.done:
+                continue
+            o.write(row, full)
+        tally.add(row)
+        if as_json:
+            sys.stdout.write(json.dumps(full, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+    for w in next((o.result.warnings for o in outcomes if o.ok), []):
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    try:
+        _finish(tally, outputs, as_json)
+    except typer.Exit as done:  # a heat map that could not be written is a failure (3) unless a part is anomalous
+        raise typer.Exit(3 if unwritten and done.exit_code == 0 else done.exit_code) from None
+
+
 @app.command()
 def batch(
     inputs: list[Path] = typer.Argument(..., help="Folders (searched recursively), glob patterns or image files."),

@@ -105,11 +105,13 @@ def eval_command(
                                       "magnetic_tile, deeppcb, kolektor, or 'all' (every dataset under the data root)."),
     root: Path = typer.Option(None, "--root", help="Dataset folder (default: its folder under the data root)."),
     category: list[str] = typer.Option(None, "--category", help="Category to run (repeatable; default all)."),
-    shots: list[str] = typer.Option(None, "--shots", help="Good references per product (repeatable): a number or 'all'. Default 1."),
+    shots: list[str] = typer.Option(None, "--shots", help="Good references per product (repeatable): a number, 'all', or 0 = zero-shot (each test image "
+                                  "against the category's other test images). Default 1."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds for drawing the references (mean ± std over them)."),
     policy: list[str] = typer.Option(None, "--policy", help="Policy (repeatable): knn, embedded, embedded-no-zoom, "
                                      "embedded-no-retriever, embedded-no-highfreq, embedded+highfreq (a tool the gate "
-                                     "switched off, back on), openai, hf. Default knn + embedded."),
+                                     "switched off, back on), openai, hf; for --shots 0: zero-shot (default), "
+                                     "zero-shot-mutual, zero-shot-self. Default knn + embedded."),
     disable_tool: list[str] = typer.Option([], "--disable-tool", help="Tool to leave out of every tool-using policy (repeatable)."),
     max_test: int = typer.Option(None, "--max-test", min=1, help="Cap on test images per category (evenly spaced within each class)."),
     max_normals: int = typer.Option(50, "--max-normals", min=1, help="Cap on references for --shots all and on a held-out pool."),
@@ -156,7 +158,8 @@ def eval_command(
                                max_new_tokens=max_new_tokens)
     try:
         for name in policies:  # fail on a bad name before any work
-            api.resolve_policy(name, disable_tool, options)
+            if name not in plan.ZERO_SHOT_LABELS:
+                api.resolve_policy(name, disable_tool, options)
     except (api.PolicyConfigError, api.MissingExtra) as exc:
         fail(str(exc))
     if questions is not None and questions != "mmad-style":

@@ -92,14 +92,32 @@ def inspect(
     out: Path = typer.Option(None, "--out", metavar="FILE", help="Folder batch: write one CSV (or .parquet) row per image here."),
     jsonl: Path = typer.Option(None, "--jsonl", metavar="FILE", help="Folder batch: write each image's JSON object here."),
     resume: bool = typer.Option(False, "--resume", help="Folder batch: continue the results files, skipping images already in them."),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="No good images: score each image against the other "
+                                   "images of the batch (one product, most parts good; at least 3 images)."),
+    product_name: str = typer.Option(None, "--product-name", metavar="NAME", help="--zero-shot: the product's name "
+                                     "in the answers.", show_default="the folder's name"),
 ) -> None:
     """Inspect images, folders or glob patterns: verdict, score vs threshold, box, heat map, defect type and trace."""
     from iad_agent import api
     from iad_agent.cli.outputs import Outputs
     from iad_agent.imageio import OutputPathError
 
+    if zero_shot:
+        if product is not None or normals is not None:
+            fail("--zero-shot inspects without good images: give neither --product nor --normals "
+                 "(--product-name NAME names the product in the answers)")
+        if report is not None or heatmap is not None:
+            fail("--zero-shot writes --out/--jsonl and heat maps into --out-dir, not --report/--heatmap")
+        try:
+            outputs = Outputs.checked(out_dir, None, None, True, workspace)
+        except OutputPathError as exc:
+            fail(str(exc))
+        batch.inspect_zero_shot(images, product_name=product_name, out=out, jsonl=jsonl, resume=resume,
+                                as_json=as_json, heatmap_dir=outputs.out_dir)
+    if product_name is not None:
+        fail("--product-name names the product of a --zero-shot batch; a registered product is --product NAME")
     if (product is None) == (normals is None):
-        fail("give exactly one of --product NAME (registered) or --normals DIR (one-off)")
+        fail("give exactly one of --product NAME (registered) or --normals DIR (one-off), or --zero-shot")
     folder_mode = out is not None or jsonl is not None or resume or batch.is_folder_input(images)
     several = len(images) > 1 or folder_mode
     if heatmap is not None and several:

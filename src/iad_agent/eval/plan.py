@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 SHOTS_ALL = "all"
 SHOTS_GIVEN = "given"
+#: ``--shots 0``: zero-shot, each test image scored against the category's other test images.
+SHOTS_ZERO = 0
+#: Policies of zero-shot groups (:data:`iad_agent.zeroshot.ZERO_SHOT_POLICIES`; kept here without importing it).
+ZERO_SHOT_LABELS = ("zero-shot", "zero-shot-mutual", "zero-shot-self")
 #: Each dataset's folder under :func:`iad_agent.datasets.data_root`.
 DATASET_FOLDERS = {
     "mvtec": "mvtec_ad",
@@ -119,20 +123,20 @@ def available_datasets() -> list[tuple[str, Path]]:
 
 
 def parse_shots(values: Iterable[str | int]) -> list[int | str]:
-    """``["1", "4", "all"]`` -> ``[1, 4, "all"]``; refuses anything else.
+    """``["1", "4", "all"]`` -> ``[1, 4, "all"]``; ``0`` is zero-shot; refuses anything else.
 
-    >>> parse_shots(["4", "all", 1])
-    [4, 'all', 1]
+    >>> parse_shots(["4", "all", 1, "0"])
+    [4, 'all', 1, 0]
     """
     out: list[int | str] = []
     for v in values:
         text = str(v).strip().lower()
         if text == SHOTS_ALL:
             out.append(SHOTS_ALL)
-        elif text.isdigit() and int(text) > 0:
+        elif text.isdigit():
             out.append(int(text))
         else:
-            raise ValueError(f"--shots takes a positive integer or 'all', got {v!r}")
+            raise ValueError(f"--shots takes a number of good references (0 = zero-shot) or 'all', got {v!r}")
     return list(dict.fromkeys(out))
 
 
@@ -264,9 +268,13 @@ def plan(config: EvalConfig, done: set[tuple] = frozenset()) -> list[Group]:
     Raises:
         ValueError: a requested category exists in none of the datasets, an unknown policy.
     """
-    labels = [policy_label(p, config.disable_tools) for p in config.policies]
+    labels = [p if p in ZERO_SHOT_LABELS else policy_label(p, config.disable_tools) for p in config.policies]
     if len(set(labels)) != len(labels):
         raise ValueError(f"policies give duplicate labels: {labels}")
+    # zero-shot groups run the zero-shot policies asked for (by default `zero-shot`), the others the rest
+    zero_labels = [p for p in labels if p in ZERO_SHOT_LABELS] or ["zero-shot"]
+    shot_labels = [p for p in labels if p not in ZERO_SHOT_LABELS]
+    k_shots = [s for s in config.shots if s != SHOTS_ZERO]
     groups: list[Group] = []
     wanted = list(dict.fromkeys(config.categories)) if config.categories else None
     seen_categories: set[str] = set()
@@ -280,11 +288,12 @@ def plan(config: EvalConfig, done: set[tuple] = frozenset()) -> list[Group]:
             if not test:
                 log.warning("%s/%s: no test images, skipped", dataset, cat)
                 continue
+            runs = [(SHOTS_ZERO, 0, [])] if SHOTS_ZERO in config.shots else []
             if split.protocol == "given":
-                runs = [(SHOTS_GIVEN, 0, [])]
+                runs += [(SHOTS_GIVEN, 0, [])] if k_shots else []
             else:
-                runs, seen_sets = [], set()
-                for shots in config.shots:
+                seen_sets = set()
+                for shots in k_shots:
                     for seed in range(config.seeds):
                         refs = draw_references(split.pool, shots, seed, cat, config.max_normals)
                         signature = (shots, tuple(refs))
@@ -293,9 +302,11 @@ def plan(config: EvalConfig, done: set[tuple] = frozenset()) -> list[Group]:
                         seen_sets.add(signature)
                         runs.append((shots, seed, refs))
             for shots, seed, refs in runs:
-                group = Group(dataset, Path(root), cat, shots, seed, split.protocol, refs, test, [], split.note,
-                              examples=config.examples and seed == 0)
-                group.policies = [p for p in labels if group.key(p) not in done]
+                zero = shots == SHOTS_ZERO
+                group = Group(dataset, Path(root), cat, shots, seed, "batch" if zero else split.protocol, refs, test, [],
+                              "zero-shot: each test image scored against the category's other test images" if zero
+                              else split.note, examples=config.examples and seed == 0)
+                group.policies = [p for p in (zero_labels if zero else shot_labels) if group.key(p) not in done]
                 if group.policies:
                     groups.append(group)
     if wanted:

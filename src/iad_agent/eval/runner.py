@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from iad_agent.eval.plan import EvalConfig, Group
+from iad_agent.eval.plan import SHOTS_ZERO, EvalConfig, Group
 from iad_agent.eval.records import (
     RECORDS_FILE,
     PolicyRun,
@@ -87,6 +87,10 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     """
     from iad_agent.tools.priors import domain_priors
 
+    if group.shots == SHOTS_ZERO:
+        from iad_agent.eval.zeroshot import evaluate_zero_shot_group
+
+        return evaluate_zero_shot_group(group, config, out_dir, on_image)
     start = time.perf_counter()
     reset_peak_rss()
     priors = domain_priors(group.category)

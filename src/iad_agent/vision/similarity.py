@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import faiss
 import numpy as np
@@ -51,27 +51,71 @@ def self_similarity_map(grid: np.ndarray, k: int = SELF_K, radius: int = SELF_RA
     return out
 
 
-def mutual_scores(grids: Sequence[np.ndarray], keep: float = 0.3) -> list[np.ndarray]:
+def mutual_pairs(n: int, max_refs: int | None = None, seed: int = 0) -> list[tuple[int, int]]:
+    """The image pairs ``(i, j)``, ``i < j``, that mutual scoring compares.
+
+    Every pair when each image has at most ``max_refs`` others; otherwise each image draws
+    ``ceil(max_refs / 2)`` partners (seeded) and a pair serves both directions, so each image
+    is compared with about ``max_refs`` others and time and memory grow linearly with the
+    batch instead of quadratically.
+
+    >>> mutual_pairs(3)
+    [(0, 1), (0, 2), (1, 2)]
+    >>> len({j for p in mutual_pairs(100, 8) for j in p if 0 in p}) >= 5
+    True
+    """
+    if max_refs is None or n - 1 <= max_refs:
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    rng = np.random.default_rng(seed)
+    half = -(-max_refs // 2)
+    pairs: set[tuple[int, int]] = set()
+    for i in range(n):
+        others = rng.choice(n - 1, size=half, replace=False)
+        for j in others + (others >= i):  # skip i itself
+            pairs.add((min(i, int(j)), max(i, int(j))))
+    return sorted(pairs)
+
+
+def mutual_scores(grids: Sequence[np.ndarray], keep: float = 0.3, max_refs: int | None = None, seed: int = 0,
+                  progress: Callable[[int, int], None] | None = None, chunk: int = 2048) -> list[np.ndarray]:
     """Zero-shot patch maps of a batch of images of one product (MuSc, ICLR 2024).
 
     Each patch of image ``i`` is matched to its nearest patch in every other image ``j``; the
     distances over ``j`` are sorted and the lowest ``keep`` fraction averaged. Most parts in a
     batch are good, so a normal patch finds close matches in many images while a defect finds
-    none. Needs at least two images; returns one ``(h, w)`` map per image.
+    none; averaging only the closest images keeps a few defective images, or a defect type
+    that recurs in some of them, from vouching for each other. Needs at least two images;
+    returns one ``(h, w)`` map per image (grids may differ in shape).
+
+    Args:
+        max_refs: compare each image with about this many others (see :func:`mutual_pairs`);
+            ``None`` = with all of them.
+        seed: the draw of those others.
+        progress: called with ``(pairs done, pairs)`` as the work advances.
+        chunk: query rows per distance matrix (memory: ``chunk × patches`` floats).
     """
     if len(grids) < 2:
         raise ValueError("mutual scoring needs at least two images")
     c = grids[0].shape[-1]
-    flats = [np.ascontiguousarray(g.reshape(-1, c), dtype=np.float32) for g in grids]
-    indexes = []
-    for f in flats:
-        index = faiss.IndexFlatL2(c)
-        index.add(f)
-        indexes.append(index)
+    flats = [torch.from_numpy(np.ascontiguousarray(g.reshape(-1, c), dtype=np.float32)) for g in grids]
+    sq = [(f * f).sum(1) for f in flats]
+    pairs = mutual_pairs(len(flats), max_refs, seed)
+    nearest: list[list[torch.Tensor]] = [[] for _ in flats]  # per image: its patches' distances to each partner
+    for n_done, (i, j) in enumerate(pairs, 1):
+        to_j = torch.empty(len(flats[i]))
+        to_i = torch.full((len(flats[j]),), float("inf"))
+        for start in range(0, len(flats[i]), chunk):
+            rows = slice(start, start + chunk)
+            d = sq[i][rows, None] - 2 * flats[i][rows] @ flats[j].T + sq[j][None]
+            to_j[rows] = d.min(dim=1).values
+            to_i = torch.minimum(to_i, d.min(dim=0).values)
+        nearest[i].append(to_j.clamp_min(0).sqrt().half())
+        nearest[j].append(to_i.clamp_min(0).sqrt().half())
+        if progress is not None:
+            progress(n_done, len(pairs))
     maps = []
-    for i, f in enumerate(flats):
-        d = np.stack([indexes[j].search(f, 1)[0][:, 0] for j in range(len(flats)) if j != i], axis=1)
-        d = np.sort(np.sqrt(np.maximum(d, 0)), axis=1)
+    for i, dists in enumerate(nearest):
+        d = torch.stack(dists, dim=1).float().sort(dim=1).values
         n = max(1, int(round(keep * d.shape[1])))
-        maps.append(d[:, :n].mean(axis=1).reshape(grids[i].shape[:2]))
+        maps.append(d[:, :n].mean(dim=1).reshape(grids[i].shape[:2]).numpy())
     return maps

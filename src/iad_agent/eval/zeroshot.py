@@ -1,0 +1,94 @@
+"""``iad eval --shots 0``: zero-shot groups, where the batch is the category's test set (as MuSc evaluates).
+
+No good reference is drawn: every test image is scored against the *other* test images of its
+category (:mod:`iad_agent.zeroshot`), and the threshold is the batch's own label-free outlier
+rule. The policies are :data:`iad_agent.zeroshot.ZERO_SHOT_POLICIES`: ``zero-shot`` (the chosen
+mix), ``zero-shot-mutual`` (mutual scoring alone, MuSc-style) and ``zero-shot-self``
+(self-similarity alone), so each component's contribution is measured. Features and both maps
+are computed once per group and shared by the policies; each image's latency is its share of
+the batch's wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iad_agent.eval import metrics
+from iad_agent.eval.plan import EvalConfig, Group
+from iad_agent.eval.records import PolicyRun, _relpath, downsample_map, downsample_size, group_record, save_examples
+from iad_agent.types import Box
+
+
+def _row(group: Group, label: str, sample, result, ms: float, cpu_ms: float, gt: np.ndarray | None) -> dict:  # noqa: ANN001
+    gt_box = Box.from_mask(gt) if gt is not None and sample.is_anomalous else None
+    box = result.box
+    return {
+        "dataset": group.dataset, "category": group.category, "shots": group.shots, "seed": group.seed,
+        "policy": label, "path": _relpath(sample.image_path), "label": int(sample.label),
+        "defect_type": sample.defect_type, "score": round(result.score, 6), "score_source": "policy",
+        "threshold": round(result.threshold, 6), "verdict": "anomalous" if result.anomaly_present else "normal",
+        "box": box.to_list() if box else None, "gt_box": gt_box.to_list() if gt_box else None,
+        "box_iou": metrics.box_iou(box, gt_box) if gt_box is not None else None,
+        "box_hit": metrics.box_hit(box, gt) if gt_box is not None else None,
+        "pred_defect_type": None, "tool_calls": 0, "tools": "", "stop_reason": "answer",
+        "ms": round(ms, 2), "cpu_ms": round(cpu_ms, 2),
+    }
+
+
+def evaluate_zero_shot_group(group: Group, config: EvalConfig, out_dir: Path,
+                             on_image: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """One record per zero-shot policy of a ``shots=0`` group (see the module docstring)."""
+    from iad_agent.eval.runner import peak_rss_mb, reset_peak_rss
+    from iad_agent.imageio import load_image
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.zeroshot import (
+        ZERO_SHOT_POLICIES,
+        ZeroShotSettings,
+        batch_maps,
+        feature_config_for,
+        score_batch,
+    )
+
+    start, cpu0 = time.perf_counter(), time.process_time()
+    reset_peak_rss()
+    sizes_full = [load_image(s.image_path).size for s in group.test]  # one scale for the batch when sizes differ
+    extractor = FeatureExtractor(feature_config_for(sizes_full, config.features))
+    grids = [extractor.extract_batch([load_image(s.image_path)])[0] for s in group.test]
+    need_self = any(ZERO_SHOT_POLICIES[p] != 0.0 for p in group.policies)
+    maps = batch_maps(grids, ZeroShotSettings(), need_self=need_self)
+    del grids
+    ms = (time.perf_counter() - start) * 1000 / len(group.test)  # each image's share of the batch's work
+    cpu_ms = (time.process_time() - cpu0) * 1000 / len(group.test)
+    sizes = [downsample_size(*size) for size in sizes_full]
+    masks = [s.ground_truth_mask(size=size) for s, size in zip(group.test, sizes)]
+    pixel_ok = [gt is not None and (s.mask_path is not None or not s.is_anomalous) for s, gt in zip(group.test, masks)]
+    runs = []
+    for label in group.policies:
+        weight = ZERO_SHOT_POLICIES[label]
+        settings = ZeroShotSettings() if weight is None else dataclasses.replace(ZeroShotSettings(), self_weight=weight)
+        results = score_batch(maps, [s.image_path for s in group.test], sizes_full, group.category,
+                              settings, policy=label)
+        run = PolicyRun(label, None, {}, ())
+        for sample, result, size, gt in zip(group.test, results, sizes, masks):
+            run.rows.append(_row(group, label, sample, result, ms, cpu_ms, gt))
+            run.maps.append(downsample_map(result.heatmap, size).astype(np.float16))
+            if on_image:
+                on_image(1)
+        runs.append(run)
+    peak, wall = peak_rss_mb(), time.perf_counter() - start
+    records, pixel_cache = [], {}
+    for run in runs:
+        record = group_record(group, run, masks, pixel_ok, pixel_cache, [], None, peak, wall)
+        weight = ZERO_SHOT_POLICIES[run.label]
+        record["zero_shot"] = dataclasses.asdict(ZeroShotSettings() if weight is None
+                                                 else dataclasses.replace(ZeroShotSettings(), self_weight=weight))
+        if group.examples:
+            record["examples"] = save_examples(group, run, masks, Path(out_dir))
+        records.append(record)
+    return records

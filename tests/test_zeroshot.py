@@ -1,0 +1,136 @@
+"""Zero-shot inspection of a batch (`iad inspect DIR --zero-shot`, `iad eval --shots 0`) on real hazelnut images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from iad_agent.cli import app
+from iad_agent.eval import plan
+from iad_agent.zeroshot import ZeroShotError, inspect_paths, label_free_threshold
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def batch_folder(tmp_path_factory, data_root):
+    """A batch of one product, no good image known: 6 good hazelnuts and 4 defective ones (crack, hole, print, cut)."""
+    hazelnut = data_root / "mvtec_ad/hazelnut"
+    goods = sorted((hazelnut / "train/good").glob("*.png"))[:32:8] + sorted((hazelnut / "test/good").glob("*.png"))
+    bads = [hazelnut / f"test/{d}/000.png" for d in ("crack", "hole", "print", "cut")]
+    folder = tmp_path_factory.mktemp("line")
+    for i, p in enumerate(goods):
+        shutil.copy(p, folder / f"good_{i}.png")
+    for p in bads:
+        if p.exists():
+            shutil.copy(p, folder / f"bad_{p.parent.name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def outcomes(batch_folder):
+    return inspect_paths(sorted(batch_folder.glob("*.png")), "hazelnut")
+
+
+def test_defective_images_score_above_good_ones_without_any_good_reference(outcomes):
+    assert all(o.ok for o in outcomes)
+    bad = [o.result.score for o in outcomes if "bad_" in o.image]
+    good = [o.result.score for o in outcomes if "good_" in o.image]
+    assert len(bad) >= 3 and len(good) >= 5
+    assert np.mean(bad) > np.mean(good)
+    assert sum(b > g for b in bad for g in good) / (len(bad) * len(good)) >= 0.75  # image AUROC of the batch
+    flagged = [o.image for o in outcomes if o.result.anomaly_present]
+    assert any("bad_" in f for f in flagged)
+    d = outcomes[0].result.to_dict()
+    assert d["policy"] == "zero-shot" and d["threshold"] == round(outcomes[0].result.threshold, 6)
+    assert (d["box"] is None) == (not d["anomaly_present"])
+
+
+def test_label_free_threshold_ignores_the_defective_half():
+    scores = [1.0, 1.02, 0.98, 1.01, 3.0, 4.0, 5.0, 6.0]  # most of the batch defective
+    t = label_free_threshold(scores, 1.0)
+    assert 1.0 < t < 1.2
+
+
+def test_a_batch_of_two_is_refused(batch_folder, tmp_path):
+    with pytest.raises(ZeroShotError, match="at least 3"):
+        inspect_paths(sorted(batch_folder.glob("*.png"))[:2], "hazelnut")
+    small = tmp_path / "two"
+    small.mkdir()
+    for p in sorted(batch_folder.glob("*.png"))[:2]:
+        shutil.copy(p, small / p.name)
+    r = runner.invoke(app, ["inspect", str(small), "--zero-shot", "--out-dir", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "at least 3" in r.output
+
+
+def test_zero_shot_cli_writes_one_line_per_image_and_exits_1(batch_folder, tmp_path):
+    jsonl, out_dir = tmp_path / "r.jsonl", tmp_path / "maps"
+    (batch_folder / "broken.png").write_bytes(b"not an image")
+    try:
+        r = runner.invoke(app, ["inspect", str(batch_folder), "--zero-shot", "--product-name", "hazelnut",
+                                "--jsonl", str(jsonl), "--out", str(tmp_path / "r.csv"), "--out-dir", str(out_dir)])
+    finally:
+        (batch_folder / "broken.png").unlink()
+    assert r.exit_code == 1, r.output  # defects found
+    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert len(lines) == 11
+    broken = [x for x in lines if x["image"].endswith("broken.png")]
+    assert len(broken) == 1 and broken[0]["error"]
+    answers = [x for x in lines if "error" not in x]
+    assert {x["product"] for x in answers} == {"hazelnut"} and all(x["policy"] == "zero-shot" for x in answers)
+    assert all(x["heatmap"] and (out_dir / x["heatmap"].split("/")[-1]).exists() for x in answers)
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 12  # header + 11 rows
+    # a second run without --resume refuses to overwrite; a bad combination is a usage error
+    r = runner.invoke(app, ["inspect", str(batch_folder), "--zero-shot", "--jsonl", str(jsonl)])
+    assert r.exit_code == 2 and "already exists" in r.output
+    r = runner.invoke(app, ["inspect", str(batch_folder), "--zero-shot", "--product", "hazelnut"])
+    assert r.exit_code == 2 and "neither --product" in r.output
+
+
+def test_zero_shot_cli_exits_0_when_nothing_stands_out(data_root, tmp_path):
+    folder = tmp_path / "goods"
+    folder.mkdir()
+    for p in sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:3]:
+        shutil.copy(p, folder / p.name)
+    r = runner.invoke(app, ["inspect", str(folder), "--zero-shot", "--json", "--out-dir", str(tmp_path / "o")])
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 3
+    assert r.exit_code == (1 if any(x["anomaly_present"] for x in lines) else 0)
+
+
+def test_eval_shots_0_yields_zero_shot_records_beside_k_shot_ones(data_root, tmp_path):
+    config = plan.EvalConfig(datasets=[("mvtec", data_root / "mvtec_ad")], categories=["hazelnut"], shots=[0, 1],
+                             policies=["knn", "zero-shot", "zero-shot-mutual"], examples=False)
+    groups = plan.plan(config)
+    zero = [g for g in groups if g.shots == 0]
+    assert len(zero) == 1 and zero[0].policies == ["zero-shot", "zero-shot-mutual"] and not zero[0].references
+    assert [g.policies for g in groups if g.shots == 1] == [["knn"]]
+    r = runner.invoke(app, ["eval", "--dataset", "mvtec", "--category", "hazelnut", "--shots", "0",
+                            "--policy", "zero-shot", "--policy", "zero-shot-mutual", "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    records = [json.loads(x) for x in (tmp_path / "ev/records.jsonl").read_text().splitlines()]
+    assert sorted(x["policy"] for x in records) == ["zero-shot", "zero-shot-mutual"]
+    for rec in records:
+        assert rec["shots"] == 0 and rec["protocol"] == "batch" and rec["n_test"] == 10
+        assert rec["image_auroc"] is not None and rec["balanced_accuracy"] is not None
+        assert rec["pixel_auroc"] is not None and rec["box_hit_rate"] is not None
+    metrics = json.loads((tmp_path / "ev/metrics.json").read_text())
+    assert {s["policy"] for s in metrics["summary"] if str(s["shots"]) == "0"} == {"zero-shot", "zero-shot-mutual"}
+
+
+def test_big_batches_compare_each_image_with_a_bounded_number_of_others():
+    from iad_agent.vision.similarity import mutual_pairs, mutual_scores
+
+    pairs = mutual_pairs(200, 8, seed=0)
+    partners = np.bincount(np.array(pairs).ravel(), minlength=200)
+    assert len(pairs) <= 200 * 4 and partners.min() >= 4 and partners.max() <= 20  # linear in the batch, not quadratic
+    rng = np.random.default_rng(0)
+    grids = [rng.normal(size=(4, 5, 3)).astype(np.float32) for _ in range(12)]
+    grids[3][1, 2] += 50  # one far-off patch
+    maps = mutual_scores(grids, max_refs=4)
+    assert len(maps) == 12 and maps[3].shape == (4, 5)
+    assert np.unravel_index(np.argmax(maps[3]), (4, 5)) == (1, 2)
