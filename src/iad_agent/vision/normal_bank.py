@@ -64,6 +64,68 @@ def threshold_for_fpr(scores: Sequence[float], fpr: float) -> float:
     return float(s.mean() + NormalDist().inv_cdf(1 - fpr) * std)  # the stdlib's: scipy.stats costs a second to import
 
 
+#: Packaged constants of the few-shot threshold rule (:func:`prior_threshold`), measured once.
+THRESHOLD_PRIOR_FILE = "threshold_prior.json"
+#: The constants of one score kind (``global``: the product's scoring; ``knn``: plain nearest neighbour).
+PRIOR_KEYS = ("view_shift", "view_sigma", "loo_shift", "sigma", "nu0")
+
+
+def threshold_prior() -> dict:
+    """The packaged threshold prior ``{"version", "global": {...}, "knn": {...}}``.
+
+    The constants live in ``iad_agent/data/threshold_prior.json``, which says how and with which
+    command they were measured; a calibration stores the copy it used, so a stored product's
+    threshold never changes under a newer package.
+
+    Raises:
+        ValueError: the packaged file lacks a constant or holds a non-finite one (a broken install).
+    """
+    from importlib import resources
+
+    path = resources.files("iad_agent") / "data" / THRESHOLD_PRIOR_FILE
+    data = json.loads(path.read_text())
+    out: dict = {"version": data.get("version")}
+    bad = [] if isinstance(out["version"], int) else ["version"]
+    for kind in ("global", "knn"):
+        consts = data.get(kind) if isinstance(data.get(kind), dict) else {}
+        out[kind] = {k: consts.get(k) for k in PRIOR_KEYS}
+        bad += [f"{kind}.{k}" for k, v in out[kind].items()
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{path}: threshold prior constants missing or not finite: {', '.join(bad)}")
+    return out
+
+
+def prior_threshold(scores: Sequence[float], fpr: float, prior: dict[str, float], views: bool = False,
+                    bank_size_factor: float = 1.0) -> float:
+    """Threshold for false-alarm rate ``fpr`` from a few held-out good scores and a measured prior.
+
+    Good parts' scores are taken as log-normal. With one good image (``views``: augmented views
+    scored against it) the views are easier than other good parts by a factor the views
+    cannot show: the centre is the views' median log score plus ``view_shift`` and the spread
+    is ``view_sigma``, both measured across products. With leave-one-out scores the centre is
+    their mean log score, carried to the full bank by ``bank_size_factor`` (plus
+    ``loo_shift``), and the spread is the held-out scores' own, shrunk toward the products'
+    typical spread ``sigma`` with the weight of ``nu0`` pseudo-scores (normal-inverse-χ²); the
+    predictive spread adds the centre's uncertainty (``√(1 + 1/n)``). The threshold is the
+    ``1 − fpr`` quantile of that normal on the log scale, so it falls strictly as ``fpr`` grows.
+
+    >>> p = {"view_shift": 0.0, "view_sigma": 0.1, "loo_shift": 0.0, "sigma": 0.1, "nu0": 4.0}
+    >>> round(prior_threshold([1.0], 0.5, p, views=True), 4)
+    1.0
+    """
+    s = np.log(np.maximum(np.asarray(scores, dtype=np.float64), 1e-12))
+    if s.size == 0:
+        raise ValueError("no calibration scores")
+    z = NormalDist().inv_cdf(1 - fpr)
+    if views:
+        return float(math.exp(float(np.median(s)) + prior["view_shift"] + z * prior["view_sigma"]))
+    n, nu0 = s.size, prior["nu0"]
+    var = (nu0 * prior["sigma"] ** 2 + (n - 1) * (float(s.var(ddof=1)) if n > 1 else 0.0)) / (nu0 + n - 1)
+    centre = float(s.mean()) + math.log(max(bank_size_factor, 1e-12)) + prior["loo_shift"]
+    return float(math.exp(centre + z * math.sqrt(var * (1 + 1 / n))))
+
+
 def greedy_coreset(features: np.ndarray, n: int, seed: int = 0, proj_dim: int = 32) -> np.ndarray:
     """Indices of an approximate greedy k-center coreset (PatchCore), on a random projection.
 
@@ -127,6 +189,12 @@ class Calibration:
     Leave-one-out scores come from one good image fewer than the inspector has; the
     ``*_bank_size_factor`` (≤ 1) carries the held-out scores one image further, from the drop
     measured between leave-two-out and leave-one-out (see :mod:`iad_agent.vision.learn`).
+
+    ``prior`` is the copy of the packaged threshold prior (:func:`threshold_prior`) the
+    thresholds are set with (:func:`prior_threshold`: a handful of held-out scores cannot say
+    how far good parts spread, nor how much easier augmented views are than other good parts).
+    Calibrations stored without it keep the rule they were made with: the quantile or normal
+    fit of :func:`threshold_for_fpr`, times the bank-size factor.
     """
 
     fpr: float
@@ -138,16 +206,31 @@ class Calibration:
     knn_patch_threshold: float = 0.0
     bank_size_factor: float = 1.0
     knn_bank_size_factor: float = 1.0
+    prior: dict | None = None
+
+    def threshold_at(self, fpr: float) -> float:
+        """The global look's threshold for false-alarm rate ``fpr`` (falls strictly as ``fpr`` grows)."""
+        return self._rule(self.global_scores, fpr, self.bank_size_factor, "global")
+
+    def knn_threshold_at(self, fpr: float) -> float:
+        """The plain nearest-neighbour threshold for false-alarm rate ``fpr``."""
+        if not self.knn_scores:
+            return self.threshold_at(fpr)
+        return self._rule(self.knn_scores, fpr, self.knn_bank_size_factor, "knn")
+
+    def _rule(self, scores: list[float], fpr: float, factor: float, kind: str) -> float:
+        if self.prior and kind in self.prior:
+            return prior_threshold(scores, fpr, self.prior[kind], views=self.method == "augmented-views",
+                                   bank_size_factor=factor)
+        return threshold_for_fpr(scores, fpr) * factor
 
     @property
     def threshold(self) -> float:
-        return threshold_for_fpr(self.global_scores, self.fpr) * self.bank_size_factor
+        return self.threshold_at(self.fpr)
 
     @property
     def knn_threshold(self) -> float:
-        if not self.knn_scores:
-            return self.threshold
-        return threshold_for_fpr(self.knn_scores, self.fpr) * self.knn_bank_size_factor
+        return self.knn_threshold_at(self.fpr)
 
     @property
     def aligned_threshold(self) -> float:
