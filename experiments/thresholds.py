@@ -37,7 +37,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from iad_agent.vision.normal_bank import prior_threshold, threshold_for_fpr
+from iad_agent.vision.normal_bank import threshold_for_fpr
+from iad_agent.vision.threshold_prior import prior_threshold
 
 DEV_EXCLUDE = {"elpv"}
 NU0_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # finite: many held-out scores must win over the prior

@@ -175,7 +175,7 @@ def test_fpr_alone_resets_threshold_and_tool_limits_from_stored_scores(ws, monke
 
 # ------------------------------------------------------------------ item 1: removal
 def test_remove_good_images_rebuilds_from_stored_features(ws, goods):
-    from iad_agent.vision.normal_bank import prior_threshold
+    from iad_agent.vision.threshold_prior import prior_threshold
 
     with pytest.raises(RegistrationError, match="not registered as good images of 'haz': .*nope.png"):
         ws.remove_images("haz", [goods[0], goods[0].with_name("nope.png")])

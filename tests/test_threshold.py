@@ -8,15 +8,18 @@ import math
 import numpy as np
 import pytest
 
-from iad_agent.vision.normal_bank import (
-    PRIOR_KEYS,
-    Calibration,
-    prior_threshold,
-    threshold_for_fpr,
-    threshold_prior,
-)
+from iad_agent.vision.normal_bank import Calibration, threshold_for_fpr
+from iad_agent.vision.threshold_prior import PRIOR_KEYS, prior_threshold, threshold_prior
 
 P = {"view_shift": 0.3, "view_sigma": 0.1, "loo_shift": 0.0, "sigma": 0.07, "nu0": 8.0}
+
+
+def test_doctests():
+    import doctest
+
+    from iad_agent.vision import threshold_prior as module
+
+    assert doctest.testmod(module).failed == 0
 
 
 def test_packaged_prior_loads_with_plausible_constants():
@@ -59,6 +62,16 @@ def test_stored_calibrations_without_a_prior_keep_their_rule_and_with_one_round_
     assert again.threshold == new.threshold and again.knn_threshold_at(0.01) == new.knn_threshold_at(0.01)
     assert new.threshold == pytest.approx(prior_threshold(old["global_scores"], 0.05, new.prior["global"],
                                                           bank_size_factor=0.95))
+
+
+def test_a_stored_prior_lacking_a_constant_is_refused_when_a_product_loads():
+    from iad_agent.product_files import _threshold_prior_ok
+
+    prior = threshold_prior()
+    assert _threshold_prior_ok(json.loads(json.dumps(prior)))
+    for broken in ({**prior, "knn": {k: v for k, v in prior["knn"].items() if k != "sigma"}},
+                   {**prior, "global": {**prior["global"], "nu0": float("nan")}}, {"global": prior["global"]}, []):
+        assert not _threshold_prior_ok(broken)
 
 
 # ------------------------------------------------------------------ real images

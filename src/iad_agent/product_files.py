@@ -300,7 +300,7 @@ def _read_bank(folder: Path, name: str):
 
 
 def _threshold_prior_ok(prior) -> bool:
-    from iad_agent.vision.normal_bank import PRIOR_KEYS
+    from iad_agent.vision.threshold_prior import PRIOR_KEYS
 
     return isinstance(prior, dict) and all(
         isinstance(prior.get(kind), dict) and all(_number(prior[kind].get(k)) for k in PRIOR_KEYS) for kind in ("global", "knn"))

@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from iad_agent.vision.features import FeatureExtractor
-from iad_agent.vision.normal_bank import Calibration, NormalBank, aligned_distance, image_score, threshold_prior
+from iad_agent.vision.normal_bank import Calibration, NormalBank, aligned_distance, image_score
+from iad_agent.vision.threshold_prior import threshold_prior
 from iad_agent.vision.similarity import self_similarity_map
 from iad_agent.vision.scoring import WEIGHTS, Scoring, choose_scoring
 from iad_agent.vision.synthetic import DEFECT_MAKERS
