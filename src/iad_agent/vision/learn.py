@@ -9,7 +9,7 @@ images and scored the same way. From the two sets come
 * the calibration: held-out good scores under the chosen scoring, from which the threshold for
   the promised false-alarm rate is set, and the plain nearest-neighbour scores (the ``knn``
   baseline keeps its own threshold), with the packaged few-shot threshold prior
-  (:func:`iad_agent.vision.normal_bank.prior_threshold`) stored beside them.
+  (:func:`iad_agent.vision.threshold_prior.prior_threshold`) stored beside them.
 
 No defect image and no test label is ever used.
 """
@@ -23,10 +23,10 @@ from PIL import Image
 
 from iad_agent.vision.features import FeatureExtractor
 from iad_agent.vision.normal_bank import Calibration, NormalBank, aligned_distance, image_score
-from iad_agent.vision.threshold_prior import threshold_prior
 from iad_agent.vision.similarity import self_similarity_map
 from iad_agent.vision.scoring import WEIGHTS, Scoring, choose_scoring
 from iad_agent.vision.synthetic import DEFECT_MAKERS
+from iad_agent.vision.threshold_prior import threshold_prior
 
 #: Held-out good images scored at registration (evenly spaced over the references).
 MAX_HELD_OUT = 8
