@@ -33,3 +33,49 @@ def test_fused_backbone_gives_the_packaged_features(real_images, name):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
     a, b = plain(real_images[:2]), fast(real_images[:2])  # a batch
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def _self_similarity_reference(grid, k=4, radius=2, border=2):
+    """The first implementation (a boolean neighbourhood mask per chunk), kept as the reference."""
+    import torch
+
+    h, w, c = grid.shape
+    x = torch.from_numpy(np.ascontiguousarray(grid.reshape(-1, c), dtype=np.float32))
+    yy, xx = torch.div(torch.arange(h * w), w, rounding_mode="floor"), torch.arange(h * w) % w
+    sq = (x * x).sum(1)
+    kk = max(1, min(k, h * w - (2 * radius + 1) ** 2))
+    d = sq[:, None] - 2 * x @ x.T + sq[None]
+    near = ((yy[:, None] - yy[None]).abs() <= radius) & ((xx[:, None] - xx[None]).abs() <= radius)
+    d[near] = float("inf")
+    out = d.topk(kk, dim=1, largest=False).values[:, -1].clamp_min(0).sqrt().reshape(h, w).numpy()
+    if border:
+        out[:border], out[-border:], out[:, :border], out[:, -border:] = 0, 0, 0, 0
+    return out
+
+
+def test_self_similarity_map_is_unchanged(real_images):
+    """The neighbourhood left out through an index table is the same as through the boolean mask."""
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.similarity import self_similarity_map
+
+    extractor = FeatureExtractor()
+    for img in real_images:
+        grid = extractor([img])[0]
+        expected = _self_similarity_reference(grid)
+        np.testing.assert_allclose(self_similarity_map(grid), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(self_similarity_map(grid, chunk=100), expected, rtol=1e-5, atol=1e-5)
+    rng = np.random.default_rng(0)
+    small = rng.standard_normal((7, 9, 16)).astype(np.float32)  # a grid barely larger than the neighbourhood
+    np.testing.assert_allclose(self_similarity_map(small, border=0), _self_similarity_reference(small, border=0), rtol=1e-5)
+    assert self_similarity_map(small, border=0).min() > 0
+
+
+def test_zoom_nearest_distances_match_the_full_matrix(real_images):
+    """The zoom's crop-to-references nearest distances (faiss) equal the full distance matrix's minimum."""
+    from iad_agent.tools.zoom import nearest_distances
+    from iad_agent.vision.features import FeatureExtractor
+
+    grids = FeatureExtractor()(real_images[:2])
+    q, refs = grids[0].reshape(-1, grids.shape[-1]), grids[1].reshape(-1, grids.shape[-1])
+    full = (q**2).sum(1)[:, None] - 2 * q @ refs.T + (refs**2).sum(1)[None]
+    np.testing.assert_allclose(nearest_distances(q, refs), np.sqrt(np.maximum(full.min(axis=1), 0)), rtol=1e-4, atol=1e-3)
