@@ -79,3 +79,33 @@ def test_zoom_nearest_distances_match_the_full_matrix(real_images):
     q, refs = grids[0].reshape(-1, grids.shape[-1]), grids[1].reshape(-1, grids.shape[-1])
     full = (q**2).sum(1)[:, None] - 2 * q @ refs.T + (refs**2).sum(1)[None]
     np.testing.assert_allclose(nearest_distances(q, refs), np.sqrt(np.maximum(full.min(axis=1), 0)), rtol=1e-4, atol=1e-3)
+
+
+def _coreset_reference(features, n, seed=0, proj_dim=32):
+    """The first greedy coreset (fresh temporaries per selected point), kept as the reference."""
+    import math
+
+    rng = np.random.default_rng(seed)
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    proj = rng.standard_normal((x.shape[1], proj_dim)).astype(np.float32) / np.float32(math.sqrt(proj_dim))
+    x = np.ascontiguousarray(x @ proj)
+    sq = (x * x).sum(1)
+    selected = np.empty(n, dtype=np.int64)
+    nxt = int(rng.integers(x.shape[0]))
+    dist = np.full(x.shape[0], np.inf, dtype=np.float32)
+    for i in range(n):
+        selected[i] = nxt
+        np.minimum(dist, sq - 2 * (x @ x[nxt]) + sq[nxt], out=dist)
+        nxt = int(dist.argmax())
+    return np.sort(selected)
+
+
+def test_greedy_coreset_selects_the_same_patches(real_images):
+    """The in-place coreset loop picks exactly the patches the first implementation picked."""
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.normal_bank import greedy_coreset
+
+    grids = FeatureExtractor()(real_images)
+    flat = np.concatenate([g.reshape(-1, g.shape[-1]) for g in grids])
+    for seed in (0, 1):
+        np.testing.assert_array_equal(greedy_coreset(flat, 500, seed=seed), _coreset_reference(flat, 500, seed=seed))

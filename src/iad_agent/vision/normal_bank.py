@@ -83,9 +83,14 @@ def greedy_coreset(features: np.ndarray, n: int, seed: int = 0, proj_dim: int = 
     selected = np.empty(n, dtype=np.int64)
     nxt = int(rng.integers(m))
     dist = np.full(m, np.inf, dtype=np.float32)
+    d = np.empty(m, dtype=np.float32)  # one buffer: no allocation (and page faults) per selected point
     for i in range(n):
         selected[i] = nxt
-        np.minimum(dist, sq - 2 * (x @ x[nxt]) + sq[nxt], out=dist)
+        np.dot(x, x[nxt], out=d)  # sq - 2 x·c + |c|², in place, in the same order of operations
+        np.multiply(d, 2, out=d)
+        np.subtract(sq, d, out=d)
+        np.add(d, sq[nxt], out=d)
+        np.minimum(dist, d, out=dist)
         nxt = int(dist.argmax())
     return np.sort(selected)
 
