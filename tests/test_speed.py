@@ -109,3 +109,28 @@ def test_greedy_coreset_selects_the_same_patches(real_images):
     flat = np.concatenate([g.reshape(-1, g.shape[-1]) for g in grids])
     for seed in (0, 1):
         np.testing.assert_array_equal(greedy_coreset(flat, 500, seed=seed), _coreset_reference(flat, 500, seed=seed))
+
+
+def test_bank_memory_is_built_without_a_float32_copy_of_all_patches(real_images):
+    """Coreset over float16 grid blocks (and incremental adds) = the coreset over their float32 concatenation."""
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.normal_bank import NormalBank
+
+    grids = list(FeatureExtractor()(real_images))
+    bank = NormalBank(max_patches=1500)
+    bank.add(grids[:2], ["a", "b"])
+    flat = np.concatenate([g.astype(np.float16).astype(np.float32).reshape(-1, g.shape[-1]) for g in grids[:2]])
+    keep = _coreset_reference(flat, 1500)
+    np.testing.assert_array_equal(bank.memory, flat[keep])
+    assert bank.memory.dtype == np.float32 and bank.memory.flags["C_CONTIGUOUS"]
+    origin = np.concatenate([np.full(g.shape[0] * g.shape[1], i) for i, g in enumerate(grids[:2])])
+    np.testing.assert_array_equal(bank.origin, origin[keep])
+    memory, origin = bank.memory, bank.origin
+    bank.add(grids[2:], ["c"])  # incremental: the current memory plus the new grid
+    third = grids[2].astype(np.float16).astype(np.float32).reshape(-1, grids[2].shape[-1])
+    keep = _coreset_reference(np.concatenate([memory, third]), 1500)
+    np.testing.assert_array_equal(bank.memory, np.concatenate([memory, third])[keep])
+    np.testing.assert_array_equal(bank.origin, np.concatenate([origin, np.full(len(third), 2)])[keep])
+    small = NormalBank()  # under the bound: every patch, float32
+    small.add(grids[:1], ["a"])
+    np.testing.assert_array_equal(small.memory, flat[: len(small.memory)])

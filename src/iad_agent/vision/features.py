@@ -51,6 +51,7 @@ _WEIGHTS = {
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 _MULTIPLE = 16  # input sides are rounded to the coarsest stride
+BATCH_PIXELS = 256 * 256  # per image of a full batch: bounds the activations' memory for large inputs
 
 
 @dataclass(frozen=True)
@@ -296,13 +297,19 @@ class FeatureExtractor:
         return feats.permute(0, 2, 3, 1).contiguous().numpy()
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray | list[np.ndarray]:
-        """Patch features for a list of images, batched by input size to bound memory."""
+        """Patch features for a list of images, batched by input size to bound memory.
+
+        A batch holds at most ``batch_size`` images and at most ``batch_size`` 256×256 inputs'
+        worth of pixels (at least one image): eight 1024×1024 inputs at once took over 2 GB of
+        activations. Each image's features do not depend on its batch.
+        """
         sizes = [self.config.input_size(*img.size) for img in images]
         out: list[np.ndarray | None] = [None] * len(images)
         for size in dict.fromkeys(sizes):
             idx = [i for i, s in enumerate(sizes) if s == size]
-            for j in range(0, len(idx), self.batch_size):
-                chunk = idx[j:j + self.batch_size]
+            step = max(1, min(self.batch_size, self.batch_size * BATCH_PIXELS // (size[0] * size[1])))
+            for j in range(0, len(idx), step):
+                chunk = idx[j:j + step]
                 for i, g in zip(chunk, self.extract_batch([images[i] for i in chunk], size)):
                     out[i] = g
         if not out:
