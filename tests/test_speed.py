@@ -134,3 +134,40 @@ def test_bank_memory_is_built_without_a_float32_copy_of_all_patches(real_images)
     small = NormalBank()  # under the bound: every patch, float32
     small.add(grids[:1], ["a"])
     np.testing.assert_array_equal(small.memory, flat[: len(small.memory)])
+
+
+def test_registration_frees_decoded_images_before_learning(data_root, monkeypatch):
+    """Once the features are in the bank, only the cache's last 16 decoded good images (and the first) stay alive."""
+    import gc
+    import weakref
+
+    import iad_agent.registration as registration
+    import iad_agent.vision.learn as learn_module
+
+    class Stop(Exception):
+        pass
+
+    made: list[weakref.ref] = []
+    load_all = registration._load_all
+
+    def recording_load_all(*args, **kwargs):
+        images = load_all(*args, **kwargs)
+        made.extend(weakref.ref(im) for im in images)
+        return images
+
+    seen = {}
+
+    def counting_learn(bank, *args, **kwargs):
+        gc.collect()
+        seen["alive"] = sum(r() is not None for r in made)
+        seen["grid_dtypes"] = {g.dtype for g in bank.grids}
+        raise Stop
+
+    monkeypatch.setattr(registration, "_load_all", recording_load_all)
+    monkeypatch.setattr(learn_module, "learn", counting_learn)
+    normals = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:20]
+    with pytest.raises(Stop):
+        registration.register("hazelnut", normals)
+    assert len(made) == 20
+    assert seen["alive"] <= 17, seen
+    assert seen["grid_dtypes"] == {np.dtype(np.float16)}
