@@ -171,3 +171,32 @@ def test_registration_frees_decoded_images_before_learning(data_root, monkeypatc
     assert len(made) == 20
     assert seen["alive"] <= 17, seen
     assert seen["grid_dtypes"] == {np.dtype(np.float16)}
+
+
+def _texture_likeness_reference(bank, held_out=None):
+    """The first texture_likeness (whole distance matrix and masks at once), kept as the reference."""
+    grid = bank.grids[0].astype(np.float32)
+    h, w, c = grid.shape
+    flat = grid.reshape(-1, c)
+    sub = flat[::3]
+    d = np.sqrt(np.maximum((flat**2).sum(1)[:, None] - 2 * flat @ sub.T + (sub**2).sum(1)[None], 0))
+    yy, xx = np.divmod(np.arange(h * w), w)
+    near = (np.abs(yy[:, None] - yy[None, ::3]) <= 2) & (np.abs(xx[:, None] - xx[None, ::3]) <= 2)
+    d[near] = np.inf
+    within = float(np.quantile(d.min(axis=1), 0.9))
+    across_map = bank.patch_distances(grid, exclude=0) if len(bank) > 1 else bank.patch_distances(held_out)
+    return within / max(float(np.quantile(across_map, 0.9)), 1e-8)
+
+
+def test_texture_likeness_in_row_chunks_is_unchanged(real_images):
+    """texture_likeness computed in row chunks (bounded memory) equals the whole-matrix computation."""
+    from iad_agent.product import texture_likeness
+    from iad_agent.vision.features import FeatureConfig, FeatureExtractor
+    from iad_agent.vision.normal_bank import NormalBank
+
+    extractor = FeatureExtractor(FeatureConfig(resolution=320))  # 40x40 = 1600 patches: more than one chunk
+    grids = list(extractor(real_images[:2]))
+    bank = NormalBank(extractor.config)
+    bank.add(grids, ["a", "b"])
+    assert bank.grids[0].shape[0] * bank.grids[0].shape[1] > 1024
+    assert texture_likeness(bank) == pytest.approx(_texture_likeness_reference(bank), rel=1e-6)
