@@ -387,11 +387,16 @@ def texture_likeness(bank: NormalBank, held_out: np.ndarray | None = None) -> fl
     h, w, c = grid.shape
     flat = grid.reshape(-1, c)
     sub = flat[::3]
-    d = np.sqrt(np.maximum((flat**2).sum(1)[:, None] - 2 * flat @ sub.T + (sub**2).sum(1)[None], 0))
+    flat_sq, sub_sq = (flat**2).sum(1), (sub**2).sum(1)[None]
     yy, xx = np.divmod(np.arange(h * w), w)
-    near = (np.abs(yy[:, None] - yy[None, ::3]) <= 2) & (np.abs(xx[:, None] - xx[None, ::3]) <= 2)
-    d[near] = np.inf
-    within = float(np.quantile(d.min(axis=1), 0.9))
+    best = np.empty(h * w, dtype=np.float32)
+    for start in range(0, h * w, 1024):  # in row chunks: a 128x128 grid's whole matrix and masks took 800 MB
+        rows = slice(start, min(start + 1024, h * w))
+        d = np.sqrt(np.maximum(flat_sq[rows, None] - 2 * flat[rows] @ sub.T + sub_sq, 0))
+        near = (np.abs(yy[rows, None] - yy[None, ::3]) <= 2) & (np.abs(xx[rows, None] - xx[None, ::3]) <= 2)
+        d[near] = np.inf
+        best[rows] = d.min(axis=1)
+    within = float(np.quantile(best, 0.9))
     across_map = bank.patch_distances(grid, exclude=0) if len(bank) > 1 else bank.patch_distances(held_out)
     across = float(np.quantile(across_map, 0.9))
     return within / max(across, 1e-8)

@@ -52,10 +52,18 @@ def zoom_evidence(product: Product, query: Image.Image, box: Box, refs: list[int
     feats = extractor([q_crop, *ref_crops])  # grids of the crops' own shapes
     q = feats[0]
     c = q.shape[-1]
-    qf, bank = q.reshape(-1, c), np.concatenate([r.reshape(-1, c) for r in feats[1:]])
-    d = (qf**2).sum(1)[:, None] - 2 * qf @ bank.T + (bank**2).sum(1)[None]
-    q_map = np.sqrt(np.maximum(d.min(axis=1), 0)).reshape(q.shape[:2])
+    q_map = nearest_distances(q.reshape(-1, c), np.concatenate([r.reshape(-1, c) for r in feats[1:]])).reshape(q.shape[:2])
     return {"score": image_score(q_map), "map": q_map, "crop": q_crop}
+
+
+def nearest_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each query row to its nearest reference row (exact faiss search, no matrix kept)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(references.shape[1])
+    index.add(np.ascontiguousarray(references, dtype=np.float32))
+    d, _ = index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
+    return np.sqrt(np.maximum(d[:, 0], 0))
 
 
 @dataclass(frozen=True, kw_only=True)

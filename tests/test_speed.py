@@ -1,0 +1,202 @@
+"""Speed work must not change results: the fast paths give what the plain ones give, on real images.
+
+These tests check equality (up to float rounding) and memory-releasing behaviour, never timings
+(timings are measured by ``iad dev bench`` and ``python -m iad_agent.eval.memory``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def real_images(data_root):
+    hazelnut = Image.open(data_root / "mvtec_ad/hazelnut/test/crack/000.png").convert("RGB")
+    grid = Image.open(data_root / "mvtec_ad/grid/test/broken/000.png").convert("RGB")
+    return [hazelnut, grid, hazelnut.crop((100, 200, 900, 500))]  # a non-square crop too
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1"])
+def test_fused_backbone_gives_the_packaged_features(real_images, name):
+    """Batch norms folded into the convolutions, paddings folded, channels-last: same features."""
+    from iad_agent.vision.features import EfficientNetLite, FeatureConfig, FeatureExtractor
+
+    config = FeatureConfig(backbone=name)
+    plain = FeatureExtractor(config, backbone=EfficientNetLite(name, config.strides, fused=False))
+    fast = FeatureExtractor(config)
+    assert fast.backbone._fused is not None  # the packaged layout is recognised: the fast path runs
+    for img in real_images:
+        a, b = plain([img])[0], fast([img])[0]
+        assert a.shape == b.shape and b.flags["C_CONTIGUOUS"] and b.dtype == np.float32
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    a, b = plain(real_images[:2]), fast(real_images[:2])  # a batch
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def _self_similarity_reference(grid, k=4, radius=2, border=2):
+    """The first implementation (a boolean neighbourhood mask per chunk), kept as the reference."""
+    import torch
+
+    h, w, c = grid.shape
+    x = torch.from_numpy(np.ascontiguousarray(grid.reshape(-1, c), dtype=np.float32))
+    yy, xx = torch.div(torch.arange(h * w), w, rounding_mode="floor"), torch.arange(h * w) % w
+    sq = (x * x).sum(1)
+    kk = max(1, min(k, h * w - (2 * radius + 1) ** 2))
+    d = sq[:, None] - 2 * x @ x.T + sq[None]
+    near = ((yy[:, None] - yy[None]).abs() <= radius) & ((xx[:, None] - xx[None]).abs() <= radius)
+    d[near] = float("inf")
+    out = d.topk(kk, dim=1, largest=False).values[:, -1].clamp_min(0).sqrt().reshape(h, w).numpy()
+    if border:
+        out[:border], out[-border:], out[:, :border], out[:, -border:] = 0, 0, 0, 0
+    return out
+
+
+def test_self_similarity_map_is_unchanged(real_images):
+    """The neighbourhood left out through an index table is the same as through the boolean mask."""
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.similarity import self_similarity_map
+
+    extractor = FeatureExtractor()
+    for img in real_images:
+        grid = extractor([img])[0]
+        expected = _self_similarity_reference(grid)
+        np.testing.assert_allclose(self_similarity_map(grid), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(self_similarity_map(grid, chunk=100), expected, rtol=1e-5, atol=1e-5)
+    rng = np.random.default_rng(0)
+    small = rng.standard_normal((7, 9, 16)).astype(np.float32)  # a grid barely larger than the neighbourhood
+    np.testing.assert_allclose(self_similarity_map(small, border=0), _self_similarity_reference(small, border=0), rtol=1e-5)
+    assert self_similarity_map(small, border=0).min() > 0
+
+
+def test_zoom_nearest_distances_match_the_full_matrix(real_images):
+    """The zoom's crop-to-references nearest distances (faiss) equal the full distance matrix's minimum."""
+    from iad_agent.tools.zoom import nearest_distances
+    from iad_agent.vision.features import FeatureExtractor
+
+    grids = FeatureExtractor()(real_images[:2])
+    q, refs = grids[0].reshape(-1, grids.shape[-1]), grids[1].reshape(-1, grids.shape[-1])
+    full = (q**2).sum(1)[:, None] - 2 * q @ refs.T + (refs**2).sum(1)[None]
+    np.testing.assert_allclose(nearest_distances(q, refs), np.sqrt(np.maximum(full.min(axis=1), 0)), rtol=1e-4, atol=1e-3)
+
+
+def _coreset_reference(features, n, seed=0, proj_dim=32):
+    """The first greedy coreset (fresh temporaries per selected point), kept as the reference."""
+    import math
+
+    rng = np.random.default_rng(seed)
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    proj = rng.standard_normal((x.shape[1], proj_dim)).astype(np.float32) / np.float32(math.sqrt(proj_dim))
+    x = np.ascontiguousarray(x @ proj)
+    sq = (x * x).sum(1)
+    selected = np.empty(n, dtype=np.int64)
+    nxt = int(rng.integers(x.shape[0]))
+    dist = np.full(x.shape[0], np.inf, dtype=np.float32)
+    for i in range(n):
+        selected[i] = nxt
+        np.minimum(dist, sq - 2 * (x @ x[nxt]) + sq[nxt], out=dist)
+        nxt = int(dist.argmax())
+    return np.sort(selected)
+
+
+def test_greedy_coreset_selects_the_same_patches(real_images):
+    """The in-place coreset loop picks exactly the patches the first implementation picked."""
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.normal_bank import greedy_coreset
+
+    grids = FeatureExtractor()(real_images)
+    flat = np.concatenate([g.reshape(-1, g.shape[-1]) for g in grids])
+    for seed in (0, 1):
+        np.testing.assert_array_equal(greedy_coreset(flat, 500, seed=seed), _coreset_reference(flat, 500, seed=seed))
+
+
+def test_bank_memory_is_built_without_a_float32_copy_of_all_patches(real_images):
+    """Coreset over float16 grid blocks (and incremental adds) = the coreset over their float32 concatenation."""
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.normal_bank import NormalBank
+
+    grids = list(FeatureExtractor()(real_images))
+    bank = NormalBank(max_patches=1500)
+    bank.add(grids[:2], ["a", "b"])
+    flat = np.concatenate([g.astype(np.float16).astype(np.float32).reshape(-1, g.shape[-1]) for g in grids[:2]])
+    keep = _coreset_reference(flat, 1500)
+    np.testing.assert_array_equal(bank.memory, flat[keep])
+    assert bank.memory.dtype == np.float32 and bank.memory.flags["C_CONTIGUOUS"]
+    origin = np.concatenate([np.full(g.shape[0] * g.shape[1], i) for i, g in enumerate(grids[:2])])
+    np.testing.assert_array_equal(bank.origin, origin[keep])
+    memory, origin = bank.memory, bank.origin
+    bank.add(grids[2:], ["c"])  # incremental: the current memory plus the new grid
+    third = grids[2].astype(np.float16).astype(np.float32).reshape(-1, grids[2].shape[-1])
+    keep = _coreset_reference(np.concatenate([memory, third]), 1500)
+    np.testing.assert_array_equal(bank.memory, np.concatenate([memory, third])[keep])
+    np.testing.assert_array_equal(bank.origin, np.concatenate([origin, np.full(len(third), 2)])[keep])
+    small = NormalBank()  # under the bound: every patch, float32
+    small.add(grids[:1], ["a"])
+    np.testing.assert_array_equal(small.memory, flat[: len(small.memory)])
+
+
+def test_registration_frees_decoded_images_before_learning(data_root, monkeypatch):
+    """Once the features are in the bank, only the cache's last 16 decoded good images (and the first) stay alive."""
+    import gc
+    import weakref
+
+    import iad_agent.registration as registration
+    import iad_agent.vision.learn as learn_module
+
+    class Stop(Exception):
+        pass
+
+    made: list[weakref.ref] = []
+    load_all = registration._load_all
+
+    def recording_load_all(*args, **kwargs):
+        images = load_all(*args, **kwargs)
+        made.extend(weakref.ref(im) for im in images)
+        return images
+
+    seen = {}
+
+    def counting_learn(bank, *args, **kwargs):
+        gc.collect()
+        seen["alive"] = sum(r() is not None for r in made)
+        seen["grid_dtypes"] = {g.dtype for g in bank.grids}
+        raise Stop
+
+    monkeypatch.setattr(registration, "_load_all", recording_load_all)
+    monkeypatch.setattr(learn_module, "learn", counting_learn)
+    normals = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:20]
+    with pytest.raises(Stop):
+        registration.register("hazelnut", normals)
+    assert len(made) == 20
+    assert seen["alive"] <= 17, seen
+    assert seen["grid_dtypes"] == {np.dtype(np.float16)}
+
+
+def _texture_likeness_reference(bank, held_out=None):
+    """The first texture_likeness (whole distance matrix and masks at once), kept as the reference."""
+    grid = bank.grids[0].astype(np.float32)
+    h, w, c = grid.shape
+    flat = grid.reshape(-1, c)
+    sub = flat[::3]
+    d = np.sqrt(np.maximum((flat**2).sum(1)[:, None] - 2 * flat @ sub.T + (sub**2).sum(1)[None], 0))
+    yy, xx = np.divmod(np.arange(h * w), w)
+    near = (np.abs(yy[:, None] - yy[None, ::3]) <= 2) & (np.abs(xx[:, None] - xx[None, ::3]) <= 2)
+    d[near] = np.inf
+    within = float(np.quantile(d.min(axis=1), 0.9))
+    across_map = bank.patch_distances(grid, exclude=0) if len(bank) > 1 else bank.patch_distances(held_out)
+    return within / max(float(np.quantile(across_map, 0.9)), 1e-8)
+
+
+def test_texture_likeness_in_row_chunks_is_unchanged(real_images):
+    """texture_likeness computed in row chunks (bounded memory) equals the whole-matrix computation."""
+    from iad_agent.product import texture_likeness
+    from iad_agent.vision.features import FeatureConfig, FeatureExtractor
+    from iad_agent.vision.normal_bank import NormalBank
+
+    extractor = FeatureExtractor(FeatureConfig(resolution=320))  # 40x40 = 1600 patches: more than one chunk
+    grids = list(extractor(real_images[:2]))
+    bank = NormalBank(extractor.config)
+    bank.add(grids, ["a", "b"])
+    assert bank.grids[0].shape[0] * bank.grids[0].shape[1] > 1024
+    assert texture_likeness(bank) == pytest.approx(_texture_likeness_reference(bank), rel=1e-6)
