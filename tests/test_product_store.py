@@ -160,7 +160,7 @@ def test_fpr_alone_resets_threshold_and_tool_limits_from_stored_scores(ws, monke
     new = ws.load("haz")
     cal = new.bank.calibration
     assert cal.fpr == 0.01 and cal.global_scores == old.bank.calibration.global_scores
-    assert cal.threshold == pytest.approx(old.bank.calibration.threshold_at(0.01)) and cal.prior == old.bank.calibration.prior
+    assert cal.threshold == pytest.approx(threshold_for_fpr(old.bank.calibration.global_scores, 0.01) * cal.bank_size_factor)
     assert cal.threshold > old.bank.calibration.threshold
     for limit in ("zoom_threshold", "compare_threshold"):  # defined relative to the nearest-neighbour threshold
         ratio_old = getattr(old.tool_limits, limit) / old.bank.calibration.knn_threshold
@@ -175,7 +175,7 @@ def test_fpr_alone_resets_threshold_and_tool_limits_from_stored_scores(ws, monke
 
 # ------------------------------------------------------------------ item 1: removal
 def test_remove_good_images_rebuilds_from_stored_features(ws, goods):
-    from iad_agent.vision.threshold_prior import prior_threshold
+    from iad_agent.vision.normal_bank import threshold_for_fpr
 
     with pytest.raises(RegistrationError, match="not registered as good images of 'haz': .*nope.png"):
         ws.remove_images("haz", [goods[0], goods[0].with_name("nope.png")])
@@ -184,8 +184,7 @@ def test_remove_good_images_rebuilds_from_stored_features(ws, goods):
     assert p.bank.paths == _resolved(goods[1:3]) and reg.removed == _resolved(goods[:1])
     assert int(p.bank.origin.max()) == 1 and len(p.image_hashes) == 2 and None not in p.image_hashes
     cal = p.bank.calibration
-    assert cal.threshold == pytest.approx(prior_threshold(cal.global_scores, 0.05, cal.prior["global"],
-                                                          bank_size_factor=cal.bank_size_factor))
+    assert cal.threshold == pytest.approx(threshold_for_fpr(cal.global_scores, 0.05) * cal.bank_size_factor)
     with pytest.raises(RegistrationError, match="cannot remove every good image of 'haz'"):
         ws.remove_images("haz", goods[1:3])
     assert len(ws.load("haz").bank) == 2

@@ -285,11 +285,13 @@ FPR_RANGE = (0.001, 0.5)
 def threshold_for_fpr(product: Product, fpr: float) -> float:
     """The threshold that ``product``'s held-out good scores give for false-alarm rate ``fpr``.
 
-    The calibration's own rule (:meth:`Calibration.threshold_at`): the held-out scores with the
-    packaged few-shot prior the product was calibrated with (products stored before it: the
-    quantile of the held-out scores, carried to the full bank by the ``bank_size_factor``).
+    The calibration's own rule (:attr:`Calibration.threshold`): the quantile of the held-out
+    scores, carried to the full bank by its ``bank_size_factor``.
     """
-    return product.bank.calibration.threshold_at(fpr)
+    from iad_agent.vision.normal_bank import threshold_for_fpr as from_scores
+
+    cal = product.bank.calibration
+    return from_scores(cal.global_scores, fpr) * cal.bank_size_factor
 
 
 def fpr_for_threshold(product: Product, threshold: float) -> float:

@@ -271,12 +271,9 @@ def _read_bank(folder: Path, name: str):
                            f"or register the product again with another --backbone")
     cal = meta.get("calibration")
     known = {"fpr", "method", "global_scores", "aligned_scores", "patch_threshold",
-             "knn_scores", "knn_patch_threshold", "bank_size_factor", "knn_bank_size_factor",  # issue 11
-             "prior"}  # issue 11 item 4: the threshold prior the calibration was made with (absent: the old rule)
+             "knn_scores", "knn_patch_threshold", "bank_size_factor", "knn_bank_size_factor"}  # the last four: issue 11
     if not isinstance(cal, dict) or set(cal) - known:
         raise _damaged(meta_path, name, "has no usable calibration")
-    if cal.get("prior") is not None and not _threshold_prior_ok(cal["prior"]):
-        raise _damaged(meta_path, name, "has a calibration whose threshold prior lacks constants or holds non-finite ones")
     scores_ok = all(isinstance(cal.get(k), list) and cal[k] and all(_number(x) for x in cal[k])
                     for k in ("global_scores", "aligned_scores"))
     if not (scores_ok and _number(cal.get("fpr")) and 0 < cal["fpr"] < 1 and _number(cal.get("patch_threshold"))
@@ -297,13 +294,6 @@ def _read_bank(folder: Path, name: str):
     if not (math.isfinite(threshold) and threshold > 0):
         raise _damaged(meta_path, name, f"gives a threshold of {threshold:g}")
     return bank
-
-
-def _threshold_prior_ok(prior) -> bool:
-    from iad_agent.vision.threshold_prior import PRIOR_KEYS
-
-    return isinstance(prior, dict) and all(
-        isinstance(prior.get(kind), dict) and all(_number(prior[kind].get(k)) for k in PRIOR_KEYS) for kind in ("global", "knn"))
 
 
 def _read_defects(src: Path, name: str, dim: int) -> tuple[DefectExamples | None, list | None]:

@@ -8,8 +8,7 @@ images and scored the same way. From the two sets come
 * the self-similarity weight of the product's scoring (:func:`iad_agent.vision.scoring.choose_scoring`),
 * the calibration: held-out good scores under the chosen scoring, from which the threshold for
   the promised false-alarm rate is set, and the plain nearest-neighbour scores (the ``knn``
-  baseline keeps its own threshold), with the packaged few-shot threshold prior
-  (:func:`iad_agent.vision.threshold_prior.prior_threshold`) stored beside them.
+  baseline keeps its own threshold).
 
 No defect image and no test label is ever used.
 """
@@ -26,7 +25,6 @@ from iad_agent.vision.normal_bank import Calibration, NormalBank, aligned_distan
 from iad_agent.vision.similarity import self_similarity_map
 from iad_agent.vision.scoring import WEIGHTS, Scoring, choose_scoring
 from iad_agent.vision.synthetic import DEFECT_MAKERS
-from iad_agent.vision.threshold_prior import threshold_prior
 
 #: Held-out good images scored at registration (evenly spaced over the references).
 MAX_HELD_OUT = 8
@@ -125,7 +123,6 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         knn_patch_threshold=float(np.quantile(np.concatenate([k.ravel() for k in held_knn]), PATCH_QUANTILE)),
         bank_size_factor=factor,
         knn_bank_size_factor=knn_factor,
-        prior=threshold_prior(),
     )
     return scoring, cal
 

@@ -28,7 +28,6 @@ from scipy.ndimage import gaussian_filter
 
 from iad_agent.imageio import atomic_write_bytes, atomic_write_text
 from iad_agent.vision.features import FeatureConfig
-from iad_agent.vision.threshold_prior import PRIOR_KEYS, prior_threshold, threshold_prior  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +149,6 @@ class Calibration:
     Leave-one-out scores come from one good image fewer than the inspector has; the
     ``*_bank_size_factor`` (≤ 1) carries the held-out scores one image further, from the drop
     measured between leave-two-out and leave-one-out (see :mod:`iad_agent.vision.learn`).
-
-    ``prior`` is the copy of the packaged threshold prior (:func:`threshold_prior`) the
-    thresholds are set with (:func:`prior_threshold`: a handful of held-out scores cannot say
-    how far good parts spread, nor how much easier augmented views are than other good parts).
-    Calibrations stored without it keep the rule they were made with: the quantile or normal
-    fit of :func:`threshold_for_fpr`, times the bank-size factor.
     """
 
     fpr: float
@@ -167,31 +160,16 @@ class Calibration:
     knn_patch_threshold: float = 0.0
     bank_size_factor: float = 1.0
     knn_bank_size_factor: float = 1.0
-    prior: dict | None = None
-
-    def threshold_at(self, fpr: float) -> float:
-        """The global look's threshold for false-alarm rate ``fpr`` (falls strictly as ``fpr`` grows)."""
-        return self._rule(self.global_scores, fpr, self.bank_size_factor, "global")
-
-    def knn_threshold_at(self, fpr: float) -> float:
-        """The plain nearest-neighbour threshold for false-alarm rate ``fpr``."""
-        if not self.knn_scores:
-            return self.threshold_at(fpr)
-        return self._rule(self.knn_scores, fpr, self.knn_bank_size_factor, "knn")
-
-    def _rule(self, scores: list[float], fpr: float, factor: float, kind: str) -> float:
-        if self.prior and kind in self.prior:
-            return prior_threshold(scores, fpr, self.prior[kind], views=self.method == "augmented-views",
-                                   bank_size_factor=factor)
-        return threshold_for_fpr(scores, fpr) * factor
 
     @property
     def threshold(self) -> float:
-        return self.threshold_at(self.fpr)
+        return threshold_for_fpr(self.global_scores, self.fpr) * self.bank_size_factor
 
     @property
     def knn_threshold(self) -> float:
-        return self.knn_threshold_at(self.fpr)
+        if not self.knn_scores:
+            return self.threshold
+        return threshold_for_fpr(self.knn_scores, self.fpr) * self.knn_bank_size_factor
 
     @property
     def aligned_threshold(self) -> float:
