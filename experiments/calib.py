@@ -1,0 +1,213 @@
+"""Dump, per k-shot group, everything a threshold rule could use and what it must predict.
+
+    python experiments/calib.py --out /work/detect3-results/calib/dump.jsonl [--cats grid,elpv] [--shots 1,4,all]
+
+For each (category, shots, seed) of the ``iad eval`` protocol (plus ELPV, the unseen check set)
+the package registers a product from the cached reference grids (``vision.learn.learn``: the
+scoring weight, the held-out good scores) and scores
+
+* the test images (good and defective): what a threshold rule is judged on, and
+* the *other* images of the reference pool (train/good only): good parts the references have
+  not seen, the material from which any prior of a threshold rule may be estimated.
+
+Feature grids of files are cached under ``$IAD_LAB_CACHE`` (default
+``/work/detect3-results/cache``) per feature configuration. Held-out maps are saved beside the
+jsonl (``maps/<group>.npz``) for patch-level rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from iad_agent.imageio import load_image  # noqa: E402
+from iad_agent.vision.features import FeatureConfig, FeatureExtractor  # noqa: E402
+from iad_agent.vision.normal_bank import NormalBank, image_score  # noqa: E402
+from iad_agent.vision.similarity import self_similarity_map  # noqa: E402
+
+CACHE = Path(os.environ.get("IAD_LAB_CACHE", "/work/detect3-results/cache"))
+ELPV = Path("/work/extra/elpv_pkg/elpv_dataset/data")
+_extractors: dict = {}
+
+
+def extractor(config: FeatureConfig) -> FeatureExtractor:
+    if config not in _extractors:
+        _extractors[config] = FeatureExtractor(config)
+    return _extractors[config]
+
+
+def config_key(config: FeatureConfig) -> str:
+    return hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def grid_of(path: Path, config: FeatureConfig) -> np.ndarray:
+    """The package's features of an image file, cached on disk (float16)."""
+    h = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    f = CACHE / config_key(config) / f"{h}.npy"
+    if f.exists():
+        return np.load(f).astype(np.float32)
+    g = extractor(config)([load_image(path)])[0]
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp.npy")
+    np.save(tmp, g.astype(np.float16))
+    os.replace(tmp, f)
+    return g.astype(np.float16).astype(np.float32)
+
+
+_self_cache: dict = {}
+
+
+def self_map_of(path: Path, config: FeatureConfig) -> np.ndarray:
+    key = (str(path), config)
+    if key not in _self_cache:
+        _self_cache[key] = self_similarity_map(grid_of(path, config))
+    return _self_cache[key]
+
+
+def categories(names: list[str] | None, elpv: bool, max_bad: int) -> list[tuple[str, list[Path], list]]:
+    """``(name, reference pool, test samples)`` of every category of the shared data (+ ELPV)."""
+    from iad_agent.datasets import list_categories, load_dataset
+    from iad_agent.eval.plan import available_datasets, evenly_spaced, split_dataset
+
+    out = []
+    for dataset, root in available_datasets():
+        if dataset == "deeppcb":
+            continue
+        for cat in list_categories(dataset, root):
+            if names and cat not in names:
+                continue
+            split = split_dataset(load_dataset(dataset, root, cat))
+            good = [s for s in split.test if not s.is_anomalous]
+            bad = evenly_spaced([s for s in split.test if s.is_anomalous], max_bad)
+            out.append((cat, split.pool, good + bad))
+    if elpv and (not names or "elpv" in names):
+        out.append(elpv_category())
+    return out
+
+
+def elpv_category(n_pool: int = 50, n_good: int = 100, n_bad: int = 100):
+    from iad_agent.types import Sample
+
+    rows = [line.split() for line in (ELPV / "labels.csv").read_text().splitlines() if line.strip()]
+    good = [ELPV / r[0] for r in rows if float(r[1]) == 0.0]
+    bad = [ELPV / r[0] for r in rows if float(r[1]) >= 0.67]
+    idx = lambda n, k: np.unique(np.linspace(0, n - 1, k).round().astype(int))  # noqa: E731
+    gsel = [good[i] for i in idx(len(good), n_pool + n_good)]
+    pool = gsel[::2][:n_pool]
+    testg = [g for g in gsel if g not in pool][:n_good]
+    testb = [bad[i] for i in idx(len(bad), n_bad)]
+    test = [Sample(p, "elpv", 0) for p in testg] + [Sample(p, "elpv", 1) for p in testb]
+    return "elpv", pool, test
+
+
+def product_config(refs: list[Path]) -> FeatureConfig:
+    """The feature configuration registration would choose for these references."""
+    import dataclasses
+
+    from iad_agent.imageio import image_size
+
+    config = FeatureConfig()
+    sizes = [image_size(p) for p in refs]
+    if len(set(sizes)) > 1:
+        config = dataclasses.replace(config, reference_side=int(np.median([min(s) for s in sizes])))
+    return config
+
+
+def score(bank: NormalBank, grid: np.ndarray, smap: np.ndarray | None) -> tuple[float, float]:
+    knn = bank.patch_distances(grid)
+    fused = bank.scoring.fuse(knn, smap if bank.scoring.uses_self else None)
+    return image_score(fused), image_score(knn)
+
+
+def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: list, fpr: float, max_pool: int,
+              maps_dir: Path) -> dict:
+    from iad_agent.eval.plan import evenly_spaced
+    from iad_agent.vision.learn import learn
+
+    config = product_config(refs)
+    bank = NormalBank(config)
+    bank.add([grid_of(p, config) for p in refs], [str(p) for p in refs])
+    images = {}
+
+    def image_of(i: int):
+        if i not in images:
+            images[i] = load_image(refs[i])
+        return images[i]
+
+    t0 = time.perf_counter()
+    bank.scoring, cal = learn(bank, extractor(config), image_of, fpr)
+    learn_s = time.perf_counter() - t0
+    others = evenly_spaced([p for p in pool if p not in set(refs)], max_pool)
+    row = {"cat": cat, "shots": k, "seed": seed, "k": len(refs), "w": bank.scoring.self_weight,
+           "knn_level": bank.scoring.knn_level, "self_level": bank.scoring.self_level,
+           "syn": bank.scoring.synthetic_auroc, "method": cal.method, "held": cal.global_scores,
+           "held_knn": cal.knn_scores, "factor": cal.bank_size_factor, "knn_factor": cal.knn_bank_size_factor,
+           "patch_threshold": cal.patch_threshold, "learn_s": round(learn_s, 2)}
+    for name, items in (("test", [(s.image_path, s.label) for s in test]), ("pool", [(p, 0) for p in others])):
+        fused, plain, labels = [], [], []
+        for path, label in items:
+            g = grid_of(path, config)
+            f, p = score(bank, g, self_map_of(path, config) if bank.scoring.uses_self else None)
+            fused.append(f)
+            plain.append(p)
+            labels.append(int(label))
+        row[name] = fused
+        row[name + "_knn"] = plain
+        row[name + "_y"] = labels
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cats", default="")
+    ap.add_argument("--no-elpv", action="store_true")
+    ap.add_argument("--shots", default="1,4,all")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--fpr", type=float, default=0.05)
+    ap.add_argument("--max-bad", type=int, default=100)
+    ap.add_argument("--max-pool", type=int, default=30)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    from iad_agent.eval.plan import draw_references, parse_shots
+    from iad_agent.eval.runner import set_threads
+
+    set_threads(1)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["cat"], str(r["shots"]), r["seed"]))
+    shots = parse_shots(a.shots.split(","))
+    for cat, pool, test in categories(a.cats.split(",") if a.cats else None, not a.no_elpv, a.max_bad):
+        seen = set()
+        for k in shots:
+            for seed in range(a.seeds):
+                refs = draw_references(pool, k, seed, cat)
+                if (k, tuple(refs)) in seen or (cat, str(k), seed) in done:
+                    continue
+                seen.add((k, tuple(refs)))
+                t0 = time.perf_counter()
+                row = run_group(cat, k, seed, refs, pool, test, a.fpr, a.max_pool, out.parent / "maps")
+                with out.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                y = np.array(row["test_y"])
+                t = np.array(row["test"])
+                print(f"{cat:13s} k={k!s:3s} s={seed} w={row['w']} held={np.round(row['held'], 3)} "
+                      f"good med={np.median(t[y == 0]):.3f} bad med={np.median(t[y == 1]):.3f} "
+                      f"pool med={np.median(row['pool']) if row['pool'] else float('nan'):.3f} "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
