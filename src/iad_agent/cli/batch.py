@@ -59,20 +59,27 @@ def _finish(tally, outputs: list, as_json: bool) -> None:
     raise typer.Exit(tally.exit_code)
 
 
+def _start(images: list[Path], out: Path | None, jsonl: Path | None, resume: bool) -> tuple[list[Path], list]:
+    """The images of a folder batch and its open results files (exits with a usage error)."""
+    from iad_agent.scale.folder import BatchError, find_images
+
+    if resume and out is None and jsonl is None:
+        fail("--resume continues a results file: give --out results.csv and/or --jsonl results.jsonl")
+    try:
+        return find_images(images), _open_outputs([out, jsonl], resume)
+    except BatchError as exc:
+        fail(str(exc))
+        raise  # fail exits; for type checkers
+
+
 def inspect_folder(images: list[Path], *, product: str | None, normals: Path | None, workspace: Path | None,
                    resolved, max_steps: int, out: Path | None, jsonl: Path | None, resume: bool, as_json: bool,
                    heatmap_dir: Path | None = None) -> None:
     """``iad inspect DIR|GLOB ... [--out results.csv] [--jsonl results.jsonl] [--resume]`` (exits)."""
     from iad_agent import api
-    from iad_agent.scale.folder import BatchError, find_images, inspect_to_files
+    from iad_agent.scale.folder import inspect_to_files
 
-    if resume and out is None and jsonl is None:
-        fail("--resume continues a results file: give --out results.csv and/or --jsonl results.jsonl")
-    try:
-        files = find_images(images)
-        outputs = _open_outputs([out, jsonl], resume)
-    except BatchError as exc:
-        fail(str(exc))
+    files, outputs = _start(images, out, jsonl, resume)
     try:
         if normals is not None:
             prod = api.register(api.one_off_name(normals), normals, allow_mixed_sizes=True, save=False)
@@ -105,16 +112,10 @@ def inspect_zero_shot(images: list[Path], *, product_name: str | None, out: Path
     The whole batch is scored together (each image against the others), so with ``--resume``
     every image is scored again and only those not yet in the results files are written.
     """
-    from iad_agent.scale.folder import BatchError, Tally, find_images, heatmap_name, result_row
+    from iad_agent.scale.folder import Tally, heatmap_name, result_row
     from iad_agent.zeroshot import ZeroShotError, inspect_paths
 
-    if resume and out is None and jsonl is None:
-        fail("--resume continues a results file: give --out results.csv and/or --jsonl results.jsonl")
-    try:
-        files = find_images(images)
-        outputs = _open_outputs([out, jsonl], resume)
-    except BatchError as exc:
-        fail(str(exc))
+    files, outputs = _start(images, out, jsonl, resume)
     name = product_name or (images[0].name if images[0].is_dir() else images[0].parent.name) or "batch"
     try:
         with _bar() as bar:

@@ -324,6 +324,20 @@ def read_parquet(path: str | Path) -> list[dict[str, Any]]:
         raise BatchError(f"{path}: cannot read these results ({exc}); choose another file") from exc
 
 
+def split_done(images: Sequence[str | Path], outputs: Sequence[ResultFile]) -> tuple[Tally, list]:
+    """A resumed run: a tally of the images every output already holds (counted as skipped) and
+    the images still to inspect, in order."""
+    tally, todo = Tally(), []
+    for image in images:
+        key = str(image)
+        if outputs and all(key in out.done for out in outputs):
+            tally.add(outputs[0].done[key])
+            tally.skipped += 1
+        else:
+            todo.append(image)
+    return tally, todo
+
+
 def inspect_to_files(images: Sequence[str | Path], product: Any, policy: Any, outputs: Sequence[ResultFile], *,
                      heatmap_dir: Path | None = None, max_steps: int | None = None,
                      progress: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> Tally:
@@ -341,15 +355,7 @@ def inspect_to_files(images: Sequence[str | Path], product: Any, policy: Any, ou
     """
     from iad_agent import api
 
-    tally = Tally()
-    todo = []
-    for image in images:
-        key = str(image)
-        if outputs and all(key in out.done for out in outputs):
-            tally.add(outputs[0].done[key])
-            tally.skipped += 1
-        else:
-            todo.append(image)
+    tally, todo = split_done(images, outputs)
     if heatmap_dir is not None:
         heatmap_dir.mkdir(parents=True, exist_ok=True)
     kwargs = {} if max_steps is None else {"max_steps": max_steps}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from iad_agent.extras import require
-from iad_agent.scale.folder import ResultFile, Tally, outcome_to_row
+from iad_agent.scale.folder import ResultFile, Tally, outcome_to_row, split_done
 
 
 class InspectBatch:
@@ -84,14 +84,7 @@ def run_ray(images: Sequence[str | Path], product: str, outputs: Sequence[Result
 
     from iad_agent.product import Workspace
 
-    tally, todo = Tally(), []
-    for image in images:
-        key = str(image)
-        if outputs and all(key in out.done for out in outputs):
-            tally.add(outputs[0].done[key])
-            tally.skipped += 1
-        else:
-            todo.append(image)
+    tally, todo = split_done(images, outputs)
     if not todo:
         return tally
     started = not ray.is_initialized()
