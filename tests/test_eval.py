@@ -279,6 +279,11 @@ def test_iad_eval_end_to_end_and_resume(tmp_path, monkeypatch):
     with open(out / "samples.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 6 and {r["verdict"] for r in rows} <= {"anomalous", "normal", "none"}
+    for policy, record in ((p, r) for p, r in records.items() if r["box_hit_rate"] is not None):
+        flagged = [r["box_hit"] == "True" for r in rows if r["policy"] == policy and r["label"] == "1"
+                   and r["verdict"] == "anomalous" and r["box_hit"] != ""]
+        expected = sum(flagged) / len(flagged) if flagged else None
+        assert record["box_hit_rate_flagged"] == expected, "box hit rate among the defects the policy flagged"
     assert all(r["path"].startswith("mvtec_ad/hazelnut/test/") for r in rows)
 
     text = (out / "report.md").read_text()

@@ -41,7 +41,7 @@ SCHEMA = "iad-agent/eval-metrics/1"
 METRICS = (
     "image_auroc", "image_ap", "f1", "balanced_accuracy", "false_alarm_rate", "miss_rate", "promised_fpr", "oracle_f1",
     "pixel_auroc", "aupro", "box_iou",
-    "box_hit_rate", "defect_type_accuracy", "tool_calls_per_image", "ms_per_image_p50", "ms_per_image_p95",
+    "box_hit_rate", "box_hit_rate_flagged", "defect_type_accuracy", "tool_calls_per_image", "ms_per_image_p50", "ms_per_image_p95",
     "cpu_ms_per_image_p50", "cpu_ms_per_image_p95", "peak_rss_mb",
 )
 #: Metrics that need both normal and anomalous test images to mean anything.
@@ -98,7 +98,7 @@ def summarize(aggregates: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                "categories": sorted(f"{r['dataset']}/{r['category']}" for r in rows)}
         for m in METRICS:
             use = [r for r in rows if not (m in IMAGE_LEVEL and not (r["n_normal"] and r["n_anomalous"]))]
-            row[f"{m}_mean"] = mean_std([r[f"{m}_mean"] for r in use])[0]
+            row[f"{m}_mean"] = mean_std([r.get(f"{m}_mean") for r in use])[0]
         out.append(row)
     return sorted(out, key=lambda r: (_shots_order(r["shots"]), _policy_rank(r["policy"])))
 

@@ -168,6 +168,8 @@ def group_record(group: Group, run: PolicyRun, masks: list, pixel_ok: list[bool]
     pixel_auroc, aupro = _pixel_metrics(pix_masks, pix_maps, pixel_cache)
     ious = [r["box_iou"] for r in rows if r["box_iou"] is not None]
     hits = [r["box_hit"] for r in rows if r["box_hit"] is not None]
+    # localisation apart from the threshold: hits among the defective images the policy flagged
+    flagged_hits = [r["box_hit"] for r in rows if r["box_hit"] is not None and r["verdict"] == "anomalous"]
     anomalous = [r for r in rows if r["label"] == 1]
     latency = metrics.latency_percentiles([r["ms"] for r in rows])
     cpu = metrics.latency_percentiles([r["cpu_ms"] for r in rows])
@@ -208,6 +210,7 @@ def group_record(group: Group, run: PolicyRun, masks: list, pixel_ok: list[bool]
         "aupro": aupro,
         "box_iou": float(np.mean(ious)) if ious else None,
         "box_hit_rate": float(np.mean(hits)) if hits else None,
+        "box_hit_rate_flagged": float(np.mean(flagged_hits)) if flagged_hits else None,
         "n_localised": len(ious),
         "defect_type_accuracy": metrics.defect_type_accuracy([r["defect_type"] for r in anomalous],
                                                              [r["pred_defect_type"] for r in anomalous]),
