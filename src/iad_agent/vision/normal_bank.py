@@ -23,11 +23,10 @@ from statistics import NormalDist
 
 import faiss
 import numpy as np
-import torch
-from scipy.ndimage import gaussian_filter
 
 from iad_agent.imageio import atomic_write_bytes, atomic_write_text
 from iad_agent.vision.features import FeatureConfig
+from iad_agent.vision.grid_ops import gaussian_filter, resize_bilinear, upsample
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +133,7 @@ def resize_grid(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A feature grid bilinearly resampled to ``shape`` (rows, columns); unchanged if it has it."""
     if tuple(grid.shape[:2]) == tuple(shape):
         return grid
-    t = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32)).permute(2, 0, 1)[None]
-    t = torch.nn.functional.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)
-    return t[0].permute(1, 2, 0).contiguous().numpy()
+    return np.ascontiguousarray(resize_bilinear(np.asarray(grid, dtype=np.float32)[None], tuple(shape))[0])
 
 
 @dataclass
@@ -380,5 +377,4 @@ def upsample_map(dmap: np.ndarray, width: int, height: int, sigma: float = 4.0) 
     """
     grid_sigma = sigma * dmap.shape[1] / 256
     smooth = gaussian_filter(np.asarray(dmap, dtype=np.float32), sigma=grid_sigma) if sigma > 0 else dmap
-    t = torch.from_numpy(np.ascontiguousarray(smooth, dtype=np.float32))[None, None]
-    return torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return upsample(smooth, height, width)
