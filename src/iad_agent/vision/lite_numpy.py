@@ -169,17 +169,32 @@ def _conv(x: np.ndarray, layer: tuple, act: bool = True) -> np.ndarray:
 def _depthwise(xp: np.ndarray, weight: np.ndarray, sy: int, sx: int, ho: int, wo: int) -> np.ndarray:
     """Depthwise ``k × k`` convolution of a padded ``(N, H, W, C)`` array: a sum of shifted, weighted slices.
 
-    (Processing it in bands of rows that stay in the L2 cache did not pay in measurement.)
+    Made for numpy's inner loops: each tap's weights are tiled to a row (``(wo, C)``,
+    contiguous) and a stride-2 input is split into its four phases first (contiguous copies),
+    so every multiply runs over whole rows of ``wo × C`` values instead of ``C`` at a time
+    (2-3× faster on the large early layers). Processing bands of rows that stay in the L2
+    cache did not pay in measurement.
     """
     k = weight.shape[0]
-    y = np.empty((xp.shape[0], ho, wo, xp.shape[-1]), dtype=np.float32)
+    n, c = xp.shape[0], xp.shape[-1]
+    if sy == sx == 2:
+        phases = {(py, px): np.ascontiguousarray(xp[:, py::2, px::2]) for py in range(min(2, k)) for px in range(min(2, k))}
+    elif sy == sx == 1:
+        phases = None
+    else:
+        raise ValueError(f"unexpected depthwise stride {(sy, sx)}")
+    tiled = np.ascontiguousarray(np.broadcast_to(weight[:, :, None, :], (k, k, wo, c)))
+    y = np.empty((n, ho, wo, c), dtype=np.float32)
     tmp = np.empty_like(y)
     for j, (dy, dx) in enumerate((dy, dx) for dy in range(k) for dx in range(k)):
-        view = xp[:, dy:dy + sy * (ho - 1) + 1:sy, dx:dx + sx * (wo - 1) + 1:sx]
-        if j == 0:
-            np.multiply(view, weight[dy, dx], out=y)
+        if phases is None:
+            view = xp[:, dy:dy + ho, dx:dx + wo]
         else:
-            np.multiply(view, weight[dy, dx], out=tmp)
+            view = phases[dy % 2, dx % 2][:, dy // 2:dy // 2 + ho, dx // 2:dx // 2 + wo]
+        if j == 0:
+            np.multiply(view, tiled[dy, dx], out=y)
+        else:
+            np.multiply(view, tiled[dy, dx], out=tmp)
             y += tmp
     return y
 
