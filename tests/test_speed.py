@@ -304,3 +304,20 @@ def test_texture_likeness_in_row_chunks_is_unchanged(real_images):
     bank.add(grids, ["a", "b"])
     assert bank.grids[0].shape[0] * bank.grids[0].shape[1] > 1024
     assert texture_likeness(bank) == pytest.approx(_texture_likeness_reference(bank), rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [2, 32])
+def test_leave_out_distances_from_one_search_equal_separate_searches(real_images, k):
+    """Leave-one-out and leave-two-out maps from one k-nearest search = a search without those images
+    (k = 2 forces the fallback search for patches whose neighbours are all left out)."""
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.normal_bank import NormalBank
+
+    grids = list(FeatureExtractor()(real_images[:2])) + list(FeatureExtractor()([real_images[0].rotate(90)]))
+    bank = NormalBank(max_patches=2000)
+    bank.add(grids, ["a", "b", "c"])
+    for i in range(3):
+        query = bank.grids[i].astype(np.float32)
+        one, two = bank.leave_out_distances(query, [[i], [i, (i + 1) % 3]], k=k)
+        np.testing.assert_allclose(one, bank.patch_distances(query, exclude=i), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(two, bank.patch_distances(query, exclude=[i, (i + 1) % 3]), rtol=1e-5, atol=1e-4)
