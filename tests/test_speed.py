@@ -86,7 +86,7 @@ def test_grid_operations_equal_torch_and_scipy():
     np.testing.assert_allclose(grid_ops.avg_pool(t, 3), pooled.numpy(), atol=1e-6)
 
 
-def test_cold_inspection_imports_neither_torch_nor_scipy(cli_workspace, data_root):
+def test_cold_inspection_imports_neither_torch_nor_scipy(cli_workspace, data_root, tmp_path, monkeypatch):
     """A cold `iad inspect` with the packaged backbone runs on numpy: torch (~2 s to import) and
     scipy.ndimage stay out of the process, and the verdict is the in-process one."""
     import json
@@ -96,7 +96,11 @@ def test_cold_inspection_imports_neither_torch_nor_scipy(cli_workspace, data_roo
 
     from iad_agent.vision.lite_numpy import fused_weights
 
+    monkeypatch.setenv("IAD_CACHE", str(tmp_path / "cache"))  # the subprocess inherits it
+    fused_weights.cache_clear()
     fused_weights("efficientnet-lite0", 10)  # the weights cache exists (as after any registration)
+    fused_weights.cache_clear()
+    assert list((tmp_path / "cache").glob("efficientnet-lite0-fused-10-*.npz"))
     image = data_root / "mvtec_ad/hazelnut/test/crack/000.png"
     code = ("import json, sys\nfrom iad_agent.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "print(json.dumps(sorted(m for m in ('torch', 'scipy.ndimage', 'matplotlib', 'transformers', "
