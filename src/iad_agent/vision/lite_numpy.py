@@ -55,9 +55,11 @@ def _cache_path(name: str, last: int) -> Path:
 def fused_weights(name: str, last: int) -> tuple | None:
     """The fused layers up to block ``last`` as numpy arrays, from the cache (written on first use).
 
-    ``(stem, blocks)`` as in :func:`iad_agent.vision.features._fused_layers`, weights as
-    ``(k, k, C_in/groups, C_out)`` for full convolutions and ``(k, k, C)`` for depthwise ones.
-    None when the packaged network's layout is unexpected (then torch runs it).
+    ``(stem, blocks)`` as in :func:`iad_agent.vision.features._fused_layers`, each layer as
+    ``(kind, weight, bias, stride, padding, pre_pad, k)`` with the weight ready for numpy:
+    ``(C_in, C_out)`` for 1×1 convolutions, ``(k·k·C_in, C_out)`` for the full stem convolution,
+    ``(k, k, C)`` for depthwise ones. None when the packaged network's layout is unexpected
+    (then torch runs it). The cache file is keyed by the weights file (path, size, time).
     """
     path = _cache_path(name, last)
     try:
