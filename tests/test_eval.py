@@ -217,6 +217,9 @@ def test_benchmarks_markdown_checks_issue_11_targets_and_first_hour(capsys, tmp_
     assert "zero-shot (`--shots 0`) reported: no — **not met**" in text
     assert "| iad register (50 good images) | busy | 20.0 | 1.10 |" in text
     assert "- register_s_50_quiet ≤ 10 s: 8.0 s — **met**" in text and "2.5× — **not met**" in text
+    assert "numpy weights" not in text  # figures from before the weights cache: nothing said
+    cold = report.benchmarks_markdown(json.loads(json.dumps(doc)), firsthour={**fh, "weights_cache_before": False})
+    assert "The backbone's numpy weights were not cached yet" in cold
     (tmp_path / "m.json").write_text(json.dumps(doc))
     (tmp_path / "fh.json").write_text(json.dumps(fh))
     assert report.main([str(tmp_path / "m.json"), "--firsthour", str(tmp_path / "fh.json")]) == 0

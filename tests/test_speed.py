@@ -20,19 +20,104 @@ def real_images(data_root):
 
 @pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1"])
 def test_fused_backbone_gives_the_packaged_features(real_images, name):
-    """Batch norms folded into the convolutions, paddings folded, channels-last: same features."""
+    """Batch norms folded into the convolutions, paddings folded, channels-last, with torch and
+    with numpy (the engine of a cold `iad inspect`): the packaged module's features."""
     from iad_agent.vision.features import EfficientNetLite, FeatureConfig, FeatureExtractor
 
     config = FeatureConfig(backbone=name)
     plain = FeatureExtractor(config, backbone=EfficientNetLite(name, config.strides, fused=False))
-    fast = FeatureExtractor(config)
+    fast = FeatureExtractor(config, backbone=EfficientNetLite(name, config.strides, engine="torch"))
+    numpy_ = FeatureExtractor(config, backbone=EfficientNetLite(name, config.strides, engine="numpy"))
     assert fast.backbone._fused is not None  # the packaged layout is recognised: the fast path runs
+    assert numpy_.backbone.numpy_layers is not None and fast.backbone.numpy_layers is None
     for img in real_images:
-        a, b = plain([img])[0], fast([img])[0]
-        assert a.shape == b.shape and b.flags["C_CONTIGUOUS"] and b.dtype == np.float32
+        a = plain([img])[0]
+        for b in (fast([img])[0], numpy_([img])[0]):
+            assert a.shape == b.shape and b.flags["C_CONTIGUOUS"] and b.dtype == np.float32
+            assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    a = plain(real_images[:2])  # a batch
+    for b in (fast(real_images[:2]), numpy_(real_images[:2])):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
-    a, b = plain(real_images[:2]), fast(real_images[:2])  # a batch
-    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def test_numpy_weights_cache_is_rebuilt_when_damaged(tmp_path, monkeypatch, real_images):
+    """The fused weights' cache file: written on first use, read back equal, rebuilt if damaged."""
+    from iad_agent.vision import lite_numpy
+
+    monkeypatch.setenv("IAD_CACHE", str(tmp_path))
+    lite_numpy.fused_weights.cache_clear()
+    try:
+        first = lite_numpy.fused_weights("efficientnet-lite0", 10)
+        (path,) = tmp_path.glob("efficientnet-lite0-fused-10-*.npz")
+        lite_numpy.fused_weights.cache_clear()
+        again = lite_numpy.fused_weights("efficientnet-lite0", 10)
+        np.testing.assert_array_equal(first[0][1], again[0][1])
+        path.write_bytes(b"not a zip")
+        lite_numpy.fused_weights.cache_clear()
+        rebuilt = lite_numpy.fused_weights("efficientnet-lite0", 10)
+        np.testing.assert_array_equal(first[1][4][2][1], rebuilt[1][4][2][1])
+        assert path.stat().st_size > 100_000
+    finally:
+        lite_numpy.fused_weights.cache_clear()
+
+
+def test_grid_operations_equal_torch_and_scipy():
+    """The numpy stand-ins for torch's interpolate / avg_pool2d and scipy's gaussian_filter / label."""
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    from iad_agent.vision import grid_ops
+
+    rng = np.random.default_rng(0)
+    for shape, sigma in [((32, 32), 0.5), ((32, 86), 0.5), ((5, 3), 3.0), ((64, 64), 1.0)]:
+        x = rng.random(shape).astype(np.float32)
+        np.testing.assert_allclose(grid_ops.gaussian_filter(x, sigma), ndimage.gaussian_filter(x, sigma), rtol=1e-6, atol=1e-7)
+        up = F.interpolate(torch.from_numpy(x)[None, None], size=(300, 170), mode="bilinear", align_corners=False)[0, 0]
+        np.testing.assert_allclose(grid_ops.upsample(x, 300, 170), up.numpy(), atol=1e-5)
+        labels, _ = ndimage.label(x > 0.5)
+        for seed in [(0, 0), (2, 1), (shape[0] - 1, shape[1] - 1)]:
+            np.testing.assert_array_equal(grid_ops.region_at(x > 0.5, seed), labels == labels[seed])
+    t = rng.random((2, 17, 9, 5)).astype(np.float32)
+    nchw = torch.from_numpy(t).permute(0, 3, 1, 2)
+    resized = F.interpolate(nchw, size=(34, 18), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(grid_ops.resize_bilinear(t, (34, 18)), resized.numpy(), atol=1e-6)
+    pooled = F.avg_pool2d(nchw, 3, stride=1, padding=1, count_include_pad=False).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(grid_ops.avg_pool(t, 3), pooled.numpy(), atol=1e-6)
+
+
+def test_cold_inspection_imports_neither_torch_nor_scipy(cli_workspace, data_root, tmp_path, monkeypatch):
+    """A cold `iad inspect` with the packaged backbone runs on numpy: torch (~2 s to import) and
+    scipy.ndimage stay out of the process, and the verdict is the in-process one."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from iad_agent.vision.lite_numpy import fused_weights
+
+    monkeypatch.setenv("IAD_CACHE", str(tmp_path / "cache"))  # the subprocess inherits it
+    fused_weights.cache_clear()
+    fused_weights("efficientnet-lite0", 10)  # the weights cache exists (as after any registration)
+    fused_weights.cache_clear()
+    assert list((tmp_path / "cache").glob("efficientnet-lite0-fused-10-*.npz"))
+    image = data_root / "mvtec_ad/hazelnut/test/crack/000.png"
+    code = ("import json, sys\nfrom iad_agent.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'scipy.ndimage', 'matplotlib', 'transformers', "
+            "'sentence_transformers') if m in sys.modules)), file=sys.stderr)")
+    out_dir = cli_workspace.parent / "cold-out"
+    done = subprocess.run([sys.executable, "-c", code, "inspect", str(image), "--product", "hazelnut", "--workspace",
+                           str(cli_workspace), "--out-dir", str(out_dir), "--json"], capture_output=True, text=True,
+                          env=dict(os.environ), check=False, timeout=300)
+    assert done.returncode in (0, 1), done.stderr
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == []
+    cold = json.loads(done.stdout)
+    from iad_agent.api import inspect, load_product
+
+    warm = inspect(image, load_product("hazelnut", cli_workspace)).to_dict()
+    assert cold["anomaly_present"] == warm["anomaly_present"] and cold["box"] == warm["box"]
+    assert cold["score"] == pytest.approx(warm["score"], rel=1e-4)
+    assert cold["threshold"] == pytest.approx(warm["threshold"], rel=1e-6)
 
 
 def _self_similarity_reference(grid, k=4, radius=2, border=2):
@@ -56,17 +141,23 @@ def _self_similarity_reference(grid, k=4, radius=2, border=2):
 def test_self_similarity_map_is_unchanged(real_images):
     """The neighbourhood left out through an index table is the same as through the boolean mask."""
     from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.normal_bank import image_score
     from iad_agent.vision.similarity import self_similarity_map
 
     extractor = FeatureExtractor()
     for img in real_images:
         grid = extractor([img])[0]
         expected = _self_similarity_reference(grid)
-        np.testing.assert_allclose(self_similarity_map(grid), expected, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(self_similarity_map(grid, chunk=100), expected, rtol=1e-5, atol=1e-5)
+        # numpy's matrix product (no torch at inspection) rounds differently from torch's, and
+        # |x|² - 2x·y + |y|² cancels for near patches: squared distances agree up to float32
+        # noise on the scale of |x|² (so a distance near 0 may read 0 in one and 0.06 in the other)
+        tol = 1e-5 * float((grid.astype(np.float64) ** 2).sum(-1).max())
+        for got in (self_similarity_map(grid), self_similarity_map(grid, chunk=100)):
+            np.testing.assert_allclose(got.astype(np.float64) ** 2, expected.astype(np.float64) ** 2, rtol=1e-4, atol=tol)
+        assert image_score(self_similarity_map(grid)) == pytest.approx(image_score(expected), rel=1e-5)
     rng = np.random.default_rng(0)
     small = rng.standard_normal((7, 9, 16)).astype(np.float32)  # a grid barely larger than the neighbourhood
-    np.testing.assert_allclose(self_similarity_map(small, border=0), _self_similarity_reference(small, border=0), rtol=1e-5)
+    np.testing.assert_allclose(self_similarity_map(small, border=0), _self_similarity_reference(small, border=0), rtol=1e-4)
     assert self_similarity_map(small, border=0).min() > 0
 
 
@@ -100,19 +191,48 @@ def _coreset_reference(features, n, seed=0, proj_dim=32):
     return np.sort(selected)
 
 
+def _covering_radius(features, selected, seed=0, proj_dim=32):
+    """Largest distance (float64, in the coreset's projection) from a point to its nearest selected point."""
+    import math
+
+    rng = np.random.default_rng(seed)
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    proj = rng.standard_normal((x.shape[1], proj_dim)).astype(np.float32) / np.float32(math.sqrt(proj_dim))
+    x = (x @ proj).astype(np.float64)
+    c = x[selected]
+    d = (x**2).sum(1)[:, None] - 2 * x @ c.T + (c**2).sum(1)[None]
+    return float(np.sqrt(np.maximum(d.min(axis=1), 0)).max())
+
+
 def test_greedy_coreset_selects_the_same_patches(real_images):
-    """The in-place coreset loop picks exactly the patches the first implementation picked."""
+    """The transposed, in-place coreset loop picks the patches the first implementation picked,
+    up to float rounding: its dot products sum in another order, so a near-tie (two patches as
+    far from the set to ~1e-7) may go the other way; the coverage is the same."""
     from iad_agent.vision.features import FeatureExtractor
     from iad_agent.vision.normal_bank import greedy_coreset
 
     grids = FeatureExtractor()(real_images)
     flat = np.concatenate([g.reshape(-1, g.shape[-1]) for g in grids])
     for seed in (0, 1):
-        np.testing.assert_array_equal(greedy_coreset(flat, 500, seed=seed), _coreset_reference(flat, 500, seed=seed))
+        got, ref = greedy_coreset(flat, 500, seed=seed), _coreset_reference(flat, 500, seed=seed)
+        assert len(np.intersect1d(got, ref)) >= 0.99 * len(ref)
+        assert _covering_radius(flat, got, seed) == pytest.approx(_covering_radius(flat, ref, seed), rel=2e-2)
+
+
+def _assert_coreset_of(memory, origin, candidates, candidate_origin, reference_keep):
+    """``memory`` holds rows of ``candidates`` (exactly, with their origin), nearly the reference coreset's."""
+    where: dict[bytes, list[int]] = {}
+    for i, row in enumerate(candidates):
+        where.setdefault(row.tobytes(), []).append(i)
+    matches = [where[row.tobytes()] for row in memory]  # a KeyError: a row that is no candidate
+    assert all(o in candidate_origin[m] for o, m in zip(origin, matches))  # float16 may make two patches equal
+    keep = set(reference_keep.tolist())
+    assert sum(any(i in keep for i in m) for m in matches) >= 0.99 * len(keep)
 
 
 def test_bank_memory_is_built_without_a_float32_copy_of_all_patches(real_images):
-    """Coreset over float16 grid blocks (and incremental adds) = the coreset over their float32 concatenation."""
+    """Coreset over float16 grid blocks (and incremental adds) = the coreset over their float32
+    concatenation (up to a near-tie going the other way: see test_greedy_coreset_selects_the_same_patches)."""
     from iad_agent.vision.features import FeatureExtractor
     from iad_agent.vision.normal_bank import NormalBank
 
@@ -120,17 +240,15 @@ def test_bank_memory_is_built_without_a_float32_copy_of_all_patches(real_images)
     bank = NormalBank(max_patches=1500)
     bank.add(grids[:2], ["a", "b"])
     flat = np.concatenate([g.astype(np.float16).astype(np.float32).reshape(-1, g.shape[-1]) for g in grids[:2]])
-    keep = _coreset_reference(flat, 1500)
-    np.testing.assert_array_equal(bank.memory, flat[keep])
-    assert bank.memory.dtype == np.float32 and bank.memory.flags["C_CONTIGUOUS"]
     origin = np.concatenate([np.full(g.shape[0] * g.shape[1], i) for i, g in enumerate(grids[:2])])
-    np.testing.assert_array_equal(bank.origin, origin[keep])
+    _assert_coreset_of(bank.memory, bank.origin, flat, origin, _coreset_reference(flat, 1500))
+    assert bank.memory.dtype == np.float32 and bank.memory.flags["C_CONTIGUOUS"] and len(bank.memory) == 1500
     memory, origin = bank.memory, bank.origin
     bank.add(grids[2:], ["c"])  # incremental: the current memory plus the new grid
     third = grids[2].astype(np.float16).astype(np.float32).reshape(-1, grids[2].shape[-1])
-    keep = _coreset_reference(np.concatenate([memory, third]), 1500)
-    np.testing.assert_array_equal(bank.memory, np.concatenate([memory, third])[keep])
-    np.testing.assert_array_equal(bank.origin, np.concatenate([origin, np.full(len(third), 2)])[keep])
+    candidates = np.concatenate([memory, third])
+    _assert_coreset_of(bank.memory, bank.origin, candidates, np.concatenate([origin, np.full(len(third), 2)]),
+                       _coreset_reference(candidates, 1500))
     small = NormalBank()  # under the bound: every patch, float32
     small.add(grids[:1], ["a"])
     np.testing.assert_array_equal(small.memory, flat[: len(small.memory)])
@@ -200,3 +318,35 @@ def test_texture_likeness_in_row_chunks_is_unchanged(real_images):
     bank.add(grids, ["a", "b"])
     assert bank.grids[0].shape[0] * bank.grids[0].shape[1] > 1024
     assert texture_likeness(bank) == pytest.approx(_texture_likeness_reference(bank), rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [2, 32])
+def test_leave_out_distances_from_one_search_equal_separate_searches(real_images, k):
+    """Leave-one-out and leave-two-out maps from one k-nearest search = a search without those images
+    (k = 2 forces the fallback search for patches whose neighbours are all left out)."""
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.normal_bank import NormalBank
+
+    grids = list(FeatureExtractor()(real_images[:2])) + list(FeatureExtractor()([real_images[0].rotate(90)]))
+    bank = NormalBank(max_patches=2000)
+    bank.add(grids, ["a", "b", "c"])
+    for i in range(3):
+        query = bank.grids[i].astype(np.float32)
+        one, two = bank.leave_out_distances(query, [[i], [i, (i + 1) % 3]], k=k)
+        np.testing.assert_allclose(one, bank.patch_distances(query, exclude=i), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(two, bank.patch_distances(query, exclude=[i, (i + 1) % 3]), rtol=1e-5, atol=1e-4)
+
+
+def test_many_images_run_the_backbone_on_torch():
+    """A batch of many images imports torch (its convolutions use every allowed thread); the
+    packaged backbone's "auto" engine then takes it (a cold single inspection stays on numpy:
+    test_cold_inspection_imports_neither_torch_nor_scipy)."""
+    import sys
+
+    from iad_agent.cli.batch import MANY_IMAGES, engine_for
+    from iad_agent.vision.features import EfficientNetLite
+
+    engine_for(MANY_IMAGES)
+    assert "torch" in sys.modules
+    assert EfficientNetLite("efficientnet-lite0", (8, 16)).numpy_layers is None
+    assert EfficientNetLite("efficientnet-lite0", (8, 16), engine="numpy").numpy_layers is not None

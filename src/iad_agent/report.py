@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import jinja2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -22,6 +21,8 @@ from iad_agent.tools.retriever import ComparativeRetriever
 from iad_agent.types import Box
 
 if TYPE_CHECKING:
+    import jinja2
+
     from iad_agent.inspector import InspectionResult
 
 
@@ -60,6 +61,8 @@ def _thumbnail_url(img: Image.Image, max_side: int = 384) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _template(name: str) -> jinja2.Template:
+    import jinja2  # here: writing a heat map (every `iad inspect`) needs no template engine
+
     env = jinja2.Environment(loader=jinja2.PackageLoader("iad_agent", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return env.get_template(name)

@@ -20,6 +20,19 @@ from iad_agent.cli import app, console, fail
 WORKSPACE = typer.Option(None, "--workspace", help="Folder of registered products (default $IAD_WORKSPACE, else ~/.iad).")
 
 
+#: From this many images on, the packaged backbone runs on torch (see :func:`engine_for`).
+MANY_IMAGES = 16
+
+
+def engine_for(n_images: int) -> None:
+    """Many images repay importing torch (~2 s): its convolutions use every thread ``--threads``
+    allows, numpy's element-wise layers one. One image or a few run on numpy (a cold start
+    without torch). The packaged backbone's engine ``auto`` takes torch once it is loaded; both
+    give the same features up to float rounding."""
+    if n_images >= MANY_IMAGES:
+        import torch  # noqa: F401
+
+
 def is_folder_input(images: list[Path]) -> bool:
     """Whether ``iad inspect`` was given a folder or a glob pattern rather than image files."""
     return any(p.is_dir() or (not p.exists() and set("*?[") & set(str(p))) for p in images)
@@ -80,6 +93,7 @@ def inspect_folder(images: list[Path], *, product: str | None, normals: Path | N
     from iad_agent.scale.folder import inspect_to_files
 
     files, outputs = _start(images, out, jsonl, resume)
+    engine_for(len(files))
     try:
         if normals is not None:
             prod = api.register(api.one_off_name(normals), normals, allow_mixed_sizes=True, save=False)
@@ -203,6 +217,7 @@ def batch(
         except (BatchError, api.IADError) as exc:
             fail(str(exc))
         _finish(tally, outputs, False)
+    engine_for(len(files))
     try:
         outputs = _open_outputs([out, jsonl], resume)
         prod = api.load_product(product, workspace)

@@ -146,6 +146,7 @@ def inspect(
                                                     "calibrating on the good images"))
         else:
             prod = api.load_product(product, workspace)
+        batch.engine_for(len(images))
         outcomes = api.inspect_many(images, prod, resolved, max_steps=max_steps)
     except api.ProductError as exc:
         fail(str(exc), EXIT_FAILURE)

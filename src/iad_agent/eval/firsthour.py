@@ -50,13 +50,28 @@ def _iad(*args: str, env: dict[str, str]) -> float:
     return round(elapsed, 2)
 
 
+def _weights_cached() -> bool:
+    """Whether the default backbone's numpy weights cache (:mod:`iad_agent.vision.lite_numpy`) exists."""
+    from iad_agent.vision.features import FeatureConfig, _STAGE_BLOCKS
+    from iad_agent.vision.lite_numpy import _cache_path
+
+    config = FeatureConfig()
+    try:
+        return _cache_path(config.backbone, max(_STAGE_BLOCKS[config.backbone][s] for s in config.strides)).is_file()
+    except (OSError, ImportError):
+        return False
+
+
 def run(data_root: Path, category: str = "hazelnut", repeats: int = 3, sizes: tuple[int, ...] = (50, 200),
         progress: Callable[[str], None] | None = None) -> dict:
     """Measure the first-hour figures on ``data_root/mvtec_ad/<category>`` (see the module docstring)."""
     goods = sorted((data_root / "mvtec_ad" / category / "train" / "good").glob("*.png"))
     anomalous = sorted(p for p in (data_root / "mvtec_ad" / category / "test").glob("*/*.png") if p.parent.name != "good")[0]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    out: dict = {"category": category, "cores": os.cpu_count(), "python": sys.version.split()[0], "runs": []}
+    out: dict = {"category": category, "cores": os.cpu_count(), "python": sys.version.split()[0], "runs": [],
+                 # the packaged backbone's numpy weights are cached per machine; the first registration
+                 # without them imports torch once to write them (~2 s): say which case was measured
+                 "weights_cache_before": _weights_cached()}
     tmp = Path(tempfile.mkdtemp(prefix="iad-bench-"))
     try:
         for busy in (False, True):

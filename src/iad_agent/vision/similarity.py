@@ -12,9 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-import faiss
 import numpy as np
-import torch
 
 SELF_K = 4  # self-similarity: distance to the 4th nearest patch of the same image ...
 SELF_RADIUS = 2  # ... outside the 5x5 neighbourhood of the patch
@@ -36,24 +34,24 @@ def self_similarity_map(grid: np.ndarray, k: int = SELF_K, radius: int = SELF_RA
     memory stays at ``chunk × patches`` floats.
     """
     h, w, c = grid.shape
-    x = torch.from_numpy(np.ascontiguousarray(grid.reshape(-1, c), dtype=np.float32))
+    x = np.ascontiguousarray(grid.reshape(-1, c), dtype=np.float32)
     sq = (x * x).sum(1)
     kk = max(1, min(k, h * w - (2 * radius + 1) ** 2))
     near = _neighbourhoods(h, w, radius)
-    out = torch.empty(h * w)
+    out = np.empty(h * w, dtype=np.float32)
     for start in range(0, h * w, chunk):
         rows = slice(start, min(start + chunk, h * w))
-        d = sq[rows, None] - 2 * x[rows] @ x.T + sq[None]
-        d.scatter_(1, near[rows], float("inf"))
-        out[rows] = d.topk(kk, dim=1, largest=False).values[:, -1]
-    out = out.clamp_min(0).sqrt().reshape(h, w).numpy()
+        d = sq[rows, None] - 2 * (x[rows] @ x.T) + sq[None]
+        np.put_along_axis(d, near[rows], np.float32(np.inf), axis=1)
+        out[rows] = np.partition(d, kk - 1, axis=1)[:, kk - 1]
+    out = np.sqrt(np.maximum(out, 0)).reshape(h, w)
     if border and h > 2 * border and w > 2 * border:
         out[:border], out[-border:], out[:, :border], out[:, -border:] = 0, 0, 0, 0
     return out
 
 
 @functools.lru_cache(maxsize=16)
-def _neighbourhoods(h: int, w: int, radius: int) -> torch.Tensor:
+def _neighbourhoods(h: int, w: int, radius: int) -> np.ndarray:
     """For each patch of an ``h × w`` grid, the flat indices of the patches within ``radius`` of it.
 
     ``(h·w, (2·radius + 1)²)``; near the border the coordinates are clamped into the grid, so a
@@ -63,7 +61,9 @@ def _neighbourhoods(h: int, w: int, radius: int) -> torch.Tensor:
     offsets = np.arange(-radius, radius + 1)
     ny = np.clip(yy[:, None, None] + offsets[None, :, None], 0, h - 1)
     nx = np.clip(xx[:, None, None] + offsets[None, None, :], 0, w - 1)
-    return torch.from_numpy((ny * w + nx).reshape(h * w, -1).astype(np.int64))
+    out = (ny * w + nx).reshape(h * w, -1).astype(np.int64)
+    out.flags.writeable = False  # cached: shared by every call
+    return out
 
 
 def mutual_pairs(n: int, max_refs: int | None = None, seed: int = 0) -> list[tuple[int, int]]:
@@ -111,6 +111,8 @@ def mutual_scores(grids: Sequence[np.ndarray], keep: float = 0.3, max_refs: int 
     """
     if len(grids) < 2:
         raise ValueError("mutual scoring needs at least two images")
+    import torch
+
     c = grids[0].shape[-1]
     flats = [torch.from_numpy(np.ascontiguousarray(g.reshape(-1, c), dtype=np.float32)) for g in grids]
     sq = [(f * f).sum(1) for f in flats]
