@@ -22,14 +22,28 @@ def data_root() -> Path:
     return root
 
 
+def hand_set_tool_weights(product):
+    """Give ``product`` the hand-set tool weights (zoom 1, compare 0.5), in place; returns it.
+
+    Registration learns the weights from synthetic defects and may switch a tool off (weight 0:
+    never called) — for hazelnut it does. Tests of the tools' mechanics (calls, traces, reports)
+    need the tools called, so their fixtures use the hand-set weights; ``test_tool_weights.py``
+    tests the learning.
+    """
+    from iad_agent.policies.embedded import COMPARE, HAND_SET_WEIGHTS, ZOOM
+
+    product.gate.w_zoom, product.gate.w_compare = HAND_SET_WEIGHTS[ZOOM], HAND_SET_WEIGHTS[COMPARE]
+    return product
+
+
 @pytest.fixture(scope="session")
 def hazelnut_product(data_root):
-    """hazelnut registered from 10 of its good training images (no defects, MMAD priors)."""
+    """hazelnut registered from 10 of its good training images (no defects, MMAD priors), hand-set tool weights."""
     from iad_agent.product import Product, list_images
     from iad_agent.tools.priors import domain_priors
 
     normals = list_images(data_root / "mvtec_ad/hazelnut/train/good")[::5]
-    return Product.build("hazelnut", normals, priors=domain_priors("hazelnut"))
+    return hand_set_tool_weights(Product.build("hazelnut", normals, priors=domain_priors("hazelnut")))
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +74,8 @@ def cli_normals(tmp_path_factory, data_root):
 
 @pytest.fixture(scope="session")
 def cli_workspace(tmp_path_factory, cli_normals, data_root):
-    """A workspace with hazelnut registered by `iad register` (5 good images, labelled hole and print examples)."""
+    """A workspace with hazelnut registered by `iad register` (5 good images, labelled hole and print examples),
+    then given the hand-set tool weights."""
     import shutil
 
     from typer.testing import CliRunner
@@ -76,4 +91,8 @@ def cli_workspace(tmp_path_factory, cli_normals, data_root):
                                  "--workspace", str(ws)])
     assert r.exit_code == 0, r.output
     assert "registered hazelnut: 5 good images" in r.stdout
+    from iad_agent.product import Product
+
+    folder = ws / "products" / "hazelnut"
+    hand_set_tool_weights(Product.load(folder)).save(folder)
     return ws

@@ -35,6 +35,12 @@ def service(tmp_path_factory, hazelnut):
 
     ws = tmp_path_factory.mktemp("ws")
     api.register("hazelnut", list_images(hazelnut / "train/good")[:3], workspace=ws)
+    from iad_agent.policies.embedded import COMPARE, HAND_SET_WEIGHTS, ZOOM
+    from iad_agent.product import Product
+
+    product = Product.load(ws / "products" / "hazelnut")  # the reports below show the tools at work: hand-set weights
+    product.gate.w_zoom, product.gate.w_compare = HAND_SET_WEIGHTS[ZOOM], HAND_SET_WEIGHTS[COMPARE]
+    product.save(ws / "products" / "hazelnut")
     settings = Settings(workspace=ws, workers=2, max_upload_bytes=2 * 1024 * 1024, max_pixels=4_000_000,
                         folder_roots=(hazelnut.parent.parent, ws))
     with TestClient(create_app(settings)) as client:

@@ -79,7 +79,12 @@ class GateParams:
             tool of weight 0 is not called by the embedded policy. The high-frequency enhancer
             has weight 0 by default: in the benchmark's ablation (``docs/benchmarks.md``) the
             agent was more accurate without it at 1 and 4 shots. It stays available to VLM
-            policies and to users who set a weight.
+            policies and to users who set a weight. ``w_zoom`` and ``w_compare`` are learned at
+            registration from held-out good images and synthetic defects
+            (:mod:`iad_agent.vision.tool_weights`); the defaults are the hand-set weights that
+            products stored before that keep.
+        weights_from: where ``w_zoom`` / ``w_compare`` come from: ``"default"`` (hand-set) or
+            ``"synthetic-defects"`` (learned at registration).
 
     Each tool's calibrated normal level is not a gate parameter: it is the product's
     :class:`~iad_agent.tools.base.ToolLimits` (``limits.json``).
@@ -96,6 +101,7 @@ class GateParams:
     w_compare: float = 0.5
     w_highfreq: float = 0.0
     type_from_priors: bool = True
+    weights_from: str = "default"
 
     @classmethod
     def from_dict(cls, d: dict) -> GateParams:

@@ -157,6 +157,7 @@ def register(
     extractor = product.extractor
     before = product.limits()
     from iad_agent.vision.learn import N_SYNTHETIC, learn
+    from iad_agent.vision.tool_weights import fit_tool_weights
 
     total = len(images) + (N_SYNTHETIC if images else 0)
     grids: list[np.ndarray] = []
@@ -185,10 +186,12 @@ def register(
             images_v = augmented_views(images[0])
             views = (images_v, list(extractor(images_v)))
         step = (lambda done, n: progress(n_new + done, total)) if progress else None
+        material: dict = {}  # held-out and synthetic images, reused to learn the tool weights
         product.bank.scoring, product.bank.calibration = learn(
             product.bank, extractor, product.reference_image, stored_fpr if fpr is None else fpr, views=views,
-            selfsim=selfsim, progress=step)
+            selfsim=selfsim, progress=step, material=material)
         product._calibrate_gate(views)
+        fit_tool_weights(product, material)
     elif fpr is not None and fpr != stored_fpr:
         set_fpr(product, fpr)
     if defects_dir is not None:
@@ -385,10 +388,14 @@ def remove_images(product: Product, paths: Sequence[str | Path], progress: Calla
     fpr = old.calibration.fpr if old.calibration else DEFAULT_FPR
     try:
         from iad_agent.vision.learn import learn
+        from iad_agent.vision.tool_weights import fit_tool_weights
 
+        material: dict = {}
         new.bank.scoring, new.bank.calibration = learn(new.bank, new.extractor, new.reference_image, fpr,
-                                                       selfsim=old.scoring.uses_self or bool(old.scoring.synthetic_auroc))
+                                                       selfsim=old.scoring.uses_self or bool(old.scoring.synthetic_auroc),
+                                                       material=material)
         new._calibrate_gate()
+        fit_tool_weights(new, material)
     except ImageError as exc:
         raise RegistrationError(f"cannot recalibrate {product.name!r} without those images: a remaining good image "
                                 f"cannot be read ({exc})") from exc

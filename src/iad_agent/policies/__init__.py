@@ -7,6 +7,8 @@ tool set it gets; ``iad inspect``, ``iad eval``, the library API and the service
 * ``embedded``: the gated CPU policy with the papers' four tools;
 * ``embedded+<tool>`` (e.g. ``embedded+highfreq``): a tool the gate switched off (weight 0)
   given the trial weight ``EmbeddedPolicy.TRIAL_WEIGHT`` back, so it stays measured;
+* ``embedded-fixed-weights``: the embedded policy with the hand-set tool weights
+  (``HAND_SET_WEIGHTS``) instead of those the product learned at registration;
 * ``openai`` / ``hf``: a VLM backend (options in :class:`VLMOptions`), with the four tools plus
   the ``anomaly_map`` evidence tool;
 * ``<any of these>-no-<tool>...`` (e.g. ``embedded-no-zoom``): the same without those tools;
@@ -33,6 +35,9 @@ __all__ = ["Policy", "PolicyConfigError", "ResolvedPolicy", "ScriptedPolicy", "V
            "policy_label", "resolve_policy", "split_policy_name", "tools_for"]
 
 log = logging.getLogger(__name__)
+
+#: The ablation of the learned tool weights: the embedded policy with the hand-set ones.
+FIXED_WEIGHTS = "embedded-fixed-weights"
 
 _ABLATION = re.compile(r"^(?P<base>.+?)(?P<rest>(?:-no-[a-z_]+)+)$")
 
@@ -167,7 +172,7 @@ def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions |
     disabled = tuple(dict.fromkeys((*disabled, *(tool_name(d) for d in disable))))
     without = tuple(d for d in disabled if d in COMPONENTS)  # policy components (embedded-no-selfsim), not tools
     disabled = tuple(d for d in disabled if d not in COMPONENTS)
-    embedded = base == "embedded" or base.startswith("embedded+")
+    embedded = base in ("embedded", FIXED_WEIGHTS) or base.startswith("embedded+")
     if without and not embedded:
         raise PolicyConfigError(f"{name!r}: only the embedded policy has the component(s) {', '.join(without)}")
     try:
@@ -196,7 +201,7 @@ def tools_for(base: str, disabled: Iterable[str] = ()) -> dict[str, Tool]:
 
     if base == "knn":
         return {}
-    embedded = base == "embedded" or base.startswith("embedded+")
+    embedded = base in ("embedded", FIXED_WEIGHTS) or base.startswith("embedded+")
     return default_tools(tuple(tool_name(t) for t in disabled), anomaly_map=not embedded)
 
 
@@ -218,6 +223,12 @@ def make_policy(name: str, **options: Any) -> Policy:
         from iad_agent.policies.embedded import EmbeddedPolicy
 
         return EmbeddedPolicy(without=tuple(options.get("without", ())))
+    if name == FIXED_WEIGHTS:
+        from iad_agent.policies.embedded import HAND_SET_WEIGHTS, EmbeddedPolicy
+
+        policy = EmbeddedPolicy(weights=HAND_SET_WEIGHTS, without=tuple(options.get("without", ())))
+        policy.name = FIXED_WEIGHTS + "".join(f"-no-{c}" for c in policy.without)
+        return policy
     if name.startswith("embedded+"):  # embedded+highfreq: a tool the gate has switched off, back on
         from iad_agent.policies.embedded import EmbeddedPolicy
         from iad_agent.tools import default_tools
@@ -244,7 +255,7 @@ def make_policy(name: str, **options: Any) -> Policy:
         from iad_agent.policies.hf import HFPolicy
 
         return HFPolicy(**_accepted(HFPolicy, options, name))
-    raise PolicyConfigError(f"unknown policy {name!r}; choose knn, embedded, embedded+<tool>, openai or hf, "
+    raise PolicyConfigError(f"unknown policy {name!r}; choose knn, embedded, embedded+<tool>, {FIXED_WEIGHTS}, openai or hf, "
                             "optionally with -no-<tool> suffixes (e.g. embedded-no-zoom)")
 
 

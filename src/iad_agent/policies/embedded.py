@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from iad_agent.tools.base import Tool
 
 ZOOM, COMPARE, HIGHFREQ, PRIORS = PerceptiveZoomer.name, ComparativeRetriever.name, HighFrequencyEnhancer.name, PriorRetriever.name
+#: The tool weights set by hand before they were learned at registration (``vision/tool_weights.py``):
+#: what products stored without learned weights use, and the ``embedded-fixed-weights`` ablation.
+HAND_SET_WEIGHTS = {ZOOM: 1.0, COMPARE: 0.5}
 #: Parts of the policy that are not tools but can be left out for an ablation (``embedded-no-selfsim``).
 COMPONENTS = ("selfsim",)
 

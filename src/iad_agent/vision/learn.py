@@ -65,7 +65,7 @@ def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.I
 def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image], fpr: float,
           views: tuple[list[Image.Image], list[np.ndarray]] | None = None, n_synthetic: int = N_SYNTHETIC,
           max_held_out: int = MAX_HELD_OUT, seed: int = 0, selfsim: bool = True,
-          progress: Callable[[int, int], None] | None = None) -> tuple[Scoring, Calibration]:
+          progress: Callable[[int, int], None] | None = None, material: dict | None = None) -> tuple[Scoring, Calibration]:
     """Choose the product's scoring and calibrate it on held-out good images.
 
     Args:
@@ -73,6 +73,9 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         views: with a single good image, its augmented views and their grids (made here if None).
         selfsim: whether self-similarity may be chosen (``False``: plain nearest neighbour).
         progress: called with ``(done, total)`` synthetic defects scored.
+        material: if given, filled with the held-out good images and synthetic defects (images
+            as callables, grids, the bank entry each leaves out, patch maps, defect flags), from
+            which :func:`iad_agent.vision.tool_weights.fit_tool_weights` learns the tool weights.
     """
     n = len(bank)
     rng = np.random.default_rng(seed)
@@ -107,6 +110,13 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
     syn_self = [self_similarity_map(g) for g in syn_grids] if selfsim else []
     if progress:
         progress(n_synthetic, n_synthetic)
+    if material is not None:
+        held_images = [(lambda i=ex: image_of(i)) if ex is not None else (lambda v=v: v)
+                       for (_, ex), v in zip(held, views[0] if n < 2 else [None] * len(held))]
+        material.update(images=held_images + [lambda d=d: d for d in defects], grids=[g for g, _ in held] + syn_grids,
+                        exclude=[ex for _, ex in held] + [ex for _, ex in sources], knn=held_knn + syn_knn,
+                        self=(held_self + syn_self) or [None] * (len(held) + len(syn_grids)),
+                        defect=[False] * len(held) + [True] * len(syn_grids))
     scoring = choose_scoring(held_knn, held_self, syn_knn, syn_self, weights=WEIGHTS if selfsim else (0.0,))
     fused = [scoring.fuse(k, held_self[i] if scoring.uses_self else None) for i, k in enumerate(held_knn)]
     if n >= 2:
