@@ -99,12 +99,16 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     for label in group.policies:
         resolved = resolve_policy(_name_for(label, config), config.disable_tools, config.policy_options)
         runs.append(PolicyRun(label, resolved.policy, cached_tools(resolved.tools, cache), resolved.disabled))
-    product = None
+    product = plain = None  # plain: the product without bank augmentation (embedded-no-augment), when asked
+    wants_plain = any(getattr(run.policy, "needs_plain_bank", False) for run in runs)
     build_ms: list[float] = []
     if group.protocol != "given":
         t0 = time.perf_counter()
         product = Product.build(group.category, group.references, config.features, fpr=config.fpr, priors=priors, allow_mixed_sizes=True)
         build_ms.append((time.perf_counter() - t0) * 1000)
+        if wants_plain:
+            plain = Product.build(group.category, group.references, config.features, fpr=config.fpr, priors=priors,
+                                  allow_mixed_sizes=True, augment=False)
     masks: list[np.ndarray | None] = []
     pixel_ok: list[bool] = []
     for sample in group.test:
@@ -113,10 +117,15 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
             product = Product.build(group.category, list(sample.references), config.features, fpr=config.fpr, priors=priors,
                                     allow_mixed_sizes=True)
             build_ms.append((time.perf_counter() - t0) * 1000)
+            if wants_plain:
+                plain = Product.build(group.category, list(sample.references), config.features, fpr=config.fpr,
+                                      priors=priors, allow_mixed_sizes=True, augment=False)
         for run in runs:
-            if run.inspector is None or run.inspector.product is not product:
-                run.inspector = Inspector(product, run.policy, run.tools, max_steps=config.max_steps)
+            own = plain if getattr(run.policy, "needs_plain_bank", False) else product
+            if run.inspector is None or run.inspector.product is not own:
+                run.inspector = Inspector(own, run.policy, run.tools, max_steps=config.max_steps)
         prepared = runs[0].inspector.prepare(sample.image_path)
+        prepared_by = {id(runs[0].inspector.product): prepared}  # a query is prepared once per product
         size = downsample_size(prepared.image.width, prepared.image.height)
         gt = sample.ground_truth_mask(size=size)
         masks.append(gt)
@@ -125,10 +134,13 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
         cache.new_query()
         for run in runs:
             cache.new_run()
+            if id(run.inspector.product) not in prepared_by:
+                prepared_by[id(run.inspector.product)] = run.inspector.prepare(sample.image_path)
+            query = prepared_by[id(run.inspector.product)]
             t0, c0 = time.perf_counter(), time.process_time()
-            result = run.inspector.inspect(prepared, sample)
-            ms = prepared.ms + (time.perf_counter() - t0) * 1000 + cache.replayed_ms
-            cpu_ms = prepared.cpu_ms + (time.process_time() - c0) * 1000 + cache.replayed_cpu_ms
+            result = run.inspector.inspect(query, sample)
+            ms = query.ms + (time.perf_counter() - t0) * 1000 + cache.replayed_ms
+            cpu_ms = query.cpu_ms + (time.process_time() - c0) * 1000 + cache.replayed_cpu_ms
             key = id(result.heatmap)
             if key not in shared_maps:
                 shared_maps[key] = downsample_map(result.heatmap, size).astype(np.float16)
@@ -141,7 +153,10 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     records = []
     pixel_cache: dict[bytes, tuple] = {}
     for run in runs:
-        record = group_record(group, run, masks, pixel_ok, pixel_cache, build_ms, product, peak, wall)
+        own = run.inspector.product if run.inspector is not None else product
+        record = group_record(group, run, masks, pixel_ok, pixel_cache, build_ms, own, peak, wall)
+        if own is not None and group.protocol != "given":
+            record["augmentation"] = own.bank.augmentation  # the bank augmentation registration chose
         if group.examples:
             record["examples"] = save_examples(group, run, masks, Path(out_dir))
         records.append(record)
