@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists():
         done = {(r["category"], r["shots"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())}
-    cands = list(AUGMENTATIONS)
+    cands = ["none", *args.cands_set] if args.cands_set else list(AUGMENTATIONS)
     for cat in categories(include_elpv=args.elpv, names=args.cats or None):
         test = cap_test(cat.test, args.max_test)
         ex = FeatureExtractor(FeatureConfig())
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
             imgs = [load_image(p) for p in refs]
             grids = list(ex(imgs))
             views = extract_views(imgs, ex, cands)
-            choice = choose_augmentation(grids, imgs, ex, views=views)
+            choice = choose_augmentation(grids, imgs, ex, views=views, candidates=cands)
             t_choose = time.process_time() - t0
             if test_grids is None:
                 test_grids = [np.asarray(g, np.float32) for g in ex([load_image(s.image_path) for s in test])]
@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> None:
                 fh.write(json.dumps(rec) + "\n")
 
 
-def summary(path: str, margin: float, gap_margin: float) -> None:
+def summary(path: str, margin: float, gap_margin: float, max_level: float) -> None:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
-    cands = list(AUGMENTATIONS)
+    cands = [c for c in AUGMENTATIONS if c in rows[0]["test"]]
     for k in sorted({r["shots"] for r in rows}, key=str):
         sub = [r for r in rows if r["shots"] == k]
         print(f"\n## shots {k}: mean test knn image AUROC per candidate (and the chosen one), by category")
@@ -88,7 +88,7 @@ def summary(path: str, margin: float, gap_margin: float) -> None:
         for cat in cats:
             rs = [r for r in sub if r["category"] == cat]
             means = {c: np.mean([r["test"][c] for r in rs]) for c in cands}
-            chosen = [pick({n: tuple(v) for n, v in r["sep"].items()}, margin, gap_margin) for r in rs]
+            chosen = [pick({n: tuple(v) for n, v in r["sep"].items() if n in cands}, margin, gap_margin, max_level) for r in rs]
             means["chosen"] = np.mean([r["test"][ch] for r, ch in zip(rs, chosen)])
             for c in tot:
                 tot[c].append(means[c])
@@ -105,10 +105,12 @@ if __name__ == "__main__":
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--cats", nargs="*")
     ap.add_argument("--elpv", action="store_true")
+    ap.add_argument("--cands-set", nargs="*", help="candidate sets (default: all of AUGMENTATIONS)")
     ap.add_argument("--margin", type=float, default=0.02)
     ap.add_argument("--gap-margin", type=float, default=0.25)
+    ap.add_argument("--max-level", type=float, default=0.5)
     a = ap.parse_args()
     if a.summary:
-        summary(a.summary, a.margin, a.gap_margin)
+        summary(a.summary, a.margin, a.gap_margin, a.max_level)
     else:
         run(a)

@@ -10,7 +10,7 @@ from PIL import Image
 
 import iad_agent.vision.augment as aug_module
 from iad_agent.imageio import load_image
-from iad_agent.vision.augment import AUGMENTATIONS, augment_bank, choose_augmentation, extract_views, view
+from iad_agent.vision.augment import AUGMENTATIONS, CANDIDATES, augment_bank, choose_augmentation, extract_views, view
 from iad_agent.vision.features import FeatureConfig, FeatureExtractor
 from iad_agent.vision.normal_bank import NormalBank, image_score
 
@@ -66,9 +66,11 @@ def test_extra_patches_belong_to_their_image(hazelnut, extractor, tmp_path):
 
 def test_choice_reports_every_candidate_and_returns_its_patches(hazelnut, extractor):
     grids = list(extractor(hazelnut))
-    choice = choose_augmentation(grids, hazelnut, extractor, n_synthetic=8)
+    choice = choose_augmentation(grids, hazelnut, extractor, n_synthetic=8, candidates=tuple(AUGMENTATIONS))
     assert set(choice.separation) == set(AUGMENTATIONS)
-    assert all(0 <= a <= 1 for a, _ in choice.separation.values())
+    assert all(0 <= a <= 1 for a, _, _ in choice.separation.values())
+    levels = {name: level for name, (_, _, level) in choice.separation.items()}
+    assert levels["none"] == 0 and levels["jitter"] < 0.5  # re-lit good parts still look like good parts
     assert choice.name in AUGMENTATIONS and len(choice.extra) == 2
     n_views = len(AUGMENTATIONS[choice.name])
     for g, e in zip(grids, choice.extra):
@@ -106,7 +108,7 @@ def test_registration_chooses_and_can_be_switched_off(data_root, tmp_path):
     good = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))
     product = Product.build("hazelnut", good[:2])
     bank = product.bank
-    assert set(bank.augment_separation) == set(AUGMENTATIONS) and bank.augmentation in AUGMENTATIONS
+    assert set(bank.augment_separation) == {"none", *CANDIDATES} and bank.augmentation in AUGMENTATIONS
     extra = len(AUGMENTATIONS[bank.augmentation]) * sum(g.shape[0] * g.shape[1] for g in bank.grids)
     assert bank.memory.shape[0] >= sum(g.shape[0] * g.shape[1] for g in bank.grids) + 0.8 * extra
     assert product.bank.calibration.threshold > 0
@@ -146,3 +148,15 @@ def test_eval_runs_the_no_augment_ablation_on_its_own_product(data_root, tmp_pat
     assert records["embedded-no-augment"]["augmentation"] == "off"
     assert records["embedded"]["augmentation"] in AUGMENTATIONS
     assert all(r["n_test"] == 4 for r in records.values())
+
+
+def test_pruned_search_gives_the_full_search_scores(hazelnut, extractor, monkeypatch):
+    grids = list(extractor(hazelnut))
+    views = extract_views(hazelnut, extractor, ["flips+rot90"])
+    queries = [(np.asarray(g, np.float32), i) for i, g in enumerate(grids)]
+    pruned = aug_module.candidate_scores(queries, grids, views, ["none", "flips+rot90"])
+    monkeypatch.setattr(aug_module, "PRUNE", 1.0)
+    full = aug_module.candidate_scores(queries, grids, views, ["none", "flips+rot90"])
+    assert pruned["none"] == full["none"]
+    assert np.allclose(pruned["flips+rot90"], full["flips+rot90"], rtol=1e-6)
+    assert all(a < b for a, b in zip(full["flips+rot90"], full["none"]))  # more normal neighbours: lower good scores

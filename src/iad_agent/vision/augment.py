@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from iad_agent.vision.normal_bank import image_score
+from iad_agent.vision.normal_bank import TOP_FRACTION, image_score
 from iad_agent.vision.synthetic import DEFECT_MAKERS
 
 #: The candidate sets: name → the views added per reference (see :func:`view`).
@@ -42,14 +42,20 @@ AUGMENTATIONS: dict[str, tuple[str, ...]] = {
     "shifts": ("shift-tl", "shift-tr", "shift-bl", "shift-br"),
     "jitter": ("bright-", "bright+", "contrast-", "contrast+"),
 }
+#: The sets registration tries (besides ``none``); the others stay measurable (experiments/augment.py).
+CANDIDATES = ("flips", "flips+rot90")
 #: Banks of more good images than this are not augmented (time; the views add little there).
 MAX_REFERENCES = 4
 #: Synthetic defects made to judge the candidates.
 N_SYNTHETIC = 12
 #: How much better than the plain bank a candidate must separate synthetic defects to be kept.
 MARGIN = 0.02
+#: Views lying further than this from good parts towards synthetic defects are not variations of the product.
+MAX_VIEW_LEVEL = 0.5
 #: With the AUROC saturated: how much larger the log gap must be.
 GAP_MARGIN = 0.25
+#: Fraction of each query's patches (the farthest from the plain references) matched against the views.
+PRUNE = 0.25
 #: Fraction of the side cropped away by a ``shift`` view (≈ half a stride-8 patch at 256 px).
 SHIFT = 0.016
 
@@ -116,7 +122,7 @@ class AugmentChoice:
     """The augmentation chosen for a product and how each candidate separated synthetic defects."""
 
     name: str = "none"
-    separation: dict[str, tuple[float, float]] = field(default_factory=dict)
+    separation: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # AUROC, log gap, view level
     extra: list[np.ndarray | None] = field(default_factory=list)  # per reference, for NormalBank.set_extra
 
 
@@ -129,7 +135,7 @@ def _min_distances(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
 
 def choose_augmentation(grids: Sequence[np.ndarray], images: Sequence[Image.Image], extractor: Callable,
                         held_views: tuple[list[Image.Image], list[np.ndarray]] | None = None,
-                        candidates: Sequence[str] = tuple(AUGMENTATIONS), n_synthetic: int = N_SYNTHETIC,
+                        candidates: Sequence[str] = CANDIDATES, n_synthetic: int = N_SYNTHETIC,
                         margin: float = MARGIN, seed: int = 0,
                         views: list[dict[str, np.ndarray]] | None = None) -> AugmentChoice:
     """Choose the bank augmentation of a product from its good images (see the module docstring).
@@ -164,38 +170,91 @@ def choose_augmentation(grids: Sequence[np.ndarray], images: Sequence[Image.Imag
     defects = [makers[j % len(makers)](img, rng)[0] for j, (img, _) in enumerate(sources)]
     queries = [(np.asarray(g, np.float32), ex) for g, ex in held]
     queries += [(np.asarray(g, np.float32), ex) for g, (_, ex) in zip(extractor(defects), sources)]
-    c = queries[0][0].shape[-1]
-    flat = np.ascontiguousarray(np.concatenate([q.reshape(-1, c) for q, _ in queries]), dtype=np.float32)
-    bounds = np.cumsum([0] + [q.shape[0] * q.shape[1] for q, _ in queries])
-    # nearest distance of every query patch to every (reference, view) block; a bank's is the min over its blocks
-    plain = [_min_distances(flat, np.asarray(g, np.float32).reshape(-1, c)) for g in grids]
-    by_view = [{v: _min_distances(flat, p) for v, p in vs.items()} for vs in views]
-    seps: dict[str, tuple[float, float]] = {}
+    scores = candidate_scores(queries, grids, views, candidates)
+    good, syn = scores["none"][:len(held)], scores["none"][len(held):]
+    # how a good part looks once transformed: each view of each reference against the plain bank of the others
+    level = {}
+    for v in views_of(candidates):
+        vq = [(views[j][v][:, None, :].astype(np.float32), j if n >= 2 else None) for j in range(n)]
+        level[v] = view_level(candidate_scores(vq, grids, [{}] * n, ["none"])["none"], good, syn)
+    seps: dict[str, tuple[float, float, float]] = {}
     for name in candidates:
-        per_ref = [np.minimum.reduce([plain[j], *(by_view[j][v] for v in AUGMENTATIONS[name])]) for j in range(n)]
-        scores = []
-        for qi, (_, ex) in enumerate(queries):
-            refs = [j for j in range(n) if j != ex]
-            d = np.minimum.reduce([per_ref[j][bounds[qi]:bounds[qi + 1]] for j in refs])
-            scores.append(image_score(d))
-        sep = separation(scores[:len(held)], scores[len(held):])
-        seps[name] = (round(sep[0], 4), round(sep[1], 4))
+        sep = separation(scores[name][:len(held)], scores[name][len(held):])
+        worst = max((level[v] for v in AUGMENTATIONS[name]), default=0.0)
+        seps[name] = (round(sep[0], 4), round(sep[1], 4), round(worst, 4))
     best = pick(seps, margin)
     return AugmentChoice(best, seps, extra_patches(views, best))
 
 
-def pick(seps: dict[str, tuple[float, float]], margin: float = MARGIN, gap_margin: float = GAP_MARGIN) -> str:
+def view_level(view_scores: Sequence[float], good: Sequence[float], defects: Sequence[float]) -> float:
+    """Where transformed good parts lie between held-out good parts (0) and synthetic defects (1), in log score.
+
+    A mirrored transistor looks like a defect (level near or above 1): mirroring is then not a
+    variation of this product's good parts, and the views would teach the bank to accept a
+    misplaced part. A mirrored grid texture looks like a good part (level near 0).
+
+    >>> round(view_level([2.0], [1.0, 1.0], [4.0, 4.0]), 2)
+    0.5
+    """
+    lg, ld = np.log(np.maximum(good, 1e-8)).mean(), np.log(np.maximum(defects, 1e-8)).mean()
+    lv = float(np.median(np.log(np.maximum(view_scores, 1e-8))))
+    return float((lv - lg) / max(ld - lg, 1e-6))
+
+
+def candidate_scores(queries: Sequence[tuple[np.ndarray, int | None]], grids: Sequence[np.ndarray],
+                     views: Sequence[dict[str, np.ndarray]], candidates: Sequence[str]) -> dict[str, list[float]]:
+    """Nearest-neighbour image score of each query against each candidate bank.
+
+    ``queries`` are ``(grid, left-out reference or None)``. Every query patch is matched
+    against the plain references; only its :data:`PRUNE` farthest patches are matched against
+    the views as well (a view can only lower a distance, and the image score is the mean of the
+    top 1 %), which keeps the choice to about a quarter of the full search. The score is exact
+    unless a patch outside that quarter would have entered the top 1 %; otherwise it is an upper bound.
+    """
+    n, c = len(grids), queries[0][0].shape[-1]
+    flat = np.ascontiguousarray(np.concatenate([q.reshape(-1, c) for q, _ in queries]), dtype=np.float32)
+    bounds = np.cumsum([0] + [q.shape[0] * q.shape[1] for q, _ in queries])
+    plain = [_min_distances(flat, np.asarray(g, np.float32).reshape(-1, c)) for g in grids]
+    base, picked = [], []
+    for qi, (_, ex) in enumerate(queries):
+        d = np.minimum.reduce([plain[j][bounds[qi]:bounds[qi + 1]] for j in range(n) if j != ex])
+        m = d.size
+        top = max(4 * int(np.ceil(m * TOP_FRACTION)), int(np.ceil(m * PRUNE)))
+        idx = np.argpartition(d, m - top)[m - top:] if top < m else np.arange(m)
+        base.append(d)
+        picked.append(idx)
+    sub = np.ascontiguousarray(np.concatenate([flat[bounds[qi]:bounds[qi + 1]][idx] for qi, idx in enumerate(picked)]))
+    sub_bounds = np.cumsum([0] + [len(idx) for idx in picked])
+    wanted = views_of(candidates)
+    by_view = [{v: _min_distances(sub, vs[v]) for v in wanted} for vs in views]
+    out: dict[str, list[float]] = {}
+    for name in candidates:
+        out[name] = []
+        for qi, (_, ex) in enumerate(queries):
+            d = base[qi].copy()
+            near = [by_view[j][v][sub_bounds[qi]:sub_bounds[qi + 1]] for j in range(n) if j != ex for v in AUGMENTATIONS[name]]
+            if near:
+                d[picked[qi]] = np.minimum(d[picked[qi]], np.minimum.reduce(near))
+            out[name].append(image_score(d))
+    return out
+
+
+def pick(seps: dict[str, Sequence[float]], margin: float = MARGIN, gap_margin: float = GAP_MARGIN,
+         max_level: float = MAX_VIEW_LEVEL) -> str:
     """The candidate kept: the best-separating one among those that beat ``none`` by the margins.
 
-    A candidate beats ``none`` when its synthetic AUROC is higher by ``margin``, or (AUROC
-    saturated) not lower and its log gap higher by ``gap_margin``.
+    ``seps[name]`` is ``(synthetic AUROC, log gap, view level)``. A candidate is admissible when
+    its views look like good parts (view level ≤ ``max_level``, :func:`view_level`); it beats
+    ``none`` when its synthetic AUROC is higher by ``margin``, or (AUROC saturated) not lower and
+    its log gap higher by ``gap_margin``.
 
-    >>> pick({"none": (0.9, 2.0), "flips": (0.95, 2.1), "jitter": (0.91, 3.0)})
+    >>> pick({"none": (0.9, 2.0, 0), "flips": (0.95, 2.1, 0.1), "jitter": (0.91, 3.0, 0.1), "flips+rot90": (1, 3, 0.9)})
     'flips'
     """
     base = seps["none"]
-    ok = [n for n, s in seps.items() if n != "none" and (s[0] >= base[0] + margin or (s[0] >= base[0] and s[1] >= base[1] + gap_margin))]
-    return max(ok, key=lambda n: seps[n]) if ok else "none"
+    ok = [n for n, s in seps.items() if n != "none" and (len(s) < 3 or s[2] <= max_level)
+          and (s[0] >= base[0] + margin or (s[0] >= base[0] and s[1] >= base[1] + gap_margin))]
+    return max(ok, key=lambda n: tuple(seps[n][:2])) if ok else "none"
 
 
 def augment_bank(bank, extractor: Callable, image_of: Callable[[int], Image.Image],  # noqa: ANN001 - NormalBank
@@ -216,5 +275,31 @@ def augment_bank(bank, extractor: Callable, image_of: Callable[[int], Image.Imag
             bank.set_extra([None] * n, name)
         return None
     choice = choose_augmentation(bank.grids, [image_of(i) for i in range(n)], extractor, held_views)
-    bank.set_extra(choice.extra, choice.name, choice.separation)
+    bank.set_extra(fit_budget(choice.extra, sum(g.shape[0] * g.shape[1] for g in bank.grids), bank.max_patches),
+                   choice.name, choice.separation)
     return choice
+
+
+def fit_budget(extra: list[np.ndarray | None], n_plain: int, max_patches: int, seed: int = 0) -> list[np.ndarray | None]:
+    """The augmented patches thinned (an even, seeded draw per image) so the memory stays within ``max_patches``.
+
+    The registered images' own patches come first; the views share what is left. Thinning
+    instead of the bank's coreset keeps registration fast (a 16,384-point greedy coreset costs
+    seconds) and the views' patches are largely redundant with each other.
+
+    >>> [len(e) for e in fit_budget([np.zeros((100, 2)), np.zeros((100, 2))], 50, 150)]
+    [50, 50]
+    """
+    total = sum(len(e) for e in extra if e is not None)
+    room = max_patches - n_plain
+    if total <= room:
+        return extra
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray | None] = []
+    for e in extra:
+        if e is None or room <= 0:
+            out.append(None)
+            continue
+        keep = int(len(e) * room / total)
+        out.append(e[np.sort(rng.choice(len(e), keep, replace=False))] if keep else None)
+    return out
