@@ -107,8 +107,7 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
         product = Product.build(group.category, group.references, config.features, fpr=config.fpr, priors=priors, allow_mixed_sizes=True)
         build_ms.append((time.perf_counter() - t0) * 1000)
         if wants_plain:
-            plain = Product.build(group.category, group.references, config.features, fpr=config.fpr, priors=priors,
-                                  allow_mixed_sizes=True, augment=False)
+            plain = _plain(product, group.category, group.references, config, priors)
     masks: list[np.ndarray | None] = []
     pixel_ok: list[bool] = []
     for sample in group.test:
@@ -118,8 +117,7 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
                                     allow_mixed_sizes=True)
             build_ms.append((time.perf_counter() - t0) * 1000)
             if wants_plain:
-                plain = Product.build(group.category, list(sample.references), config.features, fpr=config.fpr,
-                                      priors=priors, allow_mixed_sizes=True, augment=False)
+                plain = _plain(product, group.category, list(sample.references), config, priors)
         for run in runs:
             own = plain if getattr(run.policy, "needs_plain_bank", False) else product
             if run.inspector is None or run.inspector.product is not own:
@@ -156,11 +154,24 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
         own = run.inspector.product if run.inspector is not None else product
         record = group_record(group, run, masks, pixel_ok, pixel_cache, build_ms, own, peak, wall)
         if own is not None and group.protocol != "given":
-            record["augmentation"] = own.bank.augmentation  # the bank augmentation registration chose
+            # the bank augmentation registration chose ("off": the no-augment ablation)
+            record["augmentation"] = "off" if getattr(run.policy, "needs_plain_bank", False) else own.bank.augmentation
         if group.examples:
             record["examples"] = save_examples(group, run, masks, Path(out_dir))
         records.append(record)
     return records
+
+
+def _plain(product: Product, name: str, references: list, config: EvalConfig, priors: dict) -> Product:
+    """The group's product registered without bank augmentation (``embedded-no-augment``).
+
+    Where registration chose no augmentation the product is that already (registration is
+    deterministic), so it is reused: same answers, no second registration.
+    """
+    if product.bank.augmentation in ("none", "off"):
+        return product
+    return Product.build(name, references, config.features, fpr=config.fpr, priors=priors, allow_mixed_sizes=True,
+                         augment=False)
 
 
 def _name_for(label: str, config: EvalConfig) -> str:
