@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> None:
                 fh.write(json.dumps(rec) + "\n")
 
 
-def summary(path: str, margin: float, gap_margin: float, max_level: float) -> None:
+def summary(path: str, margin: float, gap_margin: float, max_level: float, only: list[str] | None = None) -> None:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
-    cands = [c for c in AUGMENTATIONS if c in rows[0]["test"]]
+    cands = [c for c in AUGMENTATIONS if c in rows[0]["test"] and (not only or c == "none" or c in only)]
     for k in sorted({r["shots"] for r in rows}, key=str):
         sub = [r for r in rows if r["shots"] == k]
         print(f"\n## shots {k}: mean test knn image AUROC per candidate (and the chosen one), by category")
@@ -88,7 +88,8 @@ def summary(path: str, margin: float, gap_margin: float, max_level: float) -> No
         for cat in cats:
             rs = [r for r in sub if r["category"] == cat]
             means = {c: np.mean([r["test"][c] for r in rs]) for c in cands}
-            chosen = [pick({n: tuple(v) for n, v in r["sep"].items() if n in cands}, margin, gap_margin, max_level) for r in rs]
+            chosen = [pick({n: tuple(v) for n, v in r["sep"].items() if n in cands}, margin, gap_margin,
+                           max_level if r["shots"] != 1 else float("inf")) for r in rs]
             means["chosen"] = np.mean([r["test"][ch] for r, ch in zip(rs, chosen)])
             for c in tot:
                 tot[c].append(means[c])
@@ -111,6 +112,6 @@ if __name__ == "__main__":
     ap.add_argument("--max-level", type=float, default=0.5)
     a = ap.parse_args()
     if a.summary:
-        summary(a.summary, a.margin, a.gap_margin, a.max_level)
+        summary(a.summary, a.margin, a.gap_margin, a.max_level, a.cands_set)
     else:
         run(a)
