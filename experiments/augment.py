@@ -30,7 +30,7 @@ from lab import categories, groups  # noqa: E402
 from iad_agent.eval.metrics import image_auroc  # noqa: E402
 from iad_agent.eval.plan import cap_test  # noqa: E402
 from iad_agent.imageio import load_image  # noqa: E402
-from iad_agent.vision.augment import AUGMENTATIONS, _min_distances, choose_augmentation, extract_views, pick  # noqa: E402
+from augment_lib import AUGMENTATIONS, _min_distances, choose_augmentation, extract_views, pick  # noqa: E402
 from iad_agent.vision.features import FeatureConfig, FeatureExtractor  # noqa: E402
 from iad_agent.vision.normal_bank import image_score  # noqa: E402
 

@@ -99,7 +99,6 @@ def register(
     progress: Callable[[int, int], None] | None = None,
     existing: Product | None = None,
     selfsim: bool = True,
-    augment: bool = True,
 ) -> Registration:
     """Register good images (and optional defect examples) as a new product or onto ``existing``.
 
@@ -117,9 +116,6 @@ def register(
         selfsim: whether the product's scoring may mix in self-similarity (``False``: plain
             nearest neighbour). What the product learns from its good images (that weight, its
             calibration) is set here (:mod:`iad_agent.vision.learn`) and saved with it.
-        augment: whether a small bank may hold augmented views of its good images, chosen
-            from the good images (:mod:`iad_agent.vision.augment`; ``False``: never, kept off
-            on later registrations).
 
     Raises:
         RegistrationError: no images, an unreadable image, an image whose size differs from
@@ -188,10 +184,6 @@ def register(
         if len(product.bank) == 1:  # one good image: its augmented views stand in for held-out good parts
             images_v = augmented_views(images[0])
             views = (images_v, list(extractor(images_v)))
-        from iad_agent.vision.augment import augment_bank
-
-        augment_bank(product.bank, extractor, product.reference_image, views,
-                     enabled=augment and product.bank.augmentation != "off")
         step = (lambda done, n: progress(n_new + done, total)) if progress else None
         product.bank.scoring, product.bank.calibration = learn(
             product.bank, extractor, product.reference_image, stored_fpr if fpr is None else fpr, views=views,
@@ -394,9 +386,6 @@ def remove_images(product: Product, paths: Sequence[str | Path], progress: Calla
     try:
         from iad_agent.vision.learn import learn
 
-        from iad_agent.vision.augment import augment_bank
-
-        augment_bank(new.bank, new.extractor, new.reference_image, enabled=old.augmentation != "off")
         new.bank.scoring, new.bank.calibration = learn(new.bank, new.extractor, new.reference_image, fpr,
                                                        selfsim=old.scoring.uses_self or bool(old.scoring.synthetic_auroc))
         new._calibrate_gate()

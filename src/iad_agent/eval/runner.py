@@ -99,15 +99,12 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     for label in group.policies:
         resolved = resolve_policy(_name_for(label, config), config.disable_tools, config.policy_options)
         runs.append(PolicyRun(label, resolved.policy, cached_tools(resolved.tools, cache), resolved.disabled))
-    product = plain = None  # plain: the product without bank augmentation (embedded-no-augment), when asked
-    wants_plain = any(getattr(run.policy, "needs_plain_bank", False) for run in runs)
+    product = None
     build_ms: list[float] = []
     if group.protocol != "given":
         t0 = time.perf_counter()
         product = Product.build(group.category, group.references, config.features, fpr=config.fpr, priors=priors, allow_mixed_sizes=True)
         build_ms.append((time.perf_counter() - t0) * 1000)
-        if wants_plain:
-            plain = _plain(product, group.category, group.references, config, priors)
     masks: list[np.ndarray | None] = []
     pixel_ok: list[bool] = []
     for sample in group.test:
@@ -116,14 +113,10 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
             product = Product.build(group.category, list(sample.references), config.features, fpr=config.fpr, priors=priors,
                                     allow_mixed_sizes=True)
             build_ms.append((time.perf_counter() - t0) * 1000)
-            if wants_plain:
-                plain = _plain(product, group.category, list(sample.references), config, priors)
         for run in runs:
-            own = plain if getattr(run.policy, "needs_plain_bank", False) else product
-            if run.inspector is None or run.inspector.product is not own:
-                run.inspector = Inspector(own, run.policy, run.tools, max_steps=config.max_steps)
+            if run.inspector is None or run.inspector.product is not product:
+                run.inspector = Inspector(product, run.policy, run.tools, max_steps=config.max_steps)
         prepared = runs[0].inspector.prepare(sample.image_path)
-        prepared_by = {id(runs[0].inspector.product): prepared}  # a query is prepared once per product
         size = downsample_size(prepared.image.width, prepared.image.height)
         gt = sample.ground_truth_mask(size=size)
         masks.append(gt)
@@ -132,13 +125,10 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
         cache.new_query()
         for run in runs:
             cache.new_run()
-            if id(run.inspector.product) not in prepared_by:
-                prepared_by[id(run.inspector.product)] = run.inspector.prepare(sample.image_path)
-            query = prepared_by[id(run.inspector.product)]
             t0, c0 = time.perf_counter(), time.process_time()
-            result = run.inspector.inspect(query, sample)
-            ms = query.ms + (time.perf_counter() - t0) * 1000 + cache.replayed_ms
-            cpu_ms = query.cpu_ms + (time.process_time() - c0) * 1000 + cache.replayed_cpu_ms
+            result = run.inspector.inspect(prepared, sample)
+            ms = prepared.ms + (time.perf_counter() - t0) * 1000 + cache.replayed_ms
+            cpu_ms = prepared.cpu_ms + (time.process_time() - c0) * 1000 + cache.replayed_cpu_ms
             key = id(result.heatmap)
             if key not in shared_maps:
                 shared_maps[key] = downsample_map(result.heatmap, size).astype(np.float16)
@@ -151,27 +141,11 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     records = []
     pixel_cache: dict[bytes, tuple] = {}
     for run in runs:
-        own = run.inspector.product if run.inspector is not None else product
-        record = group_record(group, run, masks, pixel_ok, pixel_cache, build_ms, own, peak, wall)
-        if own is not None and group.protocol != "given":
-            # the bank augmentation registration chose ("off": the no-augment ablation)
-            record["augmentation"] = "off" if getattr(run.policy, "needs_plain_bank", False) else own.bank.augmentation
+        record = group_record(group, run, masks, pixel_ok, pixel_cache, build_ms, product, peak, wall)
         if group.examples:
             record["examples"] = save_examples(group, run, masks, Path(out_dir))
         records.append(record)
     return records
-
-
-def _plain(product: Product, name: str, references: list, config: EvalConfig, priors: dict) -> Product:
-    """The group's product registered without bank augmentation (``embedded-no-augment``).
-
-    Where registration chose no augmentation the product is that already (registration is
-    deterministic), so it is reused: same answers, no second registration.
-    """
-    if product.bank.augmentation in ("none", "off"):
-        return product
-    return Product.build(name, references, config.features, fpr=config.fpr, priors=priors, allow_mixed_sizes=True,
-                         augment=False)
 
 
 def _name_for(label: str, config: EvalConfig) -> str:

@@ -10,9 +10,7 @@ tool set it gets; ``iad inspect``, ``iad eval``, the library API and the service
 * ``openai`` / ``hf``: a VLM backend (options in :class:`VLMOptions`), with the four tools plus
   the ``anomaly_map`` evidence tool;
 * ``<any of these>-no-<tool>...`` (e.g. ``embedded-no-zoom``): the same without those tools;
-  ``embedded-no-selfsim``: the embedded policy answering from the plain nearest-neighbour look;
-  ``embedded-no-augment``: the embedded policy on a product registered without augmented views
-  of its good images (``iad eval`` registers that product beside the group's own).
+  ``embedded-no-selfsim``: the embedded policy answering from the plain nearest-neighbour look.
 """
 
 from __future__ import annotations

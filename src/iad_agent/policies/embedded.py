@@ -34,9 +34,8 @@ if TYPE_CHECKING:
     from iad_agent.tools.base import Tool
 
 ZOOM, COMPARE, HIGHFREQ, PRIORS = PerceptiveZoomer.name, ComparativeRetriever.name, HighFrequencyEnhancer.name, PriorRetriever.name
-#: Parts of the policy that are not tools but can be left out for an ablation (``embedded-no-selfsim``;
-#: ``embedded-no-augment``: the product's bank registered without augmented views, see ``needs_plain_bank``).
-COMPONENTS = ("selfsim", "augment")
+#: Parts of the policy that are not tools but can be left out for an ablation (``embedded-no-selfsim``).
+COMPONENTS = ("selfsim",)
 
 
 def fuse(global_ratio: float, evidence: list[tuple[float, float]]) -> float:
@@ -160,9 +159,7 @@ class EmbeddedPolicy:
             gate: a learned gate (:class:`~iad_agent.policies.gate.LearnedGate`) replacing the
                 hand-set band; by default the one installed in the product folder, if any.
             without: components left out, for ablations: ``"selfsim"`` = the global look is
-                plain nearest neighbour even where the product's scoring mixes in self-similarity;
-                ``"augment"`` = the product is registered without augmented views (the caller
-                registers it so: :attr:`needs_plain_bank`; the policy itself is unchanged).
+                plain nearest neighbour even where the product's scoring mixes in self-similarity.
         """
         unknown = set(without) - set(COMPONENTS)
         if unknown:
@@ -176,11 +173,6 @@ class EmbeddedPolicy:
             self.name = "embedded+" + "+".join(sorted(self.weights))
         if self.without:
             self.name += "".join(f"-no-{c}" for c in self.without)
-
-    @property
-    def needs_plain_bank(self) -> bool:
-        """Whether this policy must inspect against a product registered without bank augmentation."""
-        return "augment" in self.without
 
     @property
     def plain_look(self) -> bool:

@@ -43,8 +43,7 @@ class ToolCache:
 
     def call(self, tool: Tool, arguments: Any, episode: Episode) -> ToolResult:
         try:
-            # the product too: an ablation may inspect against another product (embedded-no-augment)
-            key = (tool.name, json.dumps(arguments, sort_keys=True), id(episode.product))
+            key = (tool.name, json.dumps(arguments, sort_keys=True))
         except (TypeError, ValueError):  # not JSON (a malformed model call): run it, never cache it
             return tool(arguments, episode)
         hit = self.results.get(key)

@@ -196,9 +196,6 @@ class NormalBank:
         self.memory: np.ndarray | None = None  # (M, C) float32
         self.origin: np.ndarray | None = None  # (M,) int32: index of the source image
         self.calibration: Calibration | None = None
-        # the augmentation whose views' patches the memory also holds (iad_agent.vision.augment; "off": not tried)
-        self.augmentation = "none"
-        self.augment_separation: dict[str, list[float]] = {}
         from iad_agent.vision.scoring import Scoring  # scoring builds on this module
 
         self.scoring = Scoring()  # plain nearest neighbour until a registration learns otherwise
@@ -232,30 +229,6 @@ class NormalBank:
         blocks = ([] if self.memory is None else [self.memory]) + [g.reshape(-1, c) for g in self.grids[n - n_new:]]
         new_origin = [np.full(g.shape[0] * g.shape[1], i, dtype=np.int32) for i, g in enumerate(self.grids[n - n_new:], start=n - n_new)]
         origin = np.concatenate(([] if self.origin is None else [self.origin]) + new_origin)
-        self._set_memory(blocks, origin)
-
-    def set_extra(self, extra: Sequence[np.ndarray | None], name: str,
-                  separation: dict[str, Sequence[float]] | None = None) -> None:
-        """Rebuild the memory from every good image's patches plus, per image, extra patches.
-
-        The extra patches (an ``(m, C)`` block per image, or None) are those of augmented views
-        (:mod:`iad_agent.vision.augment`); they count as the image's own (``origin``), so
-        leave-one-out calibration leaves them out with it. Only the searchable memory holds
-        them: grids, descriptors and the aligned comparison stay the registered images'.
-        """
-        if len(extra) != len(self.grids):
-            raise ValueError(f"expected extra patches for {len(self.grids)} images, got {len(extra)}")
-        c = self.grids[0].shape[-1]
-        blocks = [g.reshape(-1, c) for g in self.grids] + [e for e in extra if e is not None]
-        sizes = [g.shape[0] * g.shape[1] for g in self.grids] + [len(e) for e in extra if e is not None]
-        owners = list(range(len(self.grids))) + [i for i, e in enumerate(extra) if e is not None]
-        origin = np.concatenate([np.full(m, i, dtype=np.int32) for m, i in zip(sizes, owners)])
-        self.augmentation = name
-        self.augment_separation = {k: list(v) for k, v in (separation or {}).items()}
-        self._set_memory(blocks, origin)
-
-    def _set_memory(self, blocks: list[np.ndarray], origin: np.ndarray) -> None:
-        """The searchable memory from row blocks: all rows, or a coreset of ``max_patches`` of them."""
         if origin.shape[0] > self.max_patches:
             keep = greedy_coreset(blocks, self.max_patches, seed=self.seed)
             flat, origin = _take_rows(blocks, keep), origin[keep]
@@ -368,8 +341,6 @@ class NormalBank:
             "paths": self.paths,
             "calibration": vars(self.calibration) if self.calibration else None,
             "scoring": self.scoring.to_dict(),
-            "augmentation": self.augmentation,
-            "augment_separation": self.augment_separation,
         }
         atomic_write_text(folder / "bank.json", json.dumps(meta, indent=1))
 
@@ -397,8 +368,6 @@ class NormalBank:
         if meta.get("calibration"):
             bank.calibration = Calibration(**meta["calibration"])
         bank.scoring = type(bank.scoring).from_dict(meta.get("scoring"))
-        bank.augmentation = meta.get("augmentation", "none")  # banks saved before augmentation: none
-        bank.augment_separation = meta.get("augment_separation", {})
         return bank
 
 

@@ -1,5 +1,10 @@
 """Few-shot normal bank augmentation (AnomalyDINO-style), chosen per product from good images alone.
 
+Experiment code (issue 11 item 2), not part of the package: it was wired into registration on
+branch ``augment`` (commits b9d6b95..df83797) and measured with ``iad eval``; the automatic choice
+did not pay for the embedded agent (see experiments/README.md), so only this copy is kept, for
+``experiments/augment.py``.
+
 With one to a few good images the bank holds few examples of each normal patch, so a good part
 seen mirrored, turned or lit a little differently finds no close neighbour. Adding the patches
 of transformed copies of the references to the searchable memory (never to the stored grids,
@@ -258,29 +263,6 @@ def pick(seps: dict[str, Sequence[float]], margin: float = MARGIN, gap_margin: f
     ok = [n for n, s in seps.items() if n != "none" and (len(s) < 3 or s[2] <= max_level)
           and (s[0] >= base[0] + margin or (s[0] >= base[0] and s[1] >= base[1] + gap_margin))]
     return max(ok, key=lambda n: tuple(seps[n][:2])) if ok else "none"
-
-
-def augment_bank(bank, extractor: Callable, image_of: Callable[[int], Image.Image],  # noqa: ANN001 - NormalBank
-                 held_views: tuple[list[Image.Image], list[np.ndarray]] | None = None, enabled: bool = True,
-                 max_references: int = MAX_REFERENCES) -> AugmentChoice | None:
-    """Choose and apply the augmentation of a bank of good images, in place (registration's step).
-
-    A bank of more than ``max_references`` good images, or with ``enabled`` False, holds no
-    augmented patches (``enabled`` False is stored as ``"off"``, so a later re-registration
-    keeps it off). Returns the choice, or None where no choice was made.
-    """
-    n = len(bank)
-    if not enabled or n > max_references:
-        name = "off" if not enabled else "none"
-        if bank.augmentation in ("none", "off"):  # no augmented patches held: nothing to rebuild
-            bank.augmentation = name
-        else:
-            bank.set_extra([None] * n, name)
-        return None
-    choice = choose_augmentation(bank.grids, [image_of(i) for i in range(n)], extractor, held_views)
-    bank.set_extra(fit_budget(choice.extra, sum(g.shape[0] * g.shape[1] for g in bank.grids), bank.max_patches),
-                   choice.name, choice.separation)
-    return choice
 
 
 def fit_budget(extra: list[np.ndarray | None], n_plain: int, max_patches: int, seed: int = 0) -> list[np.ndarray | None]:
