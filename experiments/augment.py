@@ -4,7 +4,7 @@ For each (category, shots, seed) of the ``iad eval`` protocol (and ELPV, the uns
 the references' feature grids and the views of every candidate augmentation set are extracted
 with the package's extractor; then per candidate:
 
-* ``sep``: the package's criterion (:func:`iad_agent.vision.augment.choose_augmentation`):
+* ``sep``: the criterion (:func:`augment_lib.choose_augmentation`):
   synthetic AUROC and log gap from the good references and synthetic defects made from them;
 * ``test``: the test images' plain nearest-neighbour image AUROC against the augmented bank
   (all patches, no coreset) — used only to judge the criterion, never to choose.
