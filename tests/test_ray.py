@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -39,6 +40,30 @@ def setup(tmp_path_factory, data_root):
     return ws, folder
 
 
+def _close(a, b) -> bool:
+    """Equal structures, floats equal to 1e-4 relative."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    return a == b
+
+
+def _same_observations(left: list[dict], right: list[dict]) -> bool:
+    """Equal tool observations up to float rounding: a process without torch runs the packaged
+    backbone on numpy (README: cold start), whose features match torch's to ~1e-6 relative, so
+    the sixth digit of a tool's reading may differ between a Ray worker and this process."""
+    def numbers_out(text: str) -> str:
+        return re.sub(r"-?\d+(\.\d+)?", "#", text)
+
+    return len(left) == len(right) and all(
+        numbers_out(a["text"]) == numbers_out(b["text"]) and _close(a["data"], b["data"])
+        and {k: v for k, v in a.items() if k not in ("text", "data")} == {k: v for k, v in b.items() if k not in ("text", "data")}
+        for a, b in zip(left, right))
+
+
 def _key(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "elapsed_ms"}
 
@@ -69,4 +94,5 @@ def test_ray_answers_equal_the_local_engine_and_resume_skips_what_is_done(local_
             {k: v for k, v in full_local[image].items() if k not in ("elapsed_ms", "trace")}
         if "trace" in d:
             for step_l, step_r in zip(full_local[image]["trace"]["steps"], d["trace"]["steps"]):
-                assert step_l["tool_calls"] == step_r["tool_calls"] and step_l["observations"] == step_r["observations"]
+                assert step_l["tool_calls"] == step_r["tool_calls"]
+                assert _same_observations(step_l["observations"], step_r["observations"])
