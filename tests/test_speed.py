@@ -350,3 +350,34 @@ def test_many_images_run_the_backbone_on_torch():
     assert "torch" in sys.modules
     assert EfficientNetLite("efficientnet-lite0", (8, 16)).numpy_layers is None
     assert EfficientNetLite("efficientnet-lite0", (8, 16), engine="numpy").numpy_layers is not None
+
+
+def test_numpy_backbone_spreads_a_batch_over_threads_with_the_same_features(real_images, monkeypatch):
+    """With two threads allowed (OMP_NUM_THREADS, set by `iad --threads` or its idle-core default)
+    the numpy backbone runs a batch's images in two threads: the features do not change."""
+    import concurrent.futures
+
+    from iad_agent.vision import features as features_module
+    from iad_agent.vision.features import EfficientNetLite, FeatureConfig, FeatureExtractor
+
+    config = FeatureConfig()
+    extractor = FeatureExtractor(config, backbone=EfficientNetLite(config.backbone, config.strides, engine="numpy"))
+    batch = [real_images[0], real_images[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+             real_images[0].transpose(Image.Transpose.ROTATE_90)]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one = extractor(batch)
+    pools = []
+    real_pool = concurrent.futures.ThreadPoolExecutor
+
+    def counting_pool(*args, **kwargs):
+        pools.append(args or kwargs)
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", counting_pool)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert features_module._threads() == 2
+    two = extractor(batch)
+    assert pools, "two threads allowed: the batch is spread over a thread pool"
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)

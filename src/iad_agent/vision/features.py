@@ -25,6 +25,7 @@ import contextlib
 import functools
 import importlib
 import io
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -293,6 +294,14 @@ def _load_backbone(name: str) -> torch.nn.Module:
     return model.eval()
 
 
+def _threads() -> int:
+    """Threads the numpy backbone may use: ``OMP_NUM_THREADS`` (set by the CLI), else 1."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS") or 1))
+    except ValueError:
+        return 1
+
+
 class FeatureExtractor:
     """Turns images into patch-feature grids ``(h, w, C)`` (float32 numpy), one per image.
 
@@ -343,16 +352,30 @@ class FeatureExtractor:
             return self._extract_torch(images, size)
 
     def _extract_numpy(self, images: Sequence[Image.Image], size: tuple[int, int]) -> np.ndarray:
-        """The packaged backbone with numpy, one image at a time (its activations stay in cache)."""
+        """The packaged backbone with numpy, one image at a time (its activations stay in cache).
+
+        numpy's element-wise loops run on one core, so with more than one thread allowed
+        (``OMP_NUM_THREADS``, which ``iad --threads`` and its idle-core default set) the images
+        of a batch are spread over that many threads, BLAS held to one thread meanwhile (no
+        two pools fighting for the cores). Each image's features do not depend on the split.
+        """
         from iad_agent.vision.grid_ops import avg_pool
         from iad_agent.vision.lite_numpy import concat_taps
 
-        out = []
-        for img in images:
+        def one(img: Image.Image) -> np.ndarray:
             feats = concat_taps(self.backbone.run_numpy(self._to_array([img], size)))
-            if self.config.smooth > 1:
-                feats = avg_pool(feats, self.config.smooth)
-            out.append(feats)
+            return avg_pool(feats, self.config.smooth) if self.config.smooth > 1 else feats
+
+        workers = min(len(images), _threads())
+        if workers <= 1:
+            out = [one(img) for img in images]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+                out = list(pool.map(one, images))
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
     def _extract_torch(self, images: Sequence[Image.Image], size: tuple[int, int]) -> np.ndarray:
