@@ -381,3 +381,67 @@ def test_numpy_backbone_spreads_a_batch_over_threads_with_the_same_features(real
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+
+
+def test_numpy_backbone_spreads_images_of_different_sizes_over_threads(real_images, monkeypatch):
+    """A zoom's crop and its reference crops differ in size: with two threads allowed they still
+    run side by side (not one size group at a time), with each image's own features."""
+    from iad_agent.vision.features import EfficientNetLite, FeatureConfig, FeatureExtractor
+
+    config = FeatureConfig()
+    extractor = FeatureExtractor(config, backbone=EfficientNetLite(config.backbone, config.strides, engine="numpy"))
+    crops = [real_images[0].crop((0, 0, 300, 200)), real_images[1].crop((50, 50, 400, 450)), real_images[2]]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    alone = [extractor([c])[0] for c in crops]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    together = extractor(crops)
+    assert isinstance(together, list) and len(together) == 3
+    for a, b in zip(alone, together):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_zooms_run_together_give_each_zoom_alone(hazelnut_product, data_root):
+    """Registration runs its calibration zooms in one extractor call: the same readings as one call each."""
+    from iad_agent.tools.zoom import zoom_evidence, zoom_evidence_many
+    from iad_agent.types import Box
+
+    query = Image.open(data_root / "mvtec_ad/hazelnut/test/crack/000.png").convert("RGB")
+    jobs = [(query, Box(0.3, 0.3, 0.6, 0.6), [0, 1]), (query, Box(0.0, 0.5, 0.25, 0.9), [2]),
+            (hazelnut_product.reference_image(3), Box(0.4, 0.1, 0.9, 0.3), [0, 4])]
+    together = zoom_evidence_many(hazelnut_product, jobs)
+    for job, got in zip(jobs, together):
+        alone = zoom_evidence(hazelnut_product, *job)
+        assert got["map"].shape == alone["map"].shape
+        assert got["score"] == pytest.approx(alone["score"], rel=1e-5)
+    assert zoom_evidence_many(hazelnut_product, []) == []
+
+
+def test_coreset_built_beside_the_synthetic_defects_gives_the_same_product(data_root, monkeypatch):
+    """With two threads allowed, registration builds the bank's coreset while it makes the synthetic
+    defects: the product (coreset, threshold, tool limits and weights) is the one made one step
+    after the other."""
+    import iad_agent.registration as registration
+
+    normals = sorted((data_root / "mvtec_ad/grid/train/good").glob("*.png"))[:5]
+    products, threads_seen = [], []
+    beside = registration._build_beside_synthetic
+
+    def recording(product, n_new, views):
+        from iad_agent.vision.features import _threads
+
+        threads_seen.append(_threads())
+        return beside(product, n_new, views)
+
+    monkeypatch.setattr(registration, "_build_beside_synthetic", recording)
+    for threads in ("1", "2"):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        products.append(registration.register("grid", normals, max_patches=2048).product)
+    assert threads_seen == [1, 2]
+    a, b = products
+    assert a.bank.memory.shape == b.bank.memory.shape and a.bank.memory.shape[0] == 2048  # a real coreset
+    np.testing.assert_array_equal(a.bank.origin, b.bank.origin)
+    np.testing.assert_allclose(a.bank.memory, b.bank.memory, rtol=1e-3, atol=1e-3)
+    assert a.bank.calibration.threshold == pytest.approx(b.bank.calibration.threshold, rel=1e-4)
+    assert a.tool_limits.zoom_threshold == pytest.approx(b.tool_limits.zoom_threshold, rel=1e-4)
+    assert (a.gate.w_zoom, a.gate.w_compare) == (b.gate.w_zoom, b.gate.w_compare)

@@ -25,7 +25,7 @@ from iad_agent.episode import hot_spot_box
 from iad_agent.tools.base import ToolLimits
 from iad_agent.tools.highfreq import highfreq_ratio
 from iad_agent.tools.retriever import region_of
-from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, zoom_evidence
+from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, zoom_evidence_many
 from iad_agent.types import Box
 from iad_agent.vision.normal_bank import aligned_distance, image_score, threshold_for_fpr
 
@@ -63,6 +63,7 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
             images = augmented_views(product.reference_image(0), n=max_queries, seed=seed + 1)
             views = (images, product.extractor(images))
         queries = [(None, v, g) for v, g in list(zip(*views))[:max_queries]]
+    jobs, scale = [], []  # the zooms, run together below (one extractor call keeps every thread busy)
     for exclude, image, grid in queries:
         dmap = bank.patch_distances(grid, exclude=exclude)
         global_score = max(image_score(dmap), 1e-8)
@@ -74,9 +75,11 @@ def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 
         reference = product.reference_image(refs[0])
         for box in boxes:
             b = box.clamped(MIN_SIZE).expanded(CONTEXT)
-            zoom.append(zoom_evidence(product, image, b, refs)["score"] / global_score)
+            jobs.append((image, b, refs))
+            scale.append(global_score)
             compare.append(image_score(region_of(aligned, b.clamped(0.05))) / global_score)
             highfreq.append(highfreq_ratio(image, reference, b)[2])
+    zoom = [r["score"] / s for r, s in zip(zoom_evidence_many(product, jobs), scale)]
     # tool readings are nearest-neighbour distances: their limits are relative to the knn threshold
     product.tool_limits = ToolLimits(zoom_threshold=float(np.median(zoom)) * cal.knn_threshold,
                                      compare_threshold=float(np.median(compare)) * cal.knn_threshold,

@@ -7,6 +7,7 @@ references, so zooming adds evidence (a zoom ratio) and not only pixels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,17 +44,32 @@ def zoom_evidence(product: Product, query: Image.Image, box: Box, refs: list[int
     distances) is in absolute feature units and is compared with the product's zoom limit,
     calibrated the same way on held-out good images.
     """
+    return zoom_evidence_many(product, [(query, box, refs)])[0]
+
+
+def zoom_evidence_many(product: Product, jobs: Sequence[tuple[Image.Image, Box, list[int]]]) -> list[dict[str, Any]]:
+    """:func:`zoom_evidence` of several ``(query, box, refs)`` at once: one extractor call for all crops.
+
+    The same readings as one call each; with the crops together the extractor keeps every
+    allowed thread busy (a registration's tool calibration and weight fit make a few dozen
+    zooms).
+    """
     from iad_agent.vision.normal_bank import image_score
 
-    extractor = product.extractor
-    ref_box = box.expanded(0.15)
-    q_crop = crop(query, box)
-    ref_crops = [crop(product.reference_image(i), ref_box) for i in refs]
-    feats = extractor([q_crop, *ref_crops])  # grids of the crops' own shapes
-    q = feats[0]
-    c = q.shape[-1]
-    q_map = nearest_distances(q.reshape(-1, c), np.concatenate([r.reshape(-1, c) for r in feats[1:]])).reshape(q.shape[:2])
-    return {"score": image_score(q_map), "map": q_map, "crop": q_crop}
+    crops: list[Image.Image] = []
+    for query, box, refs in jobs:
+        ref_box = box.expanded(0.15)
+        crops.append(crop(query, box))
+        crops.extend(crop(product.reference_image(i), ref_box) for i in refs)
+    feats = product.extractor(crops) if crops else []  # grids of the crops' own shapes
+    out, k = [], 0
+    for _, _, refs in jobs:
+        q, ref_feats = feats[k], feats[k + 1:k + 1 + len(refs)]
+        c = q.shape[-1]
+        q_map = nearest_distances(q.reshape(-1, c), np.concatenate([r.reshape(-1, c) for r in ref_feats])).reshape(q.shape[:2])
+        out.append({"score": image_score(q_map), "map": q_map, "crop": crops[k]})
+        k += 1 + len(refs)
+    return out
 
 
 def nearest_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray:

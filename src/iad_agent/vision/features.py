@@ -321,6 +321,11 @@ class FeatureExtractor:
         self._mean, self._std = (spec.mean, spec.std) if spec else (_MEAN, _STD)
 
     @property
+    def _numpy(self) -> bool:
+        """Whether the packaged backbone runs on numpy (decided when called: ``engine="auto"`` follows torch's import)."""
+        return getattr(self.backbone, "numpy_layers", None) is not None
+
+    @property
     def dim(self) -> int:
         return int(self.extract_batch([Image.new("RGB", (64, 64))])[0].shape[-1])
 
@@ -344,39 +349,44 @@ class FeatureExtractor:
     def extract_batch(self, images: Sequence[Image.Image], size: tuple[int, int] | None = None) -> np.ndarray:
         """Features of images resized to one input ``size`` (default: that of the first image)."""
         size = size or self.config.input_size(*images[0].size)
-        if getattr(self.backbone, "numpy_layers", None) is not None:
-            return self._extract_numpy(images, size)
+        if self._numpy:
+            return np.stack(self._extract_numpy(images, size))
         import torch
 
         with torch.inference_mode():
             return self._extract_torch(images, size)
 
-    def _extract_numpy(self, images: Sequence[Image.Image], size: tuple[int, int]) -> np.ndarray:
+    def _extract_numpy(self, images: Sequence[Image.Image], size: tuple[int, int] | Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """The packaged backbone with numpy, one image at a time (its activations stay in cache).
 
-        numpy's element-wise loops run on one core, so with more than one thread allowed
-        (``OMP_NUM_THREADS``, which ``iad --threads`` and its idle-core default set) the images
-        of a batch are spread over that many threads, BLAS held to one thread meanwhile (no
-        two pools fighting for the cores). Each image's features do not depend on the split.
+        ``size``: one input size for all images, or one per image. numpy's element-wise loops
+        run on one core, so with more than one thread allowed (``OMP_NUM_THREADS``, which
+        ``iad --threads`` and its idle-core default set) the images are spread over that many
+        threads, whatever their sizes (a zoom's crop and its reference crops differ in size),
+        BLAS held to one thread meanwhile (no two pools fighting for the cores). Each image's
+        features do not depend on the split. Returns one ``(h, w, C)`` grid per image.
         """
         from iad_agent.vision.grid_ops import avg_pool
         from iad_agent.vision.lite_numpy import concat_taps
 
-        def one(img: Image.Image) -> np.ndarray:
-            feats = concat_taps(self.backbone.run_numpy(self._to_array([img], size)))
-            return avg_pool(feats, self.config.smooth) if self.config.smooth > 1 else feats
+        sizes = [size] * len(images) if isinstance(size[0], int) else list(size)  # type: ignore[index]
 
-        workers = min(len(images), _threads())
+        def one(job: tuple[Image.Image, tuple[int, int]]) -> np.ndarray:
+            img, sz = job
+            feats = concat_taps(self.backbone.run_numpy(self._to_array([img], sz)))
+            feats = avg_pool(feats, self.config.smooth) if self.config.smooth > 1 else feats
+            return np.ascontiguousarray(feats[0], dtype=np.float32)
+
+        jobs = list(zip(images, sizes))
+        workers = min(len(jobs), _threads())
         if workers <= 1:
-            out = [one(img) for img in images]
-        else:
-            from concurrent.futures import ThreadPoolExecutor
+            return [one(job) for job in jobs]
+        from concurrent.futures import ThreadPoolExecutor
 
-            from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits
 
-            with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-                out = list(pool.map(one, images))
-        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, jobs))
 
     def _extract_torch(self, images: Sequence[Image.Image], size: tuple[int, int]) -> np.ndarray:
         import torch.nn.functional as F
@@ -397,7 +407,9 @@ class FeatureExtractor:
         """
         sizes = [self.config.input_size(*img.size) for img in images]
         out: list[np.ndarray | None] = [None] * len(images)
-        for size in dict.fromkeys(sizes):
+        if self._numpy:  # one image at a time anyway: spread all of them over the threads, whatever their sizes
+            out = list(self._extract_numpy(images, sizes)) if images else []
+        for size in dict.fromkeys(sizes) if not self._numpy else ():
             idx = [i for i, s in enumerate(sizes) if s == size]
             step = max(1, min(self.batch_size, self.batch_size * BATCH_PIXELS // (size[0] * size[1])))
             for j in range(0, len(idx), step):

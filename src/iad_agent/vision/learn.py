@@ -62,10 +62,40 @@ def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.I
     return views
 
 
+def held_out_indices(n: int, max_held_out: int = MAX_HELD_OUT) -> list[int]:
+    """Bank indices of the held-out good images of a bank of ``n`` (evenly spaced)."""
+    return [int(i) for i in np.unique(np.linspace(0, n - 1, min(n, max_held_out)).round().astype(int))]
+
+
+def synthetic_defects(n: int, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image],
+                      views: tuple[list[Image.Image], list[np.ndarray]] | None = None, n_synthetic: int = N_SYNTHETIC,
+                      max_held_out: int = MAX_HELD_OUT, seed: int = 0) -> dict:
+    """The synthetic defects :func:`learn` scores, for a bank of ``n`` good images: images, grids, sources.
+
+    Needs no search of the bank (only its images), so a registration makes them while the
+    bank's coreset is being built. With one good image they are made from its augmented
+    ``views`` (made here if None, and returned).
+    """
+    rng = np.random.default_rng(seed)
+    makers = list(DEFECT_MAKERS.values())
+    if n >= 2:
+        held_idx = held_out_indices(n, max_held_out)
+        sources = [(image_of(held_idx[j % len(held_idx)]), held_idx[j % len(held_idx)]) for j in range(n_synthetic)]
+    else:
+        if views is None:
+            imgs = augmented_views(image_of(0))
+            views = (imgs, list(extractor(imgs)))
+        sources = [(views[0][j % len(views[0])], None) for j in range(n_synthetic)]
+    defects = [makers[j % len(makers)](img, rng)[0] for j, (img, _) in enumerate(sources)]
+    return {"defects": defects, "grids": list(extractor(defects)) if defects else [],
+            "exclude": [ex for _, ex in sources], "views": views}
+
+
 def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image], fpr: float,
           views: tuple[list[Image.Image], list[np.ndarray]] | None = None, n_synthetic: int = N_SYNTHETIC,
           max_held_out: int = MAX_HELD_OUT, seed: int = 0, selfsim: bool = True,
-          progress: Callable[[int, int], None] | None = None, material: dict | None = None) -> tuple[Scoring, Calibration]:
+          progress: Callable[[int, int], None] | None = None, material: dict | None = None,
+          synthetic: dict | None = None) -> tuple[Scoring, Calibration]:
     """Choose the product's scoring and calibrate it on held-out good images.
 
     Args:
@@ -76,24 +106,21 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         material: if given, filled with the held-out good images and synthetic defects (images
             as callables, grids, the bank entry each leaves out, patch maps, defect flags), from
             which :func:`iad_agent.vision.tool_weights.fit_tool_weights` learns the tool weights.
+        synthetic: :func:`synthetic_defects` of this bank with the same settings, if already
+            made (else made here).
     """
     n = len(bank)
-    rng = np.random.default_rng(seed)
-    makers = list(DEFECT_MAKERS.values())
+    if synthetic is None:
+        synthetic = synthetic_defects(n, extractor, image_of, views, n_synthetic, max_held_out, seed)
+    views = synthetic["views"]
     if n >= 2:
         method = "leave-one-out"
-        held_idx = [int(i) for i in np.unique(np.linspace(0, n - 1, min(n, max_held_out)).round().astype(int))]
-        held = [(bank.grids[i].astype(np.float32), i) for i in held_idx]
-        sources = [(image_of(held_idx[j % len(held_idx)]), held_idx[j % len(held_idx)]) for j in range(n_synthetic)]
+        held = [(bank.grids[i].astype(np.float32), i) for i in held_out_indices(n, max_held_out)]
     else:
         method = "augmented-views"
-        if views is None:
-            imgs = augmented_views(image_of(0))
-            views = (imgs, list(extractor(imgs)))
         held = [(np.asarray(g, np.float32), None) for g in views[1]]
-        sources = [(views[0][j % len(views[0])], None) for j in range(n_synthetic)]
-    defects = [makers[j % len(makers)](img, rng)[0] for j, (img, _) in enumerate(sources)]
-    syn_grids = list(extractor(defects)) if defects else []
+    defects, syn_grids = synthetic["defects"], synthetic["grids"]
+    sources = [(None, ex) for ex in synthetic["exclude"]]
     if progress:
         progress(len(defects) // 2, n_synthetic)
     knn2: list[np.ndarray] = []

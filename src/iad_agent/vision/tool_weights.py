@@ -115,12 +115,13 @@ def read_items(product: Product, material: dict, n_references: int = 2, max_synt
     from iad_agent.episode import hot_spot_box
     from iad_agent.tools.base import evidence_ratio
     from iad_agent.tools.retriever import region_of
-    from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, zoom_evidence
+    from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, zoom_evidence_many
     from iad_agent.vision.normal_bank import aligned_distance, image_score
 
     bank, gate, limits = product.bank, product.gate, product.tool_limits
     cal, scoring = bank.calibration, bank.scoring
     items = []
+    zooms: list[tuple[Item, tuple]] = []  # run together below: one extractor call keeps every thread busy
     n_syn = 0
     for k, grid in enumerate(material["grids"]):
         if material["defect"][k]:
@@ -141,12 +142,13 @@ def read_items(product: Product, material: dict, n_references: int = 2, max_synt
             grid32 = np.asarray(grid, np.float32)
             refs = [i for i, _ in bank.nearest(grid32, n_references, exclude=exclude)]
             if refs:
-                b = box.clamped(MIN_SIZE).expanded(CONTEXT)
-                item.zoom = evidence_ratio(zoom_evidence(product, material["images"][k](), b, refs)["score"], limits.zoom_threshold)
+                zooms.append((item, (material["images"][k](), box.clamped(MIN_SIZE).expanded(CONTEXT), refs)))
                 if gate.aligned_informative:
                     aligned = aligned_distance(grid32, bank.grids[refs[0]].astype(np.float32))
                     item.compare = evidence_ratio(image_score(region_of(aligned, box.clamped(0.05))), limits.compare_threshold)
         items.append(item)
+    for (item, _), reading in zip(zooms, zoom_evidence_many(product, [job for _, job in zooms])):
+        item.zoom = evidence_ratio(reading["score"], limits.zoom_threshold)
     return items
 
 
