@@ -94,18 +94,18 @@ def _build_beside_synthetic(product: Product, n_new: int, views: tuple | None) -
     side; each gives what it gives alone.
     """
     from iad_agent.vision.features import _threads
-    from iad_agent.vision.learn import synthetic_defects
+    from iad_agent.vision.learn import synthetic_material
 
     bank = product.bank
     if _threads() < 2:
         bank.rebuild(n_new)
-        return synthetic_defects(len(bank), product.extractor, product.reference_image, views)
+        return synthetic_material(len(bank), product.extractor, product.reference_image, views)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
         built = pool.submit(bank.rebuild, n_new)
         try:
-            return synthetic_defects(len(bank), product.extractor, product.reference_image, views)
+            return synthetic_material(len(bank), product.extractor, product.reference_image, views)
         finally:
             built.result()
 

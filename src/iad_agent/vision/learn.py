@@ -67,7 +67,7 @@ def held_out_indices(n: int, max_held_out: int = MAX_HELD_OUT) -> list[int]:
     return [int(i) for i in np.unique(np.linspace(0, n - 1, min(n, max_held_out)).round().astype(int))]
 
 
-def synthetic_defects(n: int, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image],
+def synthetic_material(n: int, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image],
                       views: tuple[list[Image.Image], list[np.ndarray]] | None = None, n_synthetic: int = N_SYNTHETIC,
                       max_held_out: int = MAX_HELD_OUT, seed: int = 0) -> dict:
     """The synthetic defects :func:`learn` scores, for a bank of ``n`` good images: images, grids, sources.
@@ -106,12 +106,12 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         material: if given, filled with the held-out good images and synthetic defects (images
             as callables, grids, the bank entry each leaves out, patch maps, defect flags), from
             which :func:`iad_agent.vision.tool_weights.fit_tool_weights` learns the tool weights.
-        synthetic: :func:`synthetic_defects` of this bank with the same settings, if already
+        synthetic: :func:`synthetic_material` of this bank with the same settings, if already
             made (else made here).
     """
     n = len(bank)
     if synthetic is None:
-        synthetic = synthetic_defects(n, extractor, image_of, views, n_synthetic, max_held_out, seed)
+        synthetic = synthetic_material(n, extractor, image_of, views, n_synthetic, max_held_out, seed)
     views = synthetic["views"]
     if n >= 2:
         method = "leave-one-out"
