@@ -74,6 +74,15 @@ def test_two_way_gate_looks_with_every_allowed_tool_where_it_helps():
     assert gate.decide(x, np.array([True, False, False])) == 0
 
 
+def test_without_std_scaling_it_still_learns_where_the_tool_helps():
+    """Dr. GRPO's advantage (reward - group mean, no division by the std) on the same toy task."""
+    outcomes = _toy()
+    gate = train(outcomes, GateTrainConfig(epochs=300, scale_rewards=False, weights={"accuracy": 1.0, "gated_tool": 1.0}))
+    actions = greedy_actions(gate, outcomes)
+    assert [a for i, a in enumerate(actions) if i % 2 == 0] == [ACTIONS.index("zoom")] * 20
+    assert [a for i, a in enumerate(actions) if i % 2 == 1] == [0] * 20
+
+
 def test_band_prior_starts_as_the_hand_set_band():
     gate = initial_gate(GateTrainConfig(two_way=True, features=FEATURES + EXTRA_FEATURES, band_prior=True))
     allowed = np.array([True, True, True])
@@ -162,3 +171,24 @@ def test_install_stores_the_gate_as_a_new_product_version_that_the_policy_uses(d
     image = data_root / "mvtec_ad/hazelnut/test/good/000.png"
     installed = Inspector(product, EmbeddedPolicy()).inspect(image).trajectory
     assert [c.name for c in installed.steps[0].tool_calls] == ["perceptive_zoomer"]
+
+
+@pytest.mark.slow
+def test_cli_trains_a_two_way_gate_with_synthetic_material(data_root, tmp_path):
+    """`iad train gate --two-way --band-prior --synthetic N`: real rollouts on a few hazelnut images, a loadable file."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from iad_agent.cli import app
+
+    out = tmp_path / "gate.json"
+    r = CliRunner().invoke(app, ["train", "gate", "--dataset", "mvtec", "--root", str(data_root / "mvtec_ad"),
+                                 "--train-categories", "hazelnut", "--shots", "4", "--max-per-category", "2",
+                                 "--epochs", "5", "--two-way", "--band-prior", "--synthetic", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    gate = LearnedGate.load(out)
+    assert gate.actions == LOOK_ACTIONS and gate.features == FEATURES + EXTRA_FEATURES
+    assert gate.meta["n_images"] == 2 + 1 + 2  # labelled, unregistered good, synthetic defects
+    report = json.loads(r.stdout[r.stdout.index("{"): r.stdout.rindex("}") + 1])
+    assert report["train"]["n_images"] == 5

@@ -45,6 +45,7 @@ class GateTrainConfig:
     balance: bool = True  # weigh images so that every category, and both labels in it, count alike
     two_way: bool = False  # actions: answer now / look closer with every tool the product's weights allow
     features: tuple[str, ...] = FEATURES  # the gate's inputs (names in ``policies.gate``)
+    scale_rewards: bool = True  # advantage over the group std (GRPO); False: reward - group mean only (Dr. GRPO)
     band_prior: bool = False  # two-way only: start from (and regularise towards) the hand-set band's decision
     synthetic_good: int = 0  # held-out good images per category (pool images not registered) as training material
     synthetic_defects: int = 0  # synthetic defects made from those good images (``vision.synthetic``) per category
@@ -231,7 +232,9 @@ def train(outcomes: list[Outcome], config: GateTrainConfig, on_epoch: Callable[[
         sampled = np.stack([rng.choice(n_actions, size=g, p=row) for row in p])  # (n, g)
         r = np.take_along_axis(rewards, sampled, axis=1)
         std = r.std(axis=1, keepdims=True)
-        adv = np.where(std > 1e-9, (r - r.mean(axis=1, keepdims=True)) / np.maximum(std, 1e-9), 0.0)
+        adv = r - r.mean(axis=1, keepdims=True)
+        if config.scale_rewards:  # GRPO; Dr. GRPO leaves it out, keeping a catch (+1) worth more than a call's cost
+            adv = np.where(std > 1e-9, adv / np.maximum(std, 1e-9), 0.0)
         onehot = np.eye(n_actions)[sampled]  # (n, g, a)
         grad_logp = onehot - p[:, None, :]  # d log pi(a|x) / d logits
         grad = np.einsum("nga,ng,nf,n->af", grad_logp, adv, x, weight) / g - config.l2 * (gate.weights - prior)
