@@ -116,6 +116,36 @@ def nested(labelled: list, synthetic: list, seed: int) -> dict:
     return {"categories": per, "mean": mean, "chosen": chosen}
 
 
+def more_draws(args: argparse.Namespace, seeds: list[int]) -> str:
+    """Post hoc: the training categories' labelled rollouts under other reference draws (seeds) added to
+    training; evaluation stays on the held-out category's seed-``args.seed`` images (its other draws unused)."""
+    from iad_agent.training.gate import GateTrainConfig, compare, train
+
+    labelled = _load(_cache(args))
+    extra = [o for s in seeds for o in _load(_cache(argparse.Namespace(**{**vars(args), "seed": s})))]
+    lines = [f"shots {args.shots}: training adds the reference draws of seeds {seeds} ({len(extra)} rollouts)", "",
+             "| gate | balanced accuracy | tool calls / image | zoom + compare / image |", "|---|---|---|---|"]
+    cats = sorted({o.category for o in labelled})
+    for k, (name, (settings, material)) in enumerate({**VARIANTS, **LATE_VARIANTS}.items()):
+        if material != "labelled" or (args.only and name.split()[0] not in args.only.split(",")):
+            continue
+        config = replace(GateTrainConfig(seed=args.seed), **settings)
+        per = []
+        for held in cats:
+            gate = train([o for o in labelled + extra if o.category != held], config)
+            per.append(compare(gate, [o for o in labelled if o.category == held], config.weights))
+        mean = {side: {key: float(np.mean([r[side][key] for r in per])) for key in
+                       ("balanced_accuracy", "tool_calls_per_image", "gate_calls_per_image")} for side in ("learned", "hand_set")}
+        if not any(line.startswith("| hand") for line in lines):
+            h = mean["hand_set"]
+            lines.append(f"| hand-set band | {h['balanced_accuracy']:.3f} | {h['tool_calls_per_image']:.2f} | {h['gate_calls_per_image']:.2f} |")
+        m = mean["learned"]
+        lines.append(f"| {name} + draws {seeds} | {m['balanced_accuracy']:.3f} | {m['tool_calls_per_image']:.2f} "
+                     f"({m['tool_calls_per_image'] / mean['hand_set']['tool_calls_per_image'] - 1:+.0%}) | {m['gate_calls_per_image']:.2f} |")
+        print(name, file=sys.stderr)
+    return "\n".join(lines) + "\n"
+
+
 def _load(path: Path) -> list:
     outcomes = pickle.loads(path.read_bytes())
     for o in outcomes:  # caches written before the evidence dict had band_low / band_high
@@ -126,6 +156,13 @@ def _load(path: Path) -> list:
 
 def table_cmd(args: argparse.Namespace) -> None:
     from iad_agent.training.gate import GateTrainConfig, leave_category_out
+
+    if args.train_seeds:
+        text = more_draws(args, [int(s) for s in args.train_seeds.split(",")])
+        sys.stdout.write(text)
+        if args.out:
+            Path(args.out).write_text(text)
+        return
 
     labelled = _load(_cache(args))
     synthetic = _load(_cache(args, True)) if _cache(args, True).exists() else []
@@ -229,6 +266,7 @@ def main() -> None:
     ap.add_argument("--max-per-category", type=int, default=60)
     ap.add_argument("--cache", default="/work/gate2-results")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--train-seeds", default="", help="table (post hoc): add these reference draws' rollouts to training")
     ap.add_argument("--late", action="store_true", help="table: add the variants declared after the first tables")
     ap.add_argument("--only", default="", help="table: only these variant letters, comma-separated (e.g. A,H)")
     ap.add_argument("--nested", action="store_true", help="table: add the nested-leave-one-out choice of variant")
