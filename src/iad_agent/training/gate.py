@@ -13,6 +13,12 @@
 3. **Leave-category-out** (:func:`leave_category_out`): for each category, train on the others
    and compare the learned gate (most probable action) with the hand-set band on it:
    balanced accuracy and tool calls per image.
+
+Options (:class:`GateTrainConfig`): a two-way gate (answer now / look closer with every tool the
+product's learned weights allow), one that starts from and is held towards the hand-set band,
+synthetic material made from unregistered good images (:func:`synthetic_material`), and the
+advantage without the group-std scaling (Dr. GRPO). Their leave-category-out numbers are in
+``docs/training.md`` (``experiments/gate_lco.py``).
 """
 
 from __future__ import annotations
