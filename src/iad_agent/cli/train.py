@@ -89,6 +89,11 @@ def gate_command(
     max_per_category: int = typer.Option(60, "--max-per-category", min=1, help="At most this many labelled images per category."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="GRPO epochs over the cached rollouts."),
     evaluate: bool = typer.Option(False, "--leave-category-out", help="Also report learned vs hand-set gate, each category held out."),
+    two_way: bool = typer.Option(False, "--two-way", help="Gate answers now or looks closer with every tool the product's weights allow."),
+    band_prior: bool = typer.Option(False, "--band-prior", help="Two-way gate that starts from (and is held towards) the hand-set band; "
+                                    "adds the in_band and tool_reach features."),
+    synthetic: int = typer.Option(0, "--synthetic", min=0, help="Also train on N synthetic defects per category, made from good "
+                                  "images that were not registered (and N/2 of those good images)."),
     product: list[str] = typer.Option([], "--product", help="Install the gate into this registered product (repeatable)."),
     workspace: Path = typer.Option(None, "--workspace", help="Workspace of --product (default $IAD_WORKSPACE or ~/.iad)."),
 ) -> None:
@@ -106,7 +111,12 @@ def gate_command(
         from iad_agent.datasets import list_categories
 
         cats = [c.strip() for c in train_categories.split(",") if c.strip()] if train_categories else list_categories(dataset, root)
-        config = GateTrainConfig(shots=parse_shots([shots])[0], max_test_per_category=max_per_category, epochs=epochs)
+        from iad_agent.policies.gate import EXTRA_FEATURES, FEATURES
+
+        config = GateTrainConfig(shots=parse_shots([shots])[0], max_test_per_category=max_per_category, epochs=epochs,
+                                 two_way=two_way or band_prior, band_prior=band_prior,
+                                 features=FEATURES + EXTRA_FEATURES if band_prior else FEATURES,
+                                 synthetic_good=synthetic // 2, synthetic_defects=synthetic)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as progress:
             task = progress.add_task("rollouts", total=None)
