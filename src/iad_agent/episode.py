@@ -24,10 +24,6 @@ if TYPE_CHECKING:
     from iad_agent.product import Product
 
 
-#: Blur of the plain nearest-neighbour heat map (PatchCore's σ = 4 px at 256 px).
-PLAIN_SIGMA = 4.0
-
-
 @dataclass
 class GlobalLook:
     """The normal-bank evidence for the whole image (computed once per query).
@@ -101,19 +97,19 @@ class PreparedQuery:
 
     @cached_property
     def heatmap(self) -> np.ndarray:
-        """Pixel heat map (image size) in the look's patch-score units, blurred as the product learned."""
+        """Pixel heat map (image size) in the look's patch-score units."""
         from iad_agent.vision.normal_bank import upsample_map
 
-        return upsample_map(self.look.patch_map, self.image.width, self.image.height, sigma=self.product.bank.scoring.heat_sigma)
+        return upsample_map(self.look.patch_map, self.image.width, self.image.height)
 
     @cached_property
     def plain_heatmap(self) -> np.ndarray:
-        """Pixel heat map of the plain nearest-neighbour look (the ``knn`` baseline, ablations), PatchCore's blur."""
+        """Pixel heat map of the plain nearest-neighbour look (the ``knn`` baseline, ablations)."""
         from iad_agent.vision.normal_bank import upsample_map
 
-        if self.look.knn is None and self.product.bank.scoring.heat_sigma == PLAIN_SIGMA:
+        if self.look.knn is None:
             return self.heatmap
-        heat = upsample_map(self.look.plain.patch_map, self.image.width, self.image.height, sigma=PLAIN_SIGMA)
+        heat = upsample_map(self.look.plain.patch_map, self.image.width, self.image.height)
         heat.flags.writeable = False
         return heat
 

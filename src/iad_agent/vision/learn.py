@@ -23,7 +23,7 @@ from PIL import Image
 from iad_agent.vision.features import FeatureExtractor
 from iad_agent.vision.normal_bank import Calibration, NormalBank, aligned_distance, image_score
 from iad_agent.vision.similarity import self_similarity_map
-from iad_agent.vision.scoring import WEIGHTS, Scoring, choose_blur, choose_scoring
+from iad_agent.vision.scoring import WEIGHTS, Scoring, choose_scoring
 from iad_agent.vision.synthetic import DEFECT_MAKERS
 
 #: Held-out good images scored at registration (evenly spaced over the references).
@@ -92,8 +92,7 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
             views = (imgs, list(extractor(imgs)))
         held = [(np.asarray(g, np.float32), None) for g in views[1]]
         sources = [(views[0][j % len(views[0])], None) for j in range(n_synthetic)]
-    made = [makers[j % len(makers)](img, rng) for j, (img, _) in enumerate(sources)]
-    defects, masks = [d for d, _ in made], [m for _, m in made]
+    defects = [makers[j % len(makers)](img, rng)[0] for j, (img, _) in enumerate(sources)]
     syn_grids = list(extractor(defects)) if defects else []
     if progress:
         progress(len(defects) // 2, n_synthetic)
@@ -120,9 +119,6 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
                         defect=[False] * len(held) + [True] * len(syn_grids))
     scoring = choose_scoring(held_knn, held_self, syn_knn, syn_self, weights=WEIGHTS if selfsim else (0.0,))
     fused = [scoring.fuse(k, held_self[i] if scoring.uses_self else None) for i, k in enumerate(held_knn)]
-    if masks:  # the heat map's blur: the one that outlines the synthetic defects best
-        syn_fused = [scoring.fuse(k, syn_self[i] if scoring.uses_self else None) for i, k in enumerate(syn_knn)]
-        scoring.heat_sigma, scoring.blur_auroc = choose_blur(fused, syn_fused, masks)
     if n >= 2:
         aligned = [bank.aligned_score(g, exclude=ex)[0] for g, ex in held]
     else:

@@ -28,10 +28,6 @@ from iad_agent.vision.normal_bank import image_score
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: A candidate must beat the best smaller weight's synthetic AUROC by this much to be chosen.
 MARGIN = 0.02
-#: Heat-map blurs tried at registration (σ of :func:`~iad_agent.vision.normal_bank.upsample_map`, px at 256 px).
-BLURS = (4.0, 8.0, 16.0)
-#: A larger blur must beat the best smaller one's synthetic pixel AUROC by this much to be chosen.
-BLUR_MARGIN = 0.005
 
 
 @dataclass
@@ -43,17 +39,12 @@ class Scoring:
         knn_level / self_level: median image score of held-out good images per term.
         synthetic_auroc: the separation of synthetic defects from held-out good images for each
             candidate weight (``{"0.5": 0.93, ...}``), for the record.
-        heat_sigma: blur of the heat map (:func:`choose_blur`; 4, PatchCore's, for products
-            saved before it was learned).
-        blur_auroc: synthetic-defect pixel AUROC of each candidate blur, for the record.
     """
 
     self_weight: float = 0.0
     knn_level: float = 1.0
     self_level: float = 1.0
     synthetic_auroc: dict[str, float] = field(default_factory=dict)
-    heat_sigma: float = 4.0
-    blur_auroc: dict[str, float] = field(default_factory=dict)
 
     @property
     def uses_self(self) -> bool:
@@ -108,47 +99,3 @@ def choose_scoring(held_knn: Sequence[np.ndarray], held_self: Sequence[np.ndarra
         if aurocs[str(w)] > best + (MARGIN if w > 0 else 0):
             best_w, best = w, aurocs[str(w)]
     return Scoring(best_w, knn_level, self_level, aurocs)
-
-
-def choose_blur(held: Sequence[np.ndarray], defects: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                blurs: Sequence[float] = BLURS, side: int = 128) -> tuple[float, dict[str, float]]:
-    """Pick the heat map's blur that best outlines synthetic defects: ``(sigma, {sigma: pixel AUROC})``.
-
-    Args:
-        held: fused patch maps of held-out good images (every pixel negative).
-        defects / masks: fused patch maps of synthetic defects and their masks (image size).
-        side: maps and masks are compared at most this many pixels on the long side (cost).
-
-    The pixel AUROC is pooled over all images, as the benchmark's is. Ties (within
-    :data:`BLUR_MARGIN`) go to the smaller blur.
-    """
-    from PIL import Image
-
-    from iad_agent.vision.normal_bank import upsample_map
-
-    def small(shape: tuple[int, int]) -> tuple[int, int]:
-        h, w = shape
-        f = min(1.0, side / max(h, w))
-        return max(1, round(w * f)), max(1, round(h * f))
-
-    sizes = [small(m.shape) for m in masks]
-    held_sizes = [small((m.shape[0] * 8, m.shape[1] * 8)) for m in held]  # a patch is ~8 px at the input
-    truth = [np.zeros(s[::-1], bool).ravel() for s in held_sizes]
-    truth += [np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(s, Image.Resampling.NEAREST)).ravel() > 0
-              for m, s in zip(masks, sizes)]
-    y = np.concatenate(truth)
-    aurocs: dict[str, float] = {}
-    best_s, best = float(blurs[0]), -1.0
-    for sigma in blurs:
-        maps = [upsample_map(m, *s, sigma=sigma) for m, s in zip(held, held_sizes)] + \
-               [upsample_map(m, *s, sigma=sigma) for m, s in zip(defects, sizes)]
-        scores = np.concatenate([m.ravel() for m in maps])
-        order = np.argsort(scores, kind="stable")
-        ranks = np.empty(len(scores))
-        ranks[order] = np.arange(1, len(scores) + 1)
-        npos = int(y.sum())
-        auc = (ranks[y].sum() - npos * (npos + 1) / 2) / max(1, npos * (len(y) - npos))
-        aurocs[f"{sigma:g}"] = round(float(auc), 4)
-        if auc > best + (BLUR_MARGIN if sigma > blurs[0] else 0):
-            best_s, best = float(sigma), float(auc)
-    return best_s, aurocs
