@@ -106,7 +106,10 @@ def main() -> None:
                 pix = [(r, downsample_map(upsample_map(m, *r["size"], sigma=sigma), r["gt"].shape[::-1])) for r, m in zip(rows, maps)
                        if r["gt"] is not None and r["mask"]]
                 pa = auroc(np.concatenate([r["gt"].ravel() > 0 for r, _ in pix]), np.concatenate([m.ravel() for _, m in pix])) if pix else float("nan")
-                line += f"  {v} s{sigma:g}: img {ia:.3f} pix {pa:.3f}"
+                from iad_agent.eval.metrics import aupro
+
+                pro = aupro([r["gt"] > 0 for r, _ in pix], [m for _, m in pix], fpr_limit=0.3) if pix else None
+                line += f"  {v} s{sigma:g}: img {ia:.3f} pix {pa:.3f} pro {pro or float('nan'):.3f}"
             print(line, flush=True)
 
 

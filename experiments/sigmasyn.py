@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--shots", nargs="+", default=["4"])
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--sigma", type=float, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--border", nargs="+", default=["zero"], help="zero: the fused map as is; knn: border rings by the knn term alone")
     a = ap.parse_args()
     samples = [s for s in load_dataset(a.dataset, default_root(a.dataset)) if s.category == a.category]
     split = split_dataset(samples)
@@ -63,18 +64,22 @@ def main() -> None:
             finally:
                 DEFECT_MAKERS.update(orig)
             line = f"{a.category} {shots} s{seed} w={scoring.self_weight}:"
-            for sigma in a.sigma:
+            for sigma, border in [(sg, b) for sg in a.sigma for b in a.border]:
                 ys, ss = [], []
                 j = 0
                 for img_fn, knn, slf, bad in zip(material["images"], material["knn"], material["self"], material["defect"]):
                     im = img_fn()
                     m = scoring.fuse(knn, slf if scoring.uses_self else None)
+                    if border == "knn" and scoring.uses_self and min(m.shape) > 4:
+                        inner = np.zeros(m.shape, bool)
+                        inner[2:-2, 2:-2] = True
+                        m = np.where(inner, m, knn / scoring.knn_level)
                     heat = upsample_map(m, im.width, im.height, sigma=sigma)[::2, ::2]
                     gt = masks[j][::2, ::2] if bad else np.zeros(heat.shape, bool)
                     j += bool(bad)
                     ys.append(gt.ravel())
                     ss.append(heat.ravel())
-                line += f"  s{sigma:g}: {roc_auc_score(np.concatenate(ys), np.concatenate(ss)):.3f}"
+                line += f"  s{sigma:g} {border}: {roc_auc_score(np.concatenate(ys), np.concatenate(ss)):.3f}"
             print(line, flush=True)
 
 
