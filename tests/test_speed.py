@@ -427,17 +427,23 @@ def test_coreset_built_beside_the_synthetic_defects_gives_the_same_product(data_
     products, threads_seen = [], []
     beside = registration._build_beside_synthetic
 
-    def recording(product, n_new, views):
+    def recording(product, n_new, views, progress=None):
         from iad_agent.vision.features import _threads
 
         threads_seen.append(_threads())
-        return beside(product, n_new, views)
+        return beside(product, n_new, views, progress)
 
     monkeypatch.setattr(registration, "_build_beside_synthetic", recording)
+    calls: list[tuple[int, int]] = []
     for threads in ("1", "2"):
         monkeypatch.setenv("OMP_NUM_THREADS", threads)
-        products.append(registration.register("grid", normals, max_patches=2048).product)
+        calls.clear()
+        products.append(registration.register("grid", normals, max_patches=2048,
+                                              progress=lambda done, total: calls.append((done, total))).product)
     assert threads_seen == [1, 2]
+    # the bar moves on while the synthetic defects are made, and ends full
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and calls[-1][0] == calls[-1][1]
+    assert len({d for d, _ in calls}) >= 3
     a, b = products
     assert a.bank.memory.shape == b.bank.memory.shape and a.bank.memory.shape[0] == 2048  # a real coreset
     np.testing.assert_array_equal(a.bank.origin, b.bank.origin)

@@ -86,7 +86,8 @@ class Registration:
     waited_for: str | None = None
 
 
-def _build_beside_synthetic(product: Product, n_new: int, views: tuple | None) -> dict:
+def _build_beside_synthetic(product: Product, n_new: int, views: tuple | None,
+                            progress: Callable[[int, int], None] | None = None) -> dict:
     """Build the bank's coreset and indexes for its ``n_new`` new images, and make the synthetic defects.
 
     The coreset (seconds, one core) needs no synthetic defect and making them (images and
@@ -99,13 +100,13 @@ def _build_beside_synthetic(product: Product, n_new: int, views: tuple | None) -
     bank = product.bank
     if _threads() < 2:
         bank.rebuild(n_new)
-        return synthetic_material(len(bank), product.extractor, product.reference_image, views)
+        return synthetic_material(len(bank), product.extractor, product.reference_image, views, progress=progress)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
         built = pool.submit(bank.rebuild, n_new)
         try:
-            return synthetic_material(len(bank), product.extractor, product.reference_image, views)
+            return synthetic_material(len(bank), product.extractor, product.reference_image, views, progress=progress)
         finally:
             built.result()
 
@@ -210,7 +211,7 @@ def register(
             images_v = augmented_views(images[0])
             views = (images_v, list(extractor(images_v)))
         step = (lambda done, n: progress(n_new + done, total)) if progress else None
-        synthetic = _build_beside_synthetic(product, n_new, views)
+        synthetic = _build_beside_synthetic(product, n_new, views, step)
         material: dict = {}  # held-out and synthetic images, reused to learn the tool weights
         product.bank.scoring, product.bank.calibration = learn(
             product.bank, extractor, product.reference_image, stored_fpr if fpr is None else fpr, views=views,

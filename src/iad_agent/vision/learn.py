@@ -69,7 +69,7 @@ def held_out_indices(n: int, max_held_out: int = MAX_HELD_OUT) -> list[int]:
 
 def synthetic_material(n: int, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image],
                       views: tuple[list[Image.Image], list[np.ndarray]] | None = None, n_synthetic: int = N_SYNTHETIC,
-                      max_held_out: int = MAX_HELD_OUT, seed: int = 0) -> dict:
+                      max_held_out: int = MAX_HELD_OUT, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
     """The synthetic defects :func:`learn` scores, for a bank of ``n`` good images: images, grids, sources.
 
     Needs no search of the bank (only its images), so a registration makes them while the
@@ -87,8 +87,10 @@ def synthetic_material(n: int, extractor: FeatureExtractor, image_of: Callable[[
             views = (imgs, list(extractor(imgs)))
         sources = [(views[0][j % len(views[0])], None) for j in range(n_synthetic)]
     defects = [makers[j % len(makers)](img, rng)[0] for j, (img, _) in enumerate(sources)]
-    return {"defects": defects, "grids": list(extractor(defects)) if defects else [],
-            "exclude": [ex for _, ex in sources], "views": views}
+    grids = list(extractor(defects)) if defects else []
+    if progress:
+        progress(len(defects) // 2, n_synthetic)  # made and extracted: half the way (scoring them is the rest)
+    return {"defects": defects, "grids": grids, "exclude": [ex for _, ex in sources], "views": views}
 
 
 def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image], fpr: float,
@@ -111,7 +113,7 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
     """
     n = len(bank)
     if synthetic is None:
-        synthetic = synthetic_material(n, extractor, image_of, views, n_synthetic, max_held_out, seed)
+        synthetic = synthetic_material(n, extractor, image_of, views, n_synthetic, max_held_out, seed, progress)
     views = synthetic["views"]
     if n >= 2:
         method = "leave-one-out"
@@ -121,8 +123,6 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         held = [(np.asarray(g, np.float32), None) for g in views[1]]
     defects, syn_grids = synthetic["defects"], synthetic["grids"]
     sources = [(None, ex) for ex in synthetic["exclude"]]
-    if progress:
-        progress(len(defects) // 2, n_synthetic)
     knn2: list[np.ndarray] = []
     if n >= 3:  # leave-one-out and leave-two-out maps of each held-out image from one search (used below)
         others = [held[(j + 1) % len(held)][1] for j in range(len(held))]
