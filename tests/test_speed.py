@@ -419,35 +419,37 @@ def test_zooms_run_together_give_each_zoom_alone(hazelnut_product, data_root):
 
 def test_coreset_built_beside_the_synthetic_defects_gives_the_same_product(data_root, monkeypatch):
     """With two threads allowed, registration builds the bank's coreset while it makes the synthetic
-    defects: the product (coreset, threshold, tool limits and weights) is the one made one step
-    after the other."""
-    import iad_agent.registration as registration
+    defects: the coreset, its indexes and the synthetic defects are the ones made one step after
+    the other, and the progress bar moves when the defects are made."""
+    from iad_agent.imageio import load_image
+    from iad_agent.product import GateParams, Product
+    from iad_agent.registration import _build_beside_synthetic
+    from iad_agent.vision import features as features_module
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.normal_bank import NormalBank
 
-    normals = sorted((data_root / "mvtec_ad/grid/train/good").glob("*.png"))[:5]
-    products, threads_seen = [], []
-    beside = registration._build_beside_synthetic
-
-    def recording(product, n_new, views, progress=None):
-        from iad_agent.vision.features import _threads
-
-        threads_seen.append(_threads())
-        return beside(product, n_new, views, progress)
-
-    monkeypatch.setattr(registration, "_build_beside_synthetic", recording)
-    calls: list[tuple[int, int]] = []
+    normals = sorted((data_root / "mvtec_ad/grid/train/good").glob("*.png"))[:3]
+    extractor = FeatureExtractor()
+    grids = list(extractor([load_image(p) for p in normals]))
+    made = []
     for threads in ("1", "2"):
         monkeypatch.setenv("OMP_NUM_THREADS", threads)
-        calls.clear()
-        products.append(registration.register("grid", normals, max_patches=2048,
-                                              progress=lambda done, total: calls.append((done, total))).product)
-    assert threads_seen == [1, 2]
-    # the bar moves on while the synthetic defects are made, and ends full
-    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and calls[-1][0] == calls[-1][1]
-    assert len({d for d, _ in calls}) >= 3
-    a, b = products
-    assert a.bank.memory.shape == b.bank.memory.shape and a.bank.memory.shape[0] == 2048  # a real coreset
-    np.testing.assert_array_equal(a.bank.origin, b.bank.origin)
-    np.testing.assert_allclose(a.bank.memory, b.bank.memory, rtol=1e-3, atol=1e-3)
-    assert a.bank.calibration.threshold == pytest.approx(b.bank.calibration.threshold, rel=1e-4)
-    assert a.tool_limits.zoom_threshold == pytest.approx(b.tool_limits.zoom_threshold, rel=1e-4)
-    assert (a.gate.w_zoom, a.gate.w_compare) == (b.gate.w_zoom, b.gate.w_compare)
+        assert features_module._threads() == int(threads)
+        product = Product("grid", NormalBank(extractor.config, max_patches=1024), GateParams())
+        product._extractor = extractor
+        product.bank.add(grids, [str(p) for p in normals], rebuild=False)
+        assert product.bank.memory is None  # listed, not yet searchable
+        calls: list[tuple[int, int]] = []
+        synthetic = _build_beside_synthetic(product, len(normals), None, lambda done, total: calls.append((done, total)))
+        assert calls == [(8, 16)]
+        made.append((product.bank, synthetic))
+    (a, syn_a), (b, syn_b) = made
+    assert a.memory.shape == b.memory.shape and a.memory.shape[0] == 1024  # a real coreset
+    np.testing.assert_array_equal(a.origin, b.origin)
+    np.testing.assert_array_equal(a.memory, b.memory)
+    np.testing.assert_array_equal(a.descriptors, b.descriptors)
+    assert syn_a["exclude"] == syn_b["exclude"] and len(syn_a["grids"]) == 16
+    for ga, gb in zip(syn_a["grids"], syn_b["grids"]):
+        np.testing.assert_allclose(ga, gb, rtol=1e-5, atol=1e-5)
+    query = grids[0].astype(np.float32)
+    np.testing.assert_allclose(a.patch_distances(query, exclude=0), b.patch_distances(query, exclude=0), rtol=1e-5)
