@@ -86,31 +86,6 @@ class Registration:
     waited_for: str | None = None
 
 
-def _build_beside_synthetic(product: Product, n_new: int, views: tuple | None,
-                            progress: Callable[[int, int], None] | None = None) -> dict:
-    """Build the bank's coreset and indexes for its ``n_new`` new images, and make the synthetic defects.
-
-    The coreset (seconds, one core) needs no synthetic defect and making them (images and
-    their features) needs no search, so with two or more threads allowed they run side by
-    side; each gives what it gives alone.
-    """
-    from iad_agent.vision.features import _threads
-    from iad_agent.vision.learn import synthetic_material
-
-    bank = product.bank
-    if _threads() < 2:
-        bank.rebuild(n_new)
-        return synthetic_material(len(bank), product.extractor, product.reference_image, views, progress=progress)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        built = pool.submit(bank.rebuild, n_new)
-        try:
-            return synthetic_material(len(bank), product.extractor, product.reference_image, views, progress=progress)
-        finally:
-            built.result()
-
-
 def register(
     name: str,
     normals: Sequence[str | Path],
@@ -191,7 +166,7 @@ def register(
         if progress:
             progress(min(i + extractor.batch_size, len(images)), total)
     if grids:
-        product.bank.add(grids, [str(p.resolve()) for p in paths], rebuild=False)  # the coreset is built below
+        product.bank.add(grids, [str(p.resolve()) for p in paths])
         product.image_hashes += hashes
         product.image_added += [now_iso()] * len(paths)
         reg.added = [str(p) for p in paths]
@@ -211,11 +186,10 @@ def register(
             images_v = augmented_views(images[0])
             views = (images_v, list(extractor(images_v)))
         step = (lambda done, n: progress(n_new + done, total)) if progress else None
-        synthetic = _build_beside_synthetic(product, n_new, views, step)
         material: dict = {}  # held-out and synthetic images, reused to learn the tool weights
         product.bank.scoring, product.bank.calibration = learn(
             product.bank, extractor, product.reference_image, stored_fpr if fpr is None else fpr, views=views,
-            selfsim=selfsim, progress=step, material=material, synthetic=synthetic)
+            selfsim=selfsim, progress=step, material=material)
         product._calibrate_gate(views)
         fit_tool_weights(product, material)
     elif fpr is not None and fpr != stored_fpr:

@@ -72,9 +72,10 @@ def synthetic_material(n: int, extractor: FeatureExtractor, image_of: Callable[[
                       max_held_out: int = MAX_HELD_OUT, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
     """The synthetic defects :func:`learn` scores, for a bank of ``n`` good images: images, grids, sources.
 
-    Needs no search of the bank (only its images), so a registration makes them while the
-    bank's coreset is being built. With one good image they are made from its augmented
-    ``views`` (made here if None, and returned).
+    Needs no search of the bank, only its images. With one good image they are made from its
+    augmented ``views`` (made here if None, and returned). Making them while the bank's coreset
+    is built (another thread) saved about a second of a 50-image registration but raised the
+    peak memory of a 200-image one by 340 MB (1.31 -> 1.65 GB, two threads), so it is not done.
     """
     rng = np.random.default_rng(seed)
     makers = list(DEFECT_MAKERS.values())
@@ -96,8 +97,7 @@ def synthetic_material(n: int, extractor: FeatureExtractor, image_of: Callable[[
 def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image], fpr: float,
           views: tuple[list[Image.Image], list[np.ndarray]] | None = None, n_synthetic: int = N_SYNTHETIC,
           max_held_out: int = MAX_HELD_OUT, seed: int = 0, selfsim: bool = True,
-          progress: Callable[[int, int], None] | None = None, material: dict | None = None,
-          synthetic: dict | None = None) -> tuple[Scoring, Calibration]:
+          progress: Callable[[int, int], None] | None = None, material: dict | None = None) -> tuple[Scoring, Calibration]:
     """Choose the product's scoring and calibrate it on held-out good images.
 
     Args:
@@ -108,12 +108,9 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         material: if given, filled with the held-out good images and synthetic defects (images
             as callables, grids, the bank entry each leaves out, patch maps, defect flags), from
             which :func:`iad_agent.vision.tool_weights.fit_tool_weights` learns the tool weights.
-        synthetic: :func:`synthetic_material` of this bank with the same settings, if already
-            made (else made here).
     """
     n = len(bank)
-    if synthetic is None:
-        synthetic = synthetic_material(n, extractor, image_of, views, n_synthetic, max_held_out, seed, progress)
+    synthetic = synthetic_material(n, extractor, image_of, views, n_synthetic, max_held_out, seed, progress)
     views = synthetic["views"]
     if n >= 2:
         method = "leave-one-out"

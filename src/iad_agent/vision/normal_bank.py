@@ -207,13 +207,10 @@ class NormalBank:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def add(self, grids: np.ndarray | Sequence[np.ndarray], paths: Sequence[str], rebuild: bool = True) -> None:
+    def add(self, grids: np.ndarray | Sequence[np.ndarray], paths: Sequence[str]) -> None:
         """Add the feature grids of new good images (incremental; the coreset is rebuilt).
 
-        Grids may differ in shape (images of different sizes, aspect ratio kept). With
-        ``rebuild=False`` the images are listed (``grids``, ``paths``) but not yet searchable:
-        call :meth:`rebuild` with their number before any search (a registration runs it
-        beside work that needs no search).
+        Grids may differ in shape (images of different sizes, aspect ratio kept).
         """
         grids = list(grids)
         if len(grids) != len(paths) or any(np.ndim(g) != 3 for g in grids):
@@ -223,11 +220,10 @@ class NormalBank:
             raise ValueError(f"feature grids have different channel counts {sorted(dims)}: extracted with another backbone?")
         self.grids.extend(np.asarray(g, dtype=np.float16) for g in grids)
         self.paths.extend(str(p) for p in paths)
-        if rebuild:
-            self.rebuild(len(paths))
+        self._rebuild(len(paths))
 
-    def rebuild(self, n_new: int) -> None:
-        """Coreset over the current memory plus the last ``n_new`` images' patches (bounded work), and the indexes."""
+    def _rebuild(self, n_new: int) -> None:
+        """Coreset over the current memory plus the new images' patches (bounded work)."""
         n = len(self.grids)
         c = self.grids[0].shape[-1]
         # row blocks: the current memory (float32), then the new grids (float16 views, not copied)

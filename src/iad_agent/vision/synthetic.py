@@ -27,7 +27,7 @@ def _blob_mask(w: int, h: int, rng: np.random.Generator, area: tuple[float, floa
     rh = max(4, int(frac * w * h / rw))
     rw, rh = min(rw, w - 2), min(rh, h - 2)
     x0, y0 = int(rng.integers(0, w - rw)), int(rng.integers(0, h - rh))
-    from scipy.ndimage import gaussian_filter, zoom  # imported when first used: a registration makes defects while its coreset is built
+    from scipy.ndimage import gaussian_filter, zoom  # imported when first used (a cold inspection never makes defects)
 
     coarse = rng.standard_normal((max(2, rh // 8), max(2, rw // 8)))
     noise = zoom(coarse, (rh / coarse.shape[0], rw / coarse.shape[1]), order=1)[:rh, :rw]
