@@ -398,6 +398,18 @@ class FeatureExtractor:
             feats = F.avg_pool2d(feats, self.config.smooth, stride=1, padding=self.config.smooth // 2, count_include_pad=False)
         return feats.permute(0, 2, 3, 1).contiguous().numpy()
 
+    def _extract_torch_by_size(self, images: Sequence[Image.Image], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+        """torch runs a batch at once: images of one input size together, in batches bounded by pixels."""
+        out: list[np.ndarray] = [None] * len(images)  # type: ignore[list-item]
+        for size in dict.fromkeys(sizes):
+            idx = [i for i, s in enumerate(sizes) if s == size]
+            step = max(1, min(self.batch_size, self.batch_size * BATCH_PIXELS // (size[0] * size[1])))
+            for j in range(0, len(idx), step):
+                chunk = idx[j:j + step]
+                for i, g in zip(chunk, self.extract_batch([images[i] for i in chunk], size)):
+                    out[i] = g
+        return out
+
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray | list[np.ndarray]:
         """Patch features for a list of images, batched by input size to bound memory.
 
@@ -406,16 +418,10 @@ class FeatureExtractor:
         activations. Each image's features do not depend on its batch.
         """
         sizes = [self.config.input_size(*img.size) for img in images]
-        out: list[np.ndarray | None] = [None] * len(images)
-        if self._numpy:  # one image at a time anyway: spread all of them over the threads, whatever their sizes
-            out = list(self._extract_numpy(images, sizes)) if images else []
-        for size in dict.fromkeys(sizes) if not self._numpy else ():
-            idx = [i for i, s in enumerate(sizes) if s == size]
-            step = max(1, min(self.batch_size, self.batch_size * BATCH_PIXELS // (size[0] * size[1])))
-            for j in range(0, len(idx), step):
-                chunk = idx[j:j + step]
-                for i, g in zip(chunk, self.extract_batch([images[i] for i in chunk], size)):
-                    out[i] = g
+        if self._numpy:  # one image at a time anyway: all of them spread over the threads, whatever their sizes
+            out = self._extract_numpy(images, sizes) if images else []
+        else:
+            out = self._extract_torch_by_size(images, sizes)
         if not out:
             return np.zeros((0, 0, 0, 0), np.float32)
         if len({g.shape for g in out}) == 1:

@@ -62,38 +62,6 @@ def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.I
     return views
 
 
-def held_out_indices(n: int, max_held_out: int = MAX_HELD_OUT) -> list[int]:
-    """Bank indices of the held-out good images of a bank of ``n`` (evenly spaced)."""
-    return [int(i) for i in np.unique(np.linspace(0, n - 1, min(n, max_held_out)).round().astype(int))]
-
-
-def synthetic_material(n: int, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image],
-                      views: tuple[list[Image.Image], list[np.ndarray]] | None = None, n_synthetic: int = N_SYNTHETIC,
-                      max_held_out: int = MAX_HELD_OUT, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
-    """The synthetic defects :func:`learn` scores, for a bank of ``n`` good images: images, grids, sources.
-
-    Needs no search of the bank, only its images. With one good image they are made from its
-    augmented ``views`` (made here if None, and returned). Making them while the bank's coreset
-    is built (another thread) saved about a second of a 50-image registration but raised the
-    peak memory of a 200-image one by 340 MB (1.31 -> 1.65 GB, two threads), so it is not done.
-    """
-    rng = np.random.default_rng(seed)
-    makers = list(DEFECT_MAKERS.values())
-    if n >= 2:
-        held_idx = held_out_indices(n, max_held_out)
-        sources = [(image_of(held_idx[j % len(held_idx)]), held_idx[j % len(held_idx)]) for j in range(n_synthetic)]
-    else:
-        if views is None:
-            imgs = augmented_views(image_of(0))
-            views = (imgs, list(extractor(imgs)))
-        sources = [(views[0][j % len(views[0])], None) for j in range(n_synthetic)]
-    defects = [makers[j % len(makers)](img, rng)[0] for j, (img, _) in enumerate(sources)]
-    grids = list(extractor(defects)) if defects else []
-    if progress:
-        progress(len(defects) // 2, n_synthetic)  # made and extracted: half the way (scoring them is the rest)
-    return {"defects": defects, "grids": grids, "exclude": [ex for _, ex in sources], "views": views}
-
-
 def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image], fpr: float,
           views: tuple[list[Image.Image], list[np.ndarray]] | None = None, n_synthetic: int = N_SYNTHETIC,
           max_held_out: int = MAX_HELD_OUT, seed: int = 0, selfsim: bool = True,
@@ -110,16 +78,24 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
             which :func:`iad_agent.vision.tool_weights.fit_tool_weights` learns the tool weights.
     """
     n = len(bank)
-    synthetic = synthetic_material(n, extractor, image_of, views, n_synthetic, max_held_out, seed, progress)
-    views = synthetic["views"]
+    rng = np.random.default_rng(seed)
+    makers = list(DEFECT_MAKERS.values())
     if n >= 2:
         method = "leave-one-out"
-        held = [(bank.grids[i].astype(np.float32), i) for i in held_out_indices(n, max_held_out)]
+        held_idx = [int(i) for i in np.unique(np.linspace(0, n - 1, min(n, max_held_out)).round().astype(int))]
+        held = [(bank.grids[i].astype(np.float32), i) for i in held_idx]
+        sources = [(image_of(held_idx[j % len(held_idx)]), held_idx[j % len(held_idx)]) for j in range(n_synthetic)]
     else:
         method = "augmented-views"
+        if views is None:
+            imgs = augmented_views(image_of(0))
+            views = (imgs, list(extractor(imgs)))
         held = [(np.asarray(g, np.float32), None) for g in views[1]]
-    defects, syn_grids = synthetic["defects"], synthetic["grids"]
-    sources = [(None, ex) for ex in synthetic["exclude"]]
+        sources = [(views[0][j % len(views[0])], None) for j in range(n_synthetic)]
+    defects = [makers[j % len(makers)](img, rng)[0] for j, (img, _) in enumerate(sources)]
+    syn_grids = list(extractor(defects)) if defects else []
+    if progress:
+        progress(len(defects) // 2, n_synthetic)
     knn2: list[np.ndarray] = []
     if n >= 3:  # leave-one-out and leave-two-out maps of each held-out image from one search (used below)
         others = [held[(j + 1) % len(held)][1] for j in range(len(held))]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from scipy.ndimage import gaussian_filter, zoom
 
 
 def _blob_mask(w: int, h: int, rng: np.random.Generator, area: tuple[float, float] = (0.005, 0.04)) -> np.ndarray:
@@ -27,8 +28,6 @@ def _blob_mask(w: int, h: int, rng: np.random.Generator, area: tuple[float, floa
     rh = max(4, int(frac * w * h / rw))
     rw, rh = min(rw, w - 2), min(rh, h - 2)
     x0, y0 = int(rng.integers(0, w - rw)), int(rng.integers(0, h - rh))
-    from scipy.ndimage import gaussian_filter, zoom  # imported when first used (a cold inspection never makes defects)
-
     coarse = rng.standard_normal((max(2, rh // 8), max(2, rw // 8)))
     noise = zoom(coarse, (rh / coarse.shape[0], rw / coarse.shape[1]), order=1)[:rh, :rw]
     noise = gaussian_filter(noise, 1.0)
@@ -97,8 +96,6 @@ def scratch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, np
     arr = np.asarray(img, np.float32)
     mean = float(arr.mean())
     value = rng.uniform(0, 0.25) * 255 if mean > 100 or rng.random() < 0.5 else rng.uniform(0.75, 1.0) * 255
-    from scipy.ndimage import gaussian_filter
-
     alpha = gaussian_filter(mask.astype(np.float32), 0.7)[..., None] * rng.uniform(0.6, 1.0)
     out = arr * (1 - alpha) + value * alpha
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8)), mask
@@ -114,8 +111,6 @@ def blur_patch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image,
     mask = max((_blob_mask(w, h, rng, (0.01, 0.05)) for _ in range(4)), key=lambda m: float(lum[m].std()))
     blurred = np.asarray(img.filter(ImageFilter.GaussianBlur(max(2.0, 0.01 * max(w, h)))), np.float32)
     blurred = np.clip(blurred * rng.uniform(0.6, 1.4), 0, 255)
-    from scipy.ndimage import gaussian_filter
-
     soft = gaussian_filter(mask.astype(np.float32), 1.5)[..., None]
     out = arr * (1 - soft) + blurred * soft
     return Image.fromarray(out.astype(np.uint8)), mask
