@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -114,7 +115,7 @@ def test_output_is_plain_numbers_and_words_on_stdout(cli_workspace, data_root, t
     assert "defect type hole (labelled examples)" in line and r.stderr.strip() == ""
     reason = r.stdout.splitlines()[1]
     assert "Fused evidence" not in reason and "weighted tool reading" not in reason
-    assert "Perceptive zoomer: zoomed in, the region differs from the same region of the nearest good parts" in reason
+    assert "Perceptive zoomer: zoomed in, the region differs from the same region of the nearest good part" in reason
     assert "% of the threshold" in reason and "Defect type hole: the closest labelled example" in reason
     r = runner.invoke(app, ["inspect", str(data_root / HOLE), "--product", "hazelnut", "--workspace", str(cli_workspace),
                             "--out-dir", str(tmp_path), "--json"])
@@ -239,15 +240,20 @@ def test_listing_products_imports_no_numerical_library(cli_workspace):
 
 
 def test_thread_pools_get_the_idle_cores(monkeypatch):
-    from iad_agent.cli import configure_threads, default_threads
+    import iad_agent.cli as cli
+    from iad_agent.cli import busy_cores, configure_threads, default_threads
 
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a real busy neighbour
+    try:
+        time.sleep(0.3)
+        assert busy_cores() >= 1  # seen at once, not after a minute of load average
+    finally:
+        spinner.kill()
+        spinner.wait()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
-    assert default_threads() == 2
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 0.0, 0.0))  # one busy neighbour on two cores
-    assert default_threads() == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
-    assert default_threads() == 1
+    for busy, threads in ((0.0, 2), (1.0, 1), (9.0, 1)):
+        monkeypatch.setattr(cli, "busy_cores", lambda b=busy: b)
+        assert default_threads() == threads
     import torch
 
     threads = torch.get_num_threads()
@@ -375,3 +381,17 @@ def test_training_progress_replaces_the_trainers_printing():
     callback.on_log(None, None, None, logs={"loss": 0.5})
     task = bar.tasks[0]
     assert (task.completed, task.total, task.description) == (3, 4, "fine-tuning (loss 0.5)")
+
+
+def test_bench_makes_200_distinct_good_images_from_50(data_root, tmp_path):
+    """`iad dev bench` times a 200-image registration though no category has 200 good images."""
+    from PIL import Image
+
+    from iad_agent.eval.firsthour import _good_folder
+    from iad_agent.imageio import content_hash, load_image
+
+    goods = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:3]
+    _good_folder(tmp_path / "good", goods, 8)
+    files = sorted((tmp_path / "good").iterdir())
+    assert len(files) == 8 and {Image.open(f).size for f in files} == {Image.open(goods[0]).size}
+    assert len({content_hash(load_image(f)) for f in files}) == 8  # none is a copy the registration would skip

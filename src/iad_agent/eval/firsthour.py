@@ -1,7 +1,8 @@
 """The first-hour figures: registration and cold-start times, quiet and beside a busy process.
 
 ``iad dev bench`` runs the README's commands as a new user does — each a fresh ``iad`` process —
-and times them on the wall clock: ``register_s`` (50 good images, and 200), ``cold_start_s``
+and times them on the wall clock: ``register_s`` (50 good images, and 200: the 50 and their
+mirrored and rotated copies), ``cold_start_s``
 (one ``iad inspect`` of an anomalous image, from process start to exit), ``products_s``
 (``iad products``). Each is measured on the machine as it is ("quiet" when nothing else runs)
 and again beside one busy process (a pure-Python loop on one core, the neighbour of issue 9's
@@ -62,6 +63,26 @@ def _weights_cached() -> bool:
         return False
 
 
+def _good_folder(folder: Path, goods: list[Path], n: int) -> None:
+    """``n`` good images in ``folder``: links to ``goods``, then their mirrored and rotated copies.
+
+    No category of the shared data has 200 good images; the copies are distinct images of the
+    same product and size (registering the same image twice is a no-op, so plain copies would not
+    do).
+    """
+    from PIL import Image
+
+    folder.mkdir()
+    for p in goods[:n]:
+        os.symlink(p, folder / p.name)
+    turns = (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180,
+             Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE)
+    for i in range(max(0, n - len(goods))):
+        src, turn = goods[i % len(goods)], turns[i // len(goods) % len(turns)]
+        with Image.open(src) as img:
+            img.transpose(turn).save(folder / f"{src.stem}_{turn.name.lower()}.png")
+
+
 def run(data_root: Path, category: str = "hazelnut", repeats: int = 3, sizes: tuple[int, ...] = (50, 200),
         progress: Callable[[str], None] | None = None) -> dict:
     """Measure the first-hour figures on ``data_root/mvtec_ad/<category>`` (see the module docstring)."""
@@ -78,13 +99,9 @@ def run(data_root: Path, category: str = "hazelnut", repeats: int = 3, sizes: tu
             label = "busy" if busy else "quiet"
             with busy_neighbour(busy):
                 for n in sizes:
-                    if n > len(goods):
-                        continue
                     folder = tmp / f"good{n}"
                     if not folder.exists():
-                        folder.mkdir()
-                        for p in goods[:n]:
-                            os.symlink(p, folder / p.name)
+                        _good_folder(folder, goods, n)
                     ws = tmp / f"ws-{label}-{n}"
                     if progress:
                         progress(f"register {n} images ({label})")
