@@ -87,3 +87,53 @@ def test_products_stored_without_learned_weights_load_with_the_hand_set_ones(haz
     gate_file.write_text(json.dumps(gate))
     loaded = Product.load(folder)
     assert (loaded.gate.w_zoom, loaded.gate.w_compare, loaded.gate.weights_from) == (1.0, 0.5, "default")
+
+
+def test_each_held_out_image_is_zoomed_once_for_the_limits_and_the_weights(data_root, monkeypatch):
+    """The tool calibration zooms the held-out good images at the policy's box; the weight fit re-uses those readings."""
+    import iad_agent.tools.calibration as calibration
+    import iad_agent.tools.zoom as zoom
+    from iad_agent.product import Product, list_images
+    from iad_agent.vision import tool_weights
+
+    calls: list[list[tuple]] = []
+    real = zoom.zoom_evidence_many
+
+    def counting(product, jobs):
+        calls.append([(tuple(box.to_list()), tuple(refs)) for _, box, refs in jobs])
+        return real(product, jobs)
+
+    monkeypatch.setattr(zoom, "zoom_evidence_many", counting)
+    monkeypatch.setattr(calibration, "zoom_evidence_many", counting)
+    product = Product.build("nut", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:40:10])
+    assert len(calls) in (1, 2)
+    assert len(calls[0]) == 4 == len(product.tool_readings["zoom"])  # every held-out good image, once
+    assert all(len(refs) == zoom.REFERENCES for _, refs in calls[0])
+    if len(calls) == 2:  # the weight fit zoomed only synthetic defects
+        assert len(calls[1]) <= tool_weights.N_SYNTHETIC and not set(calls[1]) & set(calls[0])
+
+
+def test_the_weight_fit_reads_a_held_out_zoom_from_the_calibration(hazelnut_product, data_root, monkeypatch):
+    import iad_agent.tools.zoom as zoom
+    from iad_agent.imageio import load_image
+    from iad_agent.product import list_images
+    from iad_agent.tools.base import evidence_ratio
+    from iad_agent.tools.calibration import policy_box
+    from iad_agent.tools.zoom import CONTEXT, MIN_SIZE
+
+    product = hazelnut_product
+    good = load_image(list_images(data_root / "mvtec_ad/hazelnut/train/good")[3])
+    grid = product.extractor([good])[0]
+    knn = product.bank.patch_distances(grid)
+    refs = [i for i, _ in product.bank.nearest(np.asarray(grid, np.float32), zoom.REFERENCES)]
+    region = policy_box(product, knn, None).clamped(MIN_SIZE).expanded(CONTEXT)
+    material = {"grids": [grid], "exclude": [None], "knn": [knn], "self": [None], "defect": [False],
+                "images": [lambda: good], "zoom_readings": {0: (region, refs, 123.0)}}
+    monkeypatch.setattr(zoom, "zoom_evidence_many", lambda product, jobs: pytest.fail("zoomed again") if jobs else [])
+    saved = product.gate.band_low, product.gate.band_high
+    product.gate.band_low, product.gate.band_high = 0.0, 1e9
+    try:
+        (item,) = read_items(product, material)
+    finally:
+        product.gate.band_low, product.gate.band_high = saved
+    assert item.zoom == evidence_ratio(123.0, product.tool_limits.zoom_threshold)

@@ -215,7 +215,7 @@ class Product:
     @classmethod
     def build(cls, name: str, normals: Sequence[str | Path], config: FeatureConfig | None = None, fpr: float | None = None,
               defects_dir: str | Path | None = None, priors: dict[str, str] | None = None, allow_mixed_sizes: bool = False,
-              max_side: int = DEFAULT_MAX_SIDE, max_patches: int = 16_384, progress: Callable[[int, int], None] | None = None,
+              max_side: int = DEFAULT_MAX_SIDE, max_patches: int | None = None, progress: Callable[[int, int], None] | None = None,
               existing: Product | None = None, selfsim: bool = True) -> Product:
         """Register good images (and optional defect examples) as a product: ``registration.register(...).product``."""
         from iad_agent.registration import register
@@ -237,12 +237,13 @@ class Product:
         new._images = OrderedDict(self._images)
         return new
 
-    def _calibrate_gate(self, views: tuple[list[Image.Image], np.ndarray] | None = None) -> None:
+    def _calibrate_gate(self, material: dict) -> None:
         """Set tool thresholds and texture-likeness from held-out good images.
 
         Args:
-            views: with a single good image, its augmented views and their feature grids
-                (extracted once and shared with the bank's calibration).
+            material: the held-out good images (with their grids and heat maps) and synthetic
+                defects that :func:`iad_agent.vision.learn.learn` made; with a single good
+                image, its held-out images are augmented views of it.
         """
         from iad_agent.tools.calibration import calibrate_tools
 
@@ -250,11 +251,9 @@ class Product:
         ratio = float(np.median(cal.knn_scores or cal.global_scores) / max(np.median(cal.aligned_scores), 1e-8))
         # Aligned parts: the nearest patch anywhere is hardly closer than the one in place.
         self.gate.aligned_informative = ratio > 0.6
-        if len(self.bank) == 1 and views is None:
-            imgs = augmented_views(self.reference_image(0))
-            views = (imgs, list(self.extractor(imgs)))
-        self.gate.texture = texture_likeness(self.bank, None if len(self.bank) > 1 else views[1][0]) < 0.8
-        self.tool_readings = calibrate_tools(self, views=views)
+        view = None if len(self.bank) > 1 else np.asarray(material["grids"][0], np.float32)  # an augmented view
+        self.gate.texture = texture_likeness(self.bank, view) < 0.8
+        self.tool_readings = calibrate_tools(self, material)
 
     def add_defect_examples(self, folder: str | Path, allow_mixed_sizes: bool = True) -> int:
         """Register labelled defect examples ``folder/<defect_type>/*.png``: see ``registration.add_defect_examples``."""

@@ -95,7 +95,7 @@ def register(
     priors: dict[str, str] | None = None,
     allow_mixed_sizes: bool = False,
     max_side: int = DEFAULT_MAX_SIDE,
-    max_patches: int = 16_384,
+    max_patches: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     existing: Product | None = None,
     selfsim: bool = True,
@@ -190,7 +190,7 @@ def register(
         product.bank.scoring, product.bank.calibration = learn(
             product.bank, extractor, product.reference_image, stored_fpr if fpr is None else fpr, views=views,
             selfsim=selfsim, progress=step, material=material)
-        product._calibrate_gate(views)
+        product._calibrate_gate(material)
         fit_tool_weights(product, material)
     elif fpr is not None and fpr != stored_fpr:
         set_fpr(product, fpr)
@@ -394,7 +394,7 @@ def remove_images(product: Product, paths: Sequence[str | Path], progress: Calla
         new.bank.scoring, new.bank.calibration = learn(new.bank, new.extractor, new.reference_image, fpr,
                                                        selfsim=old.scoring.uses_self or bool(old.scoring.synthetic_auroc),
                                                        material=material)
-        new._calibrate_gate()
+        new._calibrate_gate(material)
         fit_tool_weights(new, material)
     except ImageError as exc:
         raise RegistrationError(f"cannot recalibrate {product.name!r} without those images: a remaining good image "

@@ -112,7 +112,7 @@ def tool_sentence(name: str, reading: Evidence, product) -> str:  # noqa: ANN001
     """One tool's evidence in words, the tool named: how unusual compared with good parts."""
     r = reading.evidence
     if name == ZOOM:
-        return (f"Perceptive zoomer: zoomed in, the region differs from the same region of the nearest good parts "
+        return (f"Perceptive zoomer: zoomed in, the region differs from the same region of the nearest good part "
                 f"{_times(r)} as much as good parts do")
     if name == COMPARE:
         ref = ""

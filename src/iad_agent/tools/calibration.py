@@ -1,9 +1,11 @@
 """Calibrate each tool's evidence on held-out good images (no defect ever seen).
 
-For a few good images, each treated as a query against the *other* good images (or, with a
-single good image, slightly shifted/rotated views of it against itself), the tools are run on
-the region the embedded policy would look at (the hottest spot of the leave-one-out heat map)
-and on a random region.
+The held-out good images are those the registration's :func:`iad_agent.vision.learn.learn`
+already scored — each good image against the *other* good images (leave-one-out), or, with a
+single good image, slightly shifted/rotated views of it against itself — with their feature
+grids and leave-one-out heat maps, so nothing is extracted or searched again. On each, the tools
+are run on the region the embedded policy would look at: the hot spot of the heat map the
+policy reads.
 
 The zoom and comparison limits are set *relative to the global threshold*: the median ratio of
 the tool's reading to the global score on those held-out good parts, times the global
@@ -12,6 +14,10 @@ tool. This keeps the tools as conservative as the global look when the held-out 
 optimistic stand-ins (augmented views of a single good image score lower than other good parts
 would, for the global look and the tools alike). The high-frequency ratio is unit-free and gets
 its own quantile.
+
+The zoom readings are kept in the material (``zoom_readings``): fitting the tool weights
+(:func:`iad_agent.vision.tool_weights.read_items`) reads the same held-out images at the same
+region, and re-uses them instead of zooming again (a zoom is two feature extractions: the crop and its reference).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from iad_agent.episode import hot_spot_box
 from iad_agent.tools.base import ToolLimits
 from iad_agent.tools.highfreq import highfreq_ratio
 from iad_agent.tools.retriever import region_of
-from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, zoom_evidence_many
+from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, REFERENCES, zoom_evidence_many
 from iad_agent.types import Box
 from iad_agent.vision.normal_bank import aligned_distance, image_score, threshold_for_fpr
 
@@ -35,51 +41,52 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def calibrate_tools(product: Product, max_queries: int = 6, n_references: int = 2, seed: int = 0,
-                    views: tuple[list, np.ndarray] | None = None) -> dict[str, list[float]]:
+def policy_box(product: Product, knn: np.ndarray, self_map: np.ndarray | None) -> Box:
+    """The region the embedded policy would look at: the hot spot of the heat map it reads.
+
+    With self-similarity in the product's scoring that is the fused map (at the fused patch
+    level), otherwise the nearest-neighbour map (at its own patch level).
+    """
+    cal, scoring = product.bank.calibration, product.bank.scoring
+    if scoring.uses_self and self_map is not None:
+        return hot_spot_box(scoring.fuse(knn, self_map), cal.patch_threshold)
+    return hot_spot_box(knn, cal.knn_patch_threshold or cal.patch_threshold)
+
+
+def calibrate_tools(product: Product, material: dict, n_references: int = REFERENCES) -> dict[str, list[float]]:
     """Set the zoom / compare / high-frequency normal limits (``product.tool_limits``).
 
     Args:
-        views: for a single good image, its augmented views and their feature grids (made
-            here when not given).
+        material: what :func:`iad_agent.vision.learn.learn` kept (``images`` as callables,
+            ``grids``, ``exclude``, ``knn`` and ``self`` maps, ``defect`` flags); its held-out
+            good images are read here, and their zoom readings are added to it as
+            ``zoom_readings`` (item index → ``(region, references, zoom score)``).
 
     Returns:
         The held-out readings behind them (``zoom`` and ``compare``: tool reading / global
         score; ``highfreq``: the energy ratio), stored with the product so that a new
         false-alarm rate re-sets the limits without reading an image again.
     """
-    from iad_agent.vision.learn import augmented_views
-
     bank = product.bank
-    rng = np.random.default_rng(seed)
     cal = bank.calibration
-    zoom, compare, highfreq = [], [], []  # per region: tool reading / the query's global score
-    n = len(bank)
-    if n >= 2:
-        queries = [(int(i), product.reference_image(int(i)), bank.grids[int(i)].astype(np.float32))
-                   for i in np.unique(np.linspace(0, n - 1, min(n, max_queries)).round().astype(int))]
-    else:
-        if views is None:
-            images = augmented_views(product.reference_image(0), n=max_queries, seed=seed + 1)
-            views = (images, product.extractor(images))
-        queries = [(None, v, g) for v, g in list(zip(*views))[:max_queries]]
+    compare, highfreq = [], []  # per held-out image: tool reading / its global score
+    held = [k for k, defect in enumerate(material["defect"]) if not defect]
     jobs, scale = [], []  # the zooms, run together below (one extractor call keeps every thread busy)
-    for exclude, image, grid in queries:
-        dmap = bank.patch_distances(grid, exclude=exclude)
-        global_score = max(image_score(dmap), 1e-8)
-        size = rng.uniform(0.2, 0.4)
-        x, y = rng.uniform(0, 1 - size, 2)
-        boxes = [hot_spot_box(dmap, cal.knn_patch_threshold or cal.patch_threshold), Box(x, y, x + size, y + size)]
+    for k in held:
+        grid = np.asarray(material["grids"][k], np.float32)
+        knn, exclude, image = material["knn"][k], material["exclude"][k], material["images"][k]()
+        global_score = max(image_score(knn), 1e-8)
+        b = policy_box(product, knn, material["self"][k]).clamped(MIN_SIZE).expanded(CONTEXT)
         refs = [i for i, _ in bank.nearest(grid, n_references, exclude=exclude)] or [0]
         aligned = aligned_distance(grid, bank.grids[refs[0]].astype(np.float32))
-        reference = product.reference_image(refs[0])
-        for box in boxes:
-            b = box.clamped(MIN_SIZE).expanded(CONTEXT)
-            jobs.append((image, b, refs))
-            scale.append(global_score)
-            compare.append(image_score(region_of(aligned, b.clamped(0.05))) / global_score)
-            highfreq.append(highfreq_ratio(image, reference, b)[2])
-    zoom = [r["score"] / s for r, s in zip(zoom_evidence_many(product, jobs), scale)]
+        jobs.append((image, b, refs))
+        scale.append(global_score)
+        compare.append(image_score(region_of(aligned, b.clamped(0.05))) / global_score)
+        highfreq.append(highfreq_ratio(image, product.reference_image(refs[0]), b)[2])
+    scores = [r["score"] for r in zoom_evidence_many(product, jobs)]  # the crops and maps are not kept
+    material["zoom_readings"] = {k: (region, refs, score) for k, (_, region, refs), score in zip(held, jobs, scores)}
+    del jobs
+    zoom = [score / s for score, s in zip(scores, scale)]
     # tool readings are nearest-neighbour distances: their limits are relative to the knn threshold
     product.tool_limits = ToolLimits(zoom_threshold=float(np.median(zoom)) * cal.knn_threshold,
                                      compare_threshold=float(np.median(compare)) * cal.knn_threshold,

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 MIN_SIZE = 0.08
 CONTEXT = 0.1
 OUTPUT_SIDE = 448
+#: Good images whose same region the zoomed crop is compared with (the nearest ones). One: each
+#: reference is a feature extraction as costly as the crop's own, and a registration makes a
+#: dozen or more zooms to calibrate the zoom and learn its weight.
+REFERENCES = 1
 
 
 def crop(img: Image.Image, box: Box, side: int | None = None) -> Image.Image:
@@ -106,7 +110,7 @@ class PerceptiveZoomer(Tool):
     description = (
         "Zoom into a region of the query image: crops the normalized box [x1, y1, x2, y2] "
         "(0..1, clamped, at least 8% of each side), returns it upsampled, and re-scores it at "
-        "higher resolution against the same region of the nearest good parts."
+        "higher resolution against the same region of the nearest good part."
     )
     parameters = {
         "type": "object",
@@ -115,7 +119,7 @@ class PerceptiveZoomer(Tool):
         "additionalProperties": False,
     }
 
-    def __init__(self, n_references: int = 2, rescore: bool = True) -> None:
+    def __init__(self, n_references: int = REFERENCES, rescore: bool = True) -> None:
         self.n_references = n_references
         self.rescore = rescore
 

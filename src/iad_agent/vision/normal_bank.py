@@ -63,6 +63,12 @@ def threshold_for_fpr(scores: Sequence[float], fpr: float) -> float:
     return float(s.mean() + NormalDist().inv_cdf(1 - fpr) * std)  # the stdlib's: scipy.stats costs a second to import
 
 
+#: Default bound on a bank's searchable patches (its greedy coreset). 10,000 rows keep every patch
+#: of up to 9 good images of 256 px and a fifth of 50; registering 50 images builds the coreset in
+#: 1.3 s instead of 2.1 s (16,384) and every search (calibration, each inspection) is 40 % smaller.
+MAX_PATCHES = 10_000
+
+
 def greedy_coreset(features: np.ndarray | Sequence[np.ndarray], n: int, seed: int = 0, proj_dim: int = 32) -> np.ndarray:
     """Indices of an approximate greedy k-center coreset (PatchCore), on a random projection.
 
@@ -187,9 +193,9 @@ class NormalBank:
         seed: seed of the coreset's random projection and start point.
     """
 
-    def __init__(self, config: FeatureConfig | None = None, max_patches: int = 16_384, seed: int = 0) -> None:
+    def __init__(self, config: FeatureConfig | None = None, max_patches: int | None = None, seed: int = 0) -> None:
         self.config = config or FeatureConfig()
-        self.max_patches = max_patches
+        self.max_patches = MAX_PATCHES if max_patches is None else max_patches
         self.seed = seed
         self.paths: list[str] = []
         self.grids: list[np.ndarray] = []  # per image (h, w, C) float16

@@ -104,7 +104,7 @@ def choose_weights(items: list[Item], band_low: float, band_high: float,
     return best_pair[0], best_pair[1], aurocs
 
 
-def read_items(product: Product, material: dict, n_references: int = 2, max_synthetic: int = N_SYNTHETIC) -> list[Item]:
+def read_items(product: Product, material: dict, n_references: int | None = None, max_synthetic: int = N_SYNTHETIC) -> list[Item]:
     """Global ratio and (where the gate opens) tool evidence of learn()'s held-out and synthetic images.
 
     Args:
@@ -112,14 +112,17 @@ def read_items(product: Product, material: dict, n_references: int = 2, max_synt
             ``exclude`` (the bank entry to leave out), ``knn`` and ``self`` patch maps and
             ``defect`` flags, one entry per item.
     """
-    from iad_agent.episode import hot_spot_box
     from iad_agent.tools.base import evidence_ratio
+    from iad_agent.tools.calibration import policy_box
     from iad_agent.tools.retriever import region_of
-    from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, zoom_evidence_many
+    from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, REFERENCES, zoom_evidence_many
     from iad_agent.vision.normal_bank import aligned_distance, image_score
+
+    n_references = REFERENCES if n_references is None else n_references
 
     bank, gate, limits = product.bank, product.gate, product.tool_limits
     cal, scoring = bank.calibration, bank.scoring
+    done = material.get("zoom_readings", {})  # the tool calibration's zooms of the held-out images
     items = []
     zooms: list[tuple[Item, tuple]] = []  # run together below: one extractor call keeps every thread busy
     n_syn = 0
@@ -131,18 +134,21 @@ def read_items(product: Product, material: dict, n_references: int = 2, max_synt
         exclude = material["exclude"][k]
         knn = material["knn"][k]
         if scoring.uses_self:
-            fused = scoring.fuse(knn, material["self"][k])
-            score, threshold, box = image_score(fused), cal.threshold, hot_spot_box(fused, cal.patch_threshold)
+            score, threshold = image_score(scoring.fuse(knn, material["self"][k])), cal.threshold
         else:
             score, threshold = image_score(knn), cal.knn_threshold
-            box = hot_spot_box(knn, cal.knn_patch_threshold or cal.patch_threshold)
+        box = policy_box(product, knn, material["self"][k])
         item = Item(bool(material["defect"][k]), score / threshold if threshold > 0 else math.inf)
         looks = gate.band_low <= item.ratio <= gate.band_high or (gate.texture and gate.zoom_textures and item.ratio < gate.band_high)
         if looks and not gate.mixed_geometry:
             grid32 = np.asarray(grid, np.float32)
             refs = [i for i, _ in bank.nearest(grid32, n_references, exclude=exclude)]
             if refs:
-                zooms.append((item, (material["images"][k](), box.clamped(MIN_SIZE).expanded(CONTEXT), refs)))
+                region = box.clamped(MIN_SIZE).expanded(CONTEXT)
+                if k in done and done[k][:2] == (region, refs):  # the same zoom: read already
+                    item.zoom = evidence_ratio(done[k][2], limits.zoom_threshold)
+                else:
+                    zooms.append((item, (material["images"][k](), region, refs)))
                 if gate.aligned_informative:
                     aligned = aligned_distance(grid32, bank.grids[refs[0]].astype(np.float32))
                     item.compare = evidence_ratio(image_score(region_of(aligned, box.clamped(0.05))), limits.compare_threshold)
