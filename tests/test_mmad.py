@@ -196,14 +196,40 @@ def test_score_mmad_one_class_detection_is_that_class_accuracy():
 # ----------------------------------------------------------------------------- end to end
 
 
+def _small_hazelnut_tree(data_root: Path, root: Path) -> None:
+    """A data root holding ``mvtec_ad/hazelnut`` with ONE good training image and four test images.
+
+    Answering registers one product per distinct first template; with one training image every
+    question shares it, so each ``iad eval`` run registers once (the full folder's 50-image pool
+    registered one product per test image: 6 registrations, ~25 s). Template ranking over a real
+    pool is checked in ``test_generate_questions_on_real_data``.
+    """
+    import shutil
+
+    src, dst = data_root / "mvtec_ad/hazelnut", root / "mvtec_ad/hazelnut"
+    files = ["train/good/000.png", "test/good/000.png", "test/crack/000.png", "test/hole/000.png", "test/print/001.png",
+             "ground_truth/crack/000_mask.png", "ground_truth/hole/000_mask.png", "ground_truth/print/001_mask.png"]
+    for f in files:
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / f, dst / f)
+
+
 @pytest.mark.slow
-def test_iad_eval_mmad_style_then_reuse_the_file(data_root, tmp_path):
+def test_iad_eval_mmad_style_then_reuse_the_file(data_root, tmp_path, monkeypatch):
+    """Generate MMAD-style questions (``--max-test 3`` of 4: one good, two defects, so all three question
+    types), answer and score them, then answer the written file again: the same scores."""
+    small = tmp_path / "data"
+    _small_hazelnut_tree(data_root, small)
+    monkeypatch.setenv("IAD_DATA", str(small))  # image keys stay relative to the data root, as with the shared data
+    data_root = small
     out = tmp_path / "gen"
     args = ["--dataset", "mvtec", "--category", "hazelnut", "--max-test", "3", "--policy", "knn"]
     first = runner.invoke(app, ["eval", "--questions", "mmad-style", *args, "--out", str(out)])
     assert first.exit_code == 0, first.output
     questions = json.loads((out / "mmad_style_questions.json").read_text())
     assert len(questions) == 3 and all(k.startswith("mvtec_ad/hazelnut/test/") for k in questions)
+    assert {q["type"] for item in questions.values() for q in item["conversation"]} == {
+        mmad.ANOMALY_DETECTION, mmad.DEFECT_CLASSIFICATION, mmad.DEFECT_LOCALIZATION}
     scores = json.loads((out / "mmad_scores.json").read_text())
     answers = json.loads((out / "mmad_answers_knn.json").read_text())
     assert len(answers) == sum(len(q["conversation"]) for q in questions.values())
