@@ -47,6 +47,29 @@ def hazelnut_product(data_root):
 
 
 @pytest.fixture(scope="session")
+def hazelnut3_copy(tmp_path_factory, data_root):
+    """``copy(dest) -> dest``: a private copy of ONE workspace with hazelnut registered by
+    ``api.register`` from its first 3 good training images (learned tool weights).
+
+    Registering costs seconds, so the session registers once and each module that needs such a
+    workspace copies it (the product's ``current`` link copied as a link) instead of registering.
+    """
+    import shutil
+
+    from iad_agent import api
+    from iad_agent.product import list_images
+
+    template = tmp_path_factory.mktemp("hazelnut3")
+    api.register("hazelnut", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:3], workspace=template)
+
+    def copy(dest: Path) -> Path:
+        shutil.copytree(template, dest, symlinks=True, dirs_exist_ok=True)
+        return dest
+
+    return copy
+
+
+@pytest.fixture(scope="session")
 def hazelnut_inspector(hazelnut_product):
     from iad_agent.inspector import Inspector
 

@@ -23,12 +23,9 @@ VOLATILE = {"elapsed_ms", "heatmap"}
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, data_root):
-    from iad_agent.product import list_images
-
-    ws = tmp_path_factory.mktemp("ws")
-    api.register("hazelnut", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:3], workspace=ws)
-    return ws
+def workspace(tmp_path_factory, hazelnut3_copy):
+    """hazelnut registered from 3 good images (a copy of the session's shared workspace)."""
+    return hazelnut3_copy(tmp_path_factory.mktemp("ws"))
 
 
 @pytest.fixture(scope="module")

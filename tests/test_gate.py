@@ -154,15 +154,13 @@ def test_installed_gate_replaces_the_hand_set_band(hazelnut_product, data_root, 
     assert hand.answer is not None
 
 
-def test_install_stores_the_gate_as_a_new_product_version_that_the_policy_uses(data_root, tmp_path):
+def test_install_stores_the_gate_as_a_new_product_version_that_the_policy_uses(data_root, tmp_path, hazelnut3_copy):
     """`iad train gate --product NAME`: the gate lands in the version the workspace loads (and later ones)."""
     from iad_agent.inspector import Inspector
     from iad_agent.policies.embedded import EmbeddedPolicy
-    from iad_agent.product import list_images
     from iad_agent.workspace import Workspace
 
-    ws = Workspace(tmp_path / "ws")
-    ws.register("hazelnut", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:3])
+    ws = Workspace(hazelnut3_copy(tmp_path / "ws"))  # hazelnut from 3 good images
     always = LearnedGate(np.zeros((len(ACTIONS), len(FEATURES))))
     always.weights[1, 0] = 10.0  # "zoom" always
     version = always.install(ws, "hazelnut")

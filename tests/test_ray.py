@@ -27,11 +27,8 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, data_root):
-    from iad_agent.product import list_images
-
-    ws = tmp_path_factory.mktemp("ws")
-    api.register("hazelnut", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:3], workspace=ws)
+def setup(tmp_path_factory, data_root, hazelnut3_copy):
+    ws = hazelnut3_copy(tmp_path_factory.mktemp("ws"))  # hazelnut from 3 good images
     folder = tmp_path_factory.mktemp("parts")
     for kind in ("good", "hole", "print"):
         for p in sorted((data_root / f"mvtec_ad/hazelnut/test/{kind}").glob("*.png"))[:1]:

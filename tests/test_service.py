@@ -29,12 +29,9 @@ def hazelnut(data_root):
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, hazelnut):
+def service(tmp_path_factory, hazelnut, hazelnut3_copy):
     """A running app (lifespan and all) over a workspace with hazelnut registered from 3 good images."""
-    from iad_agent.product import list_images
-
-    ws = tmp_path_factory.mktemp("ws")
-    api.register("hazelnut", list_images(hazelnut / "train/good")[:3], workspace=ws)
+    ws = hazelnut3_copy(tmp_path_factory.mktemp("ws"))
     from iad_agent.policies.embedded import COMPARE, HAND_SET_WEIGHTS, ZOOM
     from iad_agent.product import Product
 
