@@ -306,16 +306,17 @@ def _global_score(product: Product, grid: np.ndarray) -> float:
 @pytest.mark.slow
 def test_registration_killed_at_any_moment_leaves_a_product_answering_as_old_or_new(ws, goods, data_root, tmp_path):
     """Killed once just after its new version is complete but before it is current (every such
-    moment is covered, without features, in ``test_store.py``) and once at a random moment."""
+    moment is covered, without features, in ``test_store.py``) and once at a random moment.
+
+    The registration that follows the first kill (it must clear the leftovers) adds the same image
+    as the killed one, so it is also the "new" product the random kill may leave: one registration
+    fewer than registering the new product separately, the same answers checked.
+    """
     query = data_root / "mvtec_ad/hazelnut/test/hole/000.png"
     old = ws.load("haz")
     grid = old.extractor([Image.open(query).convert("RGB")])[0]
     shutil.copytree(ws.root, tmp_path / "pristine", symlinks=True)
-    new = Workspace(tmp_path / "pristine").register("haz", [goods[3]]).product
-    shutil.rmtree(tmp_path / "pristine")
-    shutil.copytree(ws.root, tmp_path / "pristine", symlinks=True)
-    answers = {tuple(old.bank.paths): _global_score(old, grid), tuple(new.bank.paths): _global_score(new, grid)}
-    assert len(answers) == 2
+    answers = {tuple(old.bank.paths): _global_score(old, grid)}
     for at in ("renamed", "random"):
         if at == "random":  # from outside, somewhere in the middle of the registration
             child = _python(KILLED, ws.root, goods[3], "never", wait=False)
@@ -331,9 +332,11 @@ def test_registration_killed_at_any_moment_leaves_a_product_answering_as_old_or_
         assert _global_score(loaded, grid) == pytest.approx(answers[paths])
         assert ws.products() == ["haz"]
         if at == "renamed":
-            ws.register("haz", [goods[4]])  # the next registration clears the leftovers
+            new = ws.register("haz", [goods[3]]).product  # the next registration clears the leftovers
             leftovers = [p.name for p in ws.products_dir.iterdir() if "tmp" in p.name or "link" in p.name]
             assert leftovers == [] and len(ws.load("haz").bank) == 4
+            answers[tuple(new.bank.paths)] = _global_score(new, grid)
+            assert len(answers) == 2
             shutil.rmtree(ws.root)
             shutil.copytree(tmp_path / "pristine", ws.root, symlinks=True)
 
