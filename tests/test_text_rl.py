@@ -165,11 +165,26 @@ def test_grpo_tokens_equal_the_text_policys_tokens(cfg, cases, tmp_path, monkeyp
             "tools/perceptive_zoomer"} <= {k for e in trainer.state.log_history for k in e}
 
 
-def test_the_benchmark_runs_end_to_end(cfg, data_root):
-    """Untrained → SFT → GRPO → evaluation on a held-out category, with results, report and plot."""
+def test_the_benchmark_runs_end_to_end(cfg, cases, data_root, monkeypatch):
+    """Untrained → SFT → GRPO → evaluation on a held-out category, with results, report and plot.
+
+    The training cases are this module's ``cases`` (``prepare_cases(cfg.train, cfg)``, the very call
+    ``run`` makes; cases are read, never written): ``run`` prepares only the held-out ones itself,
+    which saves registering hazelnut and its 4 global looks and zooms a second time.
+    """
+    from iad_agent.training import text_data
     from iad_agent.training.text_rl import run
 
+    prepare = text_data.prepare_cases
+    asked: list[list[str]] = []
+
+    def prepared_once(specs, run_cfg, progress=None):
+        asked.append(list(specs))
+        return cases if list(specs) == list(cfg.train) and run_cfg is cfg else prepare(specs, run_cfg, progress)
+
+    monkeypatch.setattr(text_data, "prepare_cases", prepared_once)
     results = run(cfg)
+    assert asked == [list(cfg.train), list(cfg.held_out)]
     assert set(results["models"]) == {"untrained", "sft", "sft+grpo"}
     for r in results["models"].values():
         held = r["held_out"]
