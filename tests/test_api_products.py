@@ -31,23 +31,23 @@ def test_set_fpr_equals_registering_with_that_fpr(tmp_path, good_files):
         api.set_fpr("a", 0.9, tmp_path)
 
 
-def test_fpr_for_threshold_inverts_threshold_for_fpr(tmp_path, good_files):
-    product = api.register("nut", good_files, workspace=tmp_path)
+def test_fpr_for_threshold_inverts_threshold_for_fpr(tmp_path, hazelnut3_copy):
+    product = api.load_product("hazelnut", hazelnut3_copy(tmp_path))  # any registered product: the session's shared one
     for fpr in (0.002, 0.01, 0.05, 0.3):
         assert api.fpr_for_threshold(product, api.threshold_for_fpr(product, fpr)) == pytest.approx(fpr, rel=1e-3)
     assert api.fpr_for_threshold(product, 1e9) == 0.001 and api.fpr_for_threshold(product, 0.0) == 0.5
     assert api.threshold_for_fpr(product, 0.05) == pytest.approx(product.bank.calibration.threshold)
 
 
-def test_version_is_stable_and_delete_removes_the_product(tmp_path, good_files):
-    api.register("nut", good_files[:1], workspace=tmp_path)
-    v = api.product_version("nut", tmp_path)
-    assert v == api.product_version("nut", tmp_path) and v.startswith("v")
-    api.delete_product("nut", tmp_path)
+def test_version_is_stable_and_delete_removes_the_product(tmp_path, hazelnut3_copy):
+    hazelnut3_copy(tmp_path)  # a registered product (a copy of the session's shared one)
+    v = api.product_version("hazelnut", tmp_path)
+    assert v == api.product_version("hazelnut", tmp_path) and v.startswith("v")
+    api.delete_product("hazelnut", tmp_path)
     assert api.list_products(tmp_path) == [] and not list((tmp_path / "products").iterdir())
     with pytest.raises(api.ProductNotFound):
-        api.product_version("nut", tmp_path)
+        api.product_version("hazelnut", tmp_path)
     with pytest.raises(api.ProductNotFound):
-        api.delete_product("nut", tmp_path)
+        api.delete_product("hazelnut", tmp_path)
     with pytest.raises(api.RegistrationError, match="invalid product name"):
         api.delete_product("../etc", tmp_path)
