@@ -118,30 +118,40 @@ def test_choose_scoring_follows_the_separating_evidence():
     assert Scoring.from_dict(s.to_dict()) == s
 
 
-def test_registration_learns_and_saves_the_scoring(data_root, tmp_path):
+@pytest.fixture(scope="module")
+def grid3(data_root, tmp_path_factory):
+    """grid registered from 3 full-resolution good images (with its progress calls), built and saved once:
+    ``(product, progress calls, saved folder)``. Tests that change a product load their own from the folder."""
     from iad_agent.product import Product, list_images
 
     normals = list_images(data_root / "mvtec_ad/grid/train/good")[:3]
     calls = []
     product = Product.build("grid3", normals, progress=lambda done, total: calls.append((done, total)))
+    folder = tmp_path_factory.mktemp("grid3") / "grid3"
+    product.save(folder)
+    return product, calls, folder
+
+
+def test_registration_learns_and_saves_the_scoring(data_root, grid3):
+    from iad_agent.product import Product, list_images
+
+    product, calls, folder = grid3
     assert calls and calls[-1][0] == calls[-1][1]  # the progress bar reaches its end
     cal = product.bank.calibration
     assert len(cal.global_scores) == 3 and len(cal.knn_scores) == 3
     assert set(product.bank.scoring.synthetic_auroc) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
-    product.save(tmp_path / "grid3")
-    loaded = Product.load(tmp_path / "grid3")
+    loaded = Product.load(folder)
     assert loaded.bank.scoring == product.bank.scoring  # learned once, never recomputed at load
     plain = Product.build("hazelplain", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:2], selfsim=False)
     assert plain.bank.scoring.self_weight == 0.0 and set(plain.bank.scoring.synthetic_auroc) == {"0.0"}
 
 
-def test_knn_and_no_selfsim_answer_from_the_plain_look(data_root):
+def test_knn_and_no_selfsim_answer_from_the_plain_look(data_root, grid3):
     from iad_agent.policies import PolicyConfigError, resolve_policy
     from iad_agent.inspector import Inspector
-    from iad_agent.product import Product, list_images
+    from iad_agent.product import Product
 
-    normals = list_images(data_root / "mvtec_ad/grid/train/good")[:2]
-    product = Product.build("grid2", normals)
+    product = Product.load(grid3[2])  # its own copy of the module's grid product: the scoring is changed below
     product.bank.scoring = Scoring(0.5, product.bank.scoring.knn_level, product.bank.scoring.self_level)
     query = sorted((data_root / "mvtec_ad/grid/test/bent").glob("*.png"))[0]
     knn = resolve_policy("knn").policy
