@@ -113,6 +113,8 @@ def test_anomalous_answer_boxes_the_global_hot_spot_that_the_tools_examined(haze
 @pytest.mark.slow
 def test_position_based_tools_are_skipped_when_shapes_differ(data_root):
     """Magnetic Tile crops come in many shapes: "the same region" of two tiles is not the same place."""
+    from PIL import Image
+
     from iad_agent import product as product_mod
     from iad_agent.inspector import Inspector
     from iad_agent.product import Product, list_images
@@ -126,7 +128,10 @@ def test_position_based_tools_are_skipped_when_shapes_differ(data_root):
     names = {c["name"] for c in result.to_dict()["tool_calls"]}
     assert not names & {"perceptive_zoomer", "comparative_retriever"}
     assert "shape" in result.trajectory.steps[0].thought
-    uniform = _with_gate(Product.build("tiles1", free[:1], selfsim=False), band_low=0.0, band_high=100.0)
+    # two tiles of one shape (218 x 273): a 1-image product would also learn from augmented views, which costs more
+    same = [p for p in list_images(data_root / "magnetic_tile/MT_Free/Imgs") if p.name in ("exp1_num_257103.jpg", "exp1_num_261937.jpg")]
+    assert len(same) == 2 and Image.open(same[0]).size == Image.open(same[1]).size
+    uniform = _with_gate(Product.build("tiles2", same, selfsim=False), band_low=0.0, band_high=100.0)
     assert not uniform.gate.mixed_geometry
 
 
