@@ -18,7 +18,11 @@ zoom score (defective vs good test images) is written per group. No threshold, n
 30 good + 30 defective test cells) through ``iad eval``'s runner: 1 and 4 shots, 3 seeds, the
 same three policies; records in the given folder, for ``compare``.
 
-Sets :data:`iad_agent.tools.zoom.SAME_SCALE` (off in the package) for this process, then runs
+Needs the option, which is not in the package (measured, no gain: ``experiments/README.md``,
+*Zoom at the query's scale*); bring it back first with
+``git checkout 0f57fa3 -- src/iad_agent/tools/zoom.py src/iad_agent/vision/features.py``.
+
+Sets :data:`iad_agent.tools.zoom.SAME_SCALE` (off by default there) for this process, then runs
 the CLI unchanged: registration's zoom calibration and tool-weight fit, and inspection, all see
 the reference crops at the query's scale. ``iad eval`` spawns its workers afresh (they would not
 inherit the switch), so ``--workers`` must be 1. ``--off`` runs the package default, for timing

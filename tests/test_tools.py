@@ -75,31 +75,6 @@ def test_zoom_on_the_defect_reads_higher_than_on_background(episode, tools, data
     assert on.data["evidence"] > off.data["evidence"]
 
 
-def test_zoom_at_the_query_scale_matches_a_good_part_to_itself_more_closely(hazelnut_product):
-    """The optional same-scale zoom (off by default): a good image's crop against its own wider
-    reference crop is closer patch by patch when both are seen at the same scale."""
-    import numpy as np
-
-    from iad_agent.tools.zoom import zoom_evidence_many
-    from iad_agent.types import Box
-
-    good = hazelnut_product.reference_image(0)
-    job = (good, Box(0.3, 0.3, 0.5, 0.5), [0])
-    default, same = (zoom_evidence_many(hazelnut_product, [job], same_scale=s)[0] for s in (False, True))
-    assert default["map"].shape == same["map"].shape == (32, 32)  # the query crop is read as before
-    assert np.median(same["map"]) < 0.95 * np.median(default["map"])
-
-
-def test_extractor_takes_an_input_size_per_image(hazelnut_product):
-    from PIL import Image
-
-    img = Image.new("RGB", (100, 100), (120, 90, 60))
-    grids = hazelnut_product.extractor([img, img], [None, (320, 160)])
-    assert [g.shape[:2] for g in grids] == [(32, 32), (20, 40)]
-    with pytest.raises(ValueError, match="sizes has 1 entries for 2 images"):
-        hazelnut_product.extractor([img, img], [(64, 64)])
-
-
 def test_retriever_returns_reference_and_aligned_region(episode, tools):
     whole = execute(ToolCall("comparative_retriever", {}), tools, episode)
     assert whole.ok and len(whole.images) == 1 and -1 <= whole.data["similarity"][0] <= 1.0001

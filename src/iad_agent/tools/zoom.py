@@ -28,13 +28,6 @@ OUTPUT_SIDE = 448
 #: reference is a feature extraction as costly as the crop's own, and a registration makes a
 #: dozen or more zooms to calibrate the zoom and learn its weight.
 REFERENCES = 1
-#: Slack on each side of the reference crops (misalignment between the query and a good part).
-SLACK = 0.15
-#: See the reference crops at the query crop's scale (pixels per unit of the part) instead of
-#: resizing each crop to the extractor's resolution, which shows a reference crop (``1 + 2·SLACK``
-#: times wider) at a smaller scale than the query crop. Off: measured in
-#: ``experiments/README.md`` (*Zoom at the query's scale*); :func:`zoom_evidence_many` takes it per call.
-SAME_SCALE = False
 
 
 def crop(img: Image.Image, box: Box, side: int | None = None) -> Image.Image:
@@ -58,29 +51,21 @@ def zoom_evidence(product: Product, query: Image.Image, box: Box, refs: list[int
     return zoom_evidence_many(product, [(query, box, refs)])[0]
 
 
-def zoom_evidence_many(product: Product, jobs: Sequence[tuple[Image.Image, Box, list[int]]],
-                       same_scale: bool | None = None) -> list[dict[str, Any]]:
+def zoom_evidence_many(product: Product, jobs: Sequence[tuple[Image.Image, Box, list[int]]]) -> list[dict[str, Any]]:
     """:func:`zoom_evidence` of several ``(query, box, refs)`` at once: one extractor call for all crops.
 
     The same readings as one call each; with the crops together the extractor keeps every
     allowed thread busy (a registration's tool calibration and weight fit make a few dozen
-    zooms). ``same_scale`` (default :data:`SAME_SCALE`): extract the reference crops at the
-    query crop's scale (:func:`reference_input_size`).
+    zooms).
     """
     from iad_agent.vision.normal_bank import image_score
 
-    same_scale = SAME_SCALE if same_scale is None else same_scale
-    config = product.extractor.config
     crops: list[Image.Image] = []
-    sizes: list[tuple[int, int] | None] = []
     for query, box, refs in jobs:
-        ref_box = box.expanded(SLACK)
+        ref_box = box.expanded(0.15)
         crops.append(crop(query, box))
-        sizes.append(None)
         crops.extend(crop(product.reference_image(i), ref_box) for i in refs)
-        query_size = config.input_size(*crops[-1 - len(refs)].size)
-        sizes.extend(reference_input_size(config, box, query_size, ref_box) if same_scale else None for _ in refs)
-    feats = product.extractor(crops, sizes) if crops else []  # grids of the crops' own shapes
+    feats = product.extractor(crops) if crops else []  # grids of the crops' own shapes
     out, k = [], 0
     for _, _, refs in jobs:
         q, ref_feats = feats[k], feats[k + 1:k + 1 + len(refs)]
@@ -89,23 +74,6 @@ def zoom_evidence_many(product: Product, jobs: Sequence[tuple[Image.Image, Box, 
         out.append({"score": image_score(q_map), "map": q_map, "crop": crops[k]})
         k += 1 + len(refs)
     return out
-
-
-def reference_input_size(config: Any, box: Box, query_size: tuple[int, int], ref_box: Box) -> tuple[int, int]:
-    """Network input ``(width, height)`` of the crop ``ref_box`` at the scale of the query crop ``box``.
-
-    ``query_size`` is the query crop's input size; the scale is taken per unit of the part
-    (normalized coordinates), so it holds for good images of another pixel size too. Sides are
-    rounded to the extractor's multiple, at least one multiple.
-
-    >>> from iad_agent.vision.features import FeatureConfig
-    >>> b = Box(0.4, 0.4, 0.6, 0.6)
-    >>> reference_input_size(FeatureConfig(), b, (256, 256), b.expanded(0.15))
-    (336, 336)
-    """
-    m = config.multiple
-    sx, sy = query_size[0] / max(box.width, 1e-9), query_size[1] / max(box.height, 1e-9)
-    return max(m, round(ref_box.width * sx / m) * m), max(m, round(ref_box.height * sy / m) * m)
 
 
 def nearest_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray:

@@ -410,21 +410,14 @@ class FeatureExtractor:
                     out[i] = g
         return out
 
-    def __call__(self, images: Sequence[Image.Image],
-                 sizes: Sequence[tuple[int, int] | None] | None = None) -> np.ndarray | list[np.ndarray]:
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray | list[np.ndarray]:
         """Patch features for a list of images, batched by input size to bound memory.
 
         A batch holds at most ``batch_size`` images and at most ``batch_size`` 256×256 inputs'
         worth of pixels (at least one image): eight 1024×1024 inputs at once took over 2 GB of
         activations. Each image's features do not depend on its batch.
-
-        ``sizes``: optionally the network input ``(width, height)`` of each image (``None`` for
-        an image: :meth:`FeatureConfig.input_size` of its size, the default for all), e.g. to see
-        a crop at the scale of another one (the zoom's reference crops).
         """
-        if sizes is not None and len(sizes) != len(images):
-            raise ValueError(f"sizes has {len(sizes)} entries for {len(images)} images")
-        sizes = [s or self.config.input_size(*img.size) for img, s in zip(images, sizes or [None] * len(images))]
+        sizes = [self.config.input_size(*img.size) for img in images]
         if self._numpy:  # one image at a time anyway: all of them spread over the threads, whatever their sizes
             out = self._extract_numpy(images, sizes) if images else []
         else:
