@@ -118,7 +118,7 @@ def test_the_weight_fit_reads_a_held_out_zoom_from_the_calibration(hazelnut_prod
     from iad_agent.imageio import load_image
     from iad_agent.product import list_images
     from iad_agent.tools.base import evidence_ratio
-    from iad_agent.tools.calibration import policy_box
+    from iad_agent.episode import look_box
     from iad_agent.tools.zoom import CONTEXT, MIN_SIZE
 
     product = hazelnut_product
@@ -126,7 +126,7 @@ def test_the_weight_fit_reads_a_held_out_zoom_from_the_calibration(hazelnut_prod
     grid = product.extractor([good])[0]
     knn = product.bank.patch_distances(grid)
     refs = [i for i, _ in product.bank.nearest(np.asarray(grid, np.float32), zoom.REFERENCES)]
-    region = policy_box(product, knn, None).clamped(MIN_SIZE).expanded(CONTEXT)
+    region = look_box(product.bank.calibration, knn).clamped(MIN_SIZE).expanded(CONTEXT)
     material = {"grids": [grid], "exclude": [None], "knn": [knn], "self": [None], "defect": [False],
                 "images": [lambda: good], "zoom_readings": {0: (region, refs, 123.0)}}
     monkeypatch.setattr(zoom, "zoom_evidence_many", lambda product, jobs: pytest.fail("zoomed again") if jobs else [])

@@ -22,6 +22,7 @@ from iad_agent.types import Box, Trajectory
 
 if TYPE_CHECKING:
     from iad_agent.product import Product
+    from iad_agent.vision.normal_bank import Calibration
 
 
 @dataclass
@@ -84,7 +85,7 @@ class PreparedQuery:
         cal = bank.calibration
         knn_map = bank.patch_distances(self.grid)
         knn_level = cal.knn_patch_threshold or cal.patch_threshold
-        knn = GlobalLook(knn_map, image_score(knn_map), cal.knn_threshold, hot_spot_box(knn_map, knn_level),
+        knn = GlobalLook(knn_map, image_score(knn_map), cal.knn_threshold, look_box(cal, knn_map),
                          float((knn_map > knn_level).mean()))
         scoring = bank.scoring
         if not scoring.uses_self:
@@ -92,7 +93,7 @@ class PreparedQuery:
         from iad_agent.vision.similarity import self_similarity_map
 
         fused = scoring.fuse(knn_map, self_similarity_map(self.grid))
-        return GlobalLook(fused, image_score(fused), cal.threshold, hot_spot_box(fused, cal.patch_threshold),
+        return GlobalLook(fused, image_score(fused), cal.threshold, look_box(cal, knn_map, fused),
                           float((fused > cal.patch_threshold).mean()), knn=knn)
 
     @cached_property
@@ -165,6 +166,15 @@ class Episode:
     @property
     def defect_types(self) -> list[str]:
         return self.product.defect_types
+
+
+def look_box(cal: Calibration, knn_map: np.ndarray, fused: np.ndarray | None = None) -> Box:
+    """The hottest region of the global look, where the embedded policy zooms: of the ``fused``
+    map at the fused patch level when the product's scoring fuses self-similarity, else of the
+    nearest-neighbour map at its own level. Registration calibrates the tools on the same region."""
+    if fused is not None:
+        return hot_spot_box(fused, cal.patch_threshold)
+    return hot_spot_box(knn_map, cal.knn_patch_threshold or cal.patch_threshold)
 
 
 def hot_spot_box(dmap: np.ndarray, level: float, min_size: float = 0.12) -> Box:

@@ -27,30 +27,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from iad_agent.episode import hot_spot_box
+from iad_agent.episode import look_box
 from iad_agent.tools.base import ToolLimits
 from iad_agent.tools.highfreq import highfreq_ratio
 from iad_agent.tools.retriever import region_of
 from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, REFERENCES, zoom_evidence_many
-from iad_agent.types import Box
 from iad_agent.vision.normal_bank import aligned_distance, image_score, threshold_for_fpr
 
 if TYPE_CHECKING:
     from iad_agent.product import Product
 
 log = logging.getLogger(__name__)
-
-
-def policy_box(product: Product, knn: np.ndarray, self_map: np.ndarray | None) -> Box:
-    """The region the embedded policy would look at: the hot spot of the heat map it reads.
-
-    With self-similarity in the product's scoring that is the fused map (at the fused patch
-    level), otherwise the nearest-neighbour map (at its own patch level).
-    """
-    cal, scoring = product.bank.calibration, product.bank.scoring
-    if scoring.uses_self and self_map is not None:
-        return hot_spot_box(scoring.fuse(knn, self_map), cal.patch_threshold)
-    return hot_spot_box(knn, cal.knn_patch_threshold or cal.patch_threshold)
 
 
 def calibrate_tools(product: Product, material: dict, n_references: int = REFERENCES) -> dict[str, list[float]]:
@@ -76,7 +63,8 @@ def calibrate_tools(product: Product, material: dict, n_references: int = REFERE
         grid = np.asarray(material["grids"][k], np.float32)
         knn, exclude, image = material["knn"][k], material["exclude"][k], material["images"][k]()
         global_score = max(image_score(knn), 1e-8)
-        b = policy_box(product, knn, material["self"][k]).clamped(MIN_SIZE).expanded(CONTEXT)
+        fused = bank.scoring.fuse(knn, material["self"][k]) if bank.scoring.uses_self else None
+        b = look_box(cal, knn, fused).clamped(MIN_SIZE).expanded(CONTEXT)
         refs = [i for i, _ in bank.nearest(grid, n_references, exclude=exclude)] or [0]
         aligned = aligned_distance(grid, bank.grids[refs[0]].astype(np.float32))
         jobs.append((image, b, refs))

@@ -113,7 +113,7 @@ def read_items(product: Product, material: dict, n_references: int | None = None
             ``defect`` flags, one entry per item.
     """
     from iad_agent.tools.base import evidence_ratio
-    from iad_agent.tools.calibration import policy_box
+    from iad_agent.episode import look_box
     from iad_agent.tools.retriever import region_of
     from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, REFERENCES, zoom_evidence_many
     from iad_agent.vision.normal_bank import aligned_distance, image_score
@@ -133,11 +133,9 @@ def read_items(product: Product, material: dict, n_references: int | None = None
                 continue
         exclude = material["exclude"][k]
         knn = material["knn"][k]
-        if scoring.uses_self:
-            score, threshold = image_score(scoring.fuse(knn, material["self"][k])), cal.threshold
-        else:
-            score, threshold = image_score(knn), cal.knn_threshold
-        box = policy_box(product, knn, material["self"][k])
+        fused = scoring.fuse(knn, material["self"][k]) if scoring.uses_self else None
+        score, threshold = (image_score(fused), cal.threshold) if fused is not None else (image_score(knn), cal.knn_threshold)
+        box = look_box(cal, knn, fused)
         item = Item(bool(material["defect"][k]), score / threshold if threshold > 0 else math.inf)
         looks = gate.band_low <= item.ratio <= gate.band_high or (gate.texture and gate.zoom_textures and item.ratio < gate.band_high)
         if looks and not gate.mixed_geometry:
