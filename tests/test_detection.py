@@ -116,6 +116,12 @@ def test_choose_scoring_follows_the_separating_evidence():
     s = choose_scoring(flat, flat, spiky, flat)
     assert s.self_weight == 0.0
     assert Scoring.from_dict(s.to_dict()) == s
+    # both separate equally: the smaller weight, or the larger one with a single good image
+    assert choose_scoring(flat, flat, spiky, spiky).self_weight == 0.0
+    assert choose_scoring(flat, flat, spiky, spiky, ties_to_larger=True).self_weight == 1.0
+    # with ties to the larger weight, a weight that separates worse is still not taken
+    s = choose_scoring(flat, flat, spiky, flat, ties_to_larger=True)
+    assert s.self_weight < 1.0 and s.synthetic_auroc[str(s.self_weight)] > s.synthetic_auroc["1.0"]
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,8 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
                         exclude=[ex for _, ex in held] + [ex for _, ex in sources], knn=held_knn + syn_knn,
                         self=(held_self + syn_self) or [None] * (len(held) + len(syn_grids)),
                         defect=[False] * len(held) + [True] * len(syn_grids))
-    scoring = choose_scoring(held_knn, held_self, syn_knn, syn_self, weights=WEIGHTS if selfsim else (0.0,))
+    scoring = choose_scoring(held_knn, held_self, syn_knn, syn_self, weights=WEIGHTS if selfsim else (0.0,),
+                             ties_to_larger=n < 2)
     fused = [scoring.fuse(k, held_self[i] if scoring.uses_self else None) for i, k in enumerate(held_knn)]
     if n >= 2:
         aligned = [bank.aligned_score(g, exclude=ex)[0] for g, ex in held]

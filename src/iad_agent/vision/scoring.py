@@ -12,7 +12,11 @@ the levels are their median image scores on held-out good images, so both terms 
 images only: synthetic defects made from the references (:mod:`iad_agent.vision.synthetic`)
 must separate from held-out good images (leave-one-out, or augmented views of a single good
 image); the candidate with the best separation wins, ties going to the smaller weight (plain
-nearest neighbour, the cheaper and better-understood score).
+nearest neighbour, the cheaper and better-understood score) — except with a single good image,
+where exact ties go to the larger weight: the held-out "good images" are then augmented views of
+the reference itself, which flatter the nearest-neighbour term (other good parts score 1.0–1.8×
+higher than the views under it, measured on the shared data's good images), while the
+self-similarity term never looks at the reference and is judged honestly.
 """
 
 from __future__ import annotations
@@ -80,12 +84,15 @@ def _auroc(negatives: Sequence[float], positives: Sequence[float]) -> float:
 
 def choose_scoring(held_knn: Sequence[np.ndarray], held_self: Sequence[np.ndarray],
                    syn_knn: Sequence[np.ndarray], syn_self: Sequence[np.ndarray],
-                   weights: Sequence[float] = WEIGHTS) -> Scoring:
+                   weights: Sequence[float] = WEIGHTS, ties_to_larger: bool = False) -> Scoring:
     """Pick the self-similarity weight that best separates synthetic defects from held-out good images.
 
     Args:
         held_knn / held_self: patch maps of held-out good images (nearest-neighbour / self).
         syn_knn / syn_self: the same for synthetic defects made from good images.
+        ties_to_larger: among weights with exactly the best separation take the largest (used
+            when the held-out images are augmented views of one good image, see above);
+            otherwise a larger weight must beat the best smaller one by ``MARGIN``.
     """
     knn_level = float(np.median([image_score(m) for m in held_knn]))
     self_level = float(np.median([image_score(m) for m in held_self])) if held_self else 1.0
@@ -96,6 +103,7 @@ def choose_scoring(held_knn: Sequence[np.ndarray], held_self: Sequence[np.ndarra
         neg = [image_score(s.fuse(k, m)) for k, m in zip(held_knn, held_self or [None] * len(held_knn))]
         pos = [image_score(s.fuse(k, m)) for k, m in zip(syn_knn, syn_self or [None] * len(syn_knn))]
         aurocs[str(w)] = round(_auroc(neg, pos), 4)
-        if aurocs[str(w)] > best + (MARGIN if w > 0 else 0):
+        if aurocs[str(w)] > best + (MARGIN if w > 0 and not ties_to_larger else 0) or (
+                ties_to_larger and aurocs[str(w)] == best):
             best_w, best = w, aurocs[str(w)]
     return Scoring(best_w, knn_level, self_level, aurocs)
