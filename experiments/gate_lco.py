@@ -14,7 +14,8 @@ inside the training categories (nested leave-one-out) — never on the held-out 
 ``table`` also lists, per category, how many images allow a tool and on how many some action
 changes the verdict (the only images a gate can learn from). ``bands`` (analysis only: it reads
 the held-out labels) finds the hand-set band narrowed on those labels that calls least at the band's
-balanced accuracy — what a gate could reach, not something to choose.
+balanced accuracy — what a gate could reach, not something to choose. ``drop-only`` (post hoc)
+probes a gate that can only drop the band's calls.
 """
 
 from __future__ import annotations
@@ -229,6 +230,39 @@ def evidence(outcomes: list) -> tuple[int, int, int]:
             sum(len(set(o.verdicts)) > 1 for o in outcomes))
 
 
+def drop_only_cmd(args: argparse.Namespace) -> None:
+    """Post hoc probe of a gate that can only drop the band's calls: on each held-out category, look (as the
+    hand-set gate looks) where the band looks AND the variant trained on the other categories looks; with
+    ``--train-seeds``, those categories' rollouts under other reference draws are added to training."""
+    from iad_agent.training.gate import GateTrainConfig, _balanced, greedy_actions, train
+
+    labelled = _load(_cache(args))
+    seeds = [int(s) for s in args.train_seeds.split(",") if s]
+    extra = [o for s in seeds for o in _load(_cache(argparse.Namespace(**{**vars(args), "seed": s})))]
+    cats = sorted({o.category for o in labelled})
+    lines = [f"shots {args.shots}, seed {args.seed}, training adds draws {seeds or 'none'}: band AND variant (post hoc)", "",
+             "| gate | balanced accuracy | tool calls / image |", "|---|---|---|"]
+    for name, (settings, material) in {**VARIANTS, **LATE_VARIANTS}.items():
+        if material != "labelled" or (args.only and name.split()[0] not in args.only.split(",")):
+            continue
+        config = replace(GateTrainConfig(seed=args.seed), **settings)
+        accs, calls, hand_calls = [], [], []
+        for held in cats:
+            gate = train([o for o in labelled + extra if o.category != held], config)
+            test = [o for o in labelled if o.category == held]
+            picks = [len(o.verdicts) - 1 if a > 0 and any(t != "prior_retriever" for t in o.info["hand_tools"]) else 0
+                     for o, a in zip(test, greedy_actions(gate, test))]
+            accs.append(_balanced([o.verdicts[a] for o, a in zip(test, picks)], [o.label for o in test]))
+            calls.append(float(np.mean([o.calls[a] for o, a in zip(test, picks)])))
+            hand_calls.append(float(np.mean([o.calls[-1] for o in test])))
+        lines.append(f"| band AND {name} | {np.mean(accs):.3f} | {np.mean(calls):.2f} ({np.mean(calls) / np.mean(hand_calls) - 1:+.0%}) |")
+        print(name, file=sys.stderr)
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
 def bands_cmd(args: argparse.Namespace) -> None:
     """Analysis only (reads the held-out labels): the hand-set band [0.75, 1.5] narrowed to [lo, hi] (steps of
     0.01), each image inside it run as the hand-set gate ran it, each outside answered at once; the band with
@@ -306,7 +340,7 @@ def elpv_cmd(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=["collect", "table", "elpv", "bands"])
+    ap.add_argument("step", choices=["collect", "table", "elpv", "bands", "drop-only"])
     ap.add_argument("--shots", default="4")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-per-category", type=int, default=60)
@@ -318,7 +352,7 @@ def main() -> None:
     ap.add_argument("--nested", action="store_true", help="table: add the nested-leave-one-out choice of variant")
     ap.add_argument("--synthetic", action="store_true", help="collect: only the synthetic material (good pool images + defects)")
     args = ap.parse_args()
-    {"collect": collect_cmd, "table": table_cmd, "elpv": elpv_cmd, "bands": bands_cmd}[args.step](args)
+    {"collect": collect_cmd, "table": table_cmd, "elpv": elpv_cmd, "bands": bands_cmd, "drop-only": drop_only_cmd}[args.step](args)
 
 
 if __name__ == "__main__":
