@@ -2,8 +2,8 @@
 
 Not part of the package. Two steps:
 
-    python experiments/gate_lco.py collect --shots 4 --cache /work/gate2-results
-    python experiments/gate_lco.py table --shots 4 --cache /work/gate2-results --out /work/gate2-results/gate_lco.md
+    python experiments/gate_lco.py collect --shots 4 --cache /work/gate3-results
+    python experiments/gate_lco.py table --shots 4 --cache /work/gate3-results --out /work/gate3-results/gate_lco.md
 
 ``collect`` runs :func:`iad_agent.training.gate.collect` on the six shared-data categories
 (mvtec hazelnut / transistor / grid / bottle, loco juice_bottle, magnetic_tile; seed 0, at most
@@ -11,6 +11,11 @@ Not part of the package. Two steps:
 through the real inspector and tools). ``table`` runs :func:`leave_category_out` for each gate
 variant on those outcomes and writes a Markdown table. Every setting a variant needs is chosen
 inside the training categories (nested leave-one-out) — never on the held-out category.
+``table`` also lists, per category, how many images allow a tool and on how many some action
+changes the verdict (the only images a gate can learn from). ``bands`` (analysis only: it reads
+the held-out labels) finds the hand-set band narrowed on those labels that calls least at the band's
+balanced accuracy — what a gate could reach, not something to choose. ``drop-only`` (post hoc)
+probes a gate that can only drop the band's calls.
 """
 
 from __future__ import annotations
@@ -207,11 +212,86 @@ def table_cmd(args: argparse.Namespace) -> None:
         lines.append(f"| {name.split()[0]} | " + " | ".join(
             f"{res['categories'][c]['learned']['balanced_accuracy']:.3f} / {res['categories'][c]['learned']['tool_calls_per_image']:.2f}"
             for c in cats) + " |")
+    lines += ["", "What the gates can learn from (labelled images; synthetic material in brackets):", "",
+              "| category | images | allow a tool | some action changes the verdict |", "|---|---|---|---|"]
+    for c in cats:
+        ev = [evidence([o for o in part if o.category == c]) for part in (labelled, synthetic)]
+        lines.append(f"| {c} | {ev[0][0]} ({ev[1][0]}) | {ev[0][1]} ({ev[1][1]}) | {ev[0][2]} ({ev[1][2]}) |")
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     if args.out:
         Path(args.out).write_text(text)
         Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1, default=float))
+
+
+def evidence(outcomes: list) -> tuple[int, int, int]:
+    """Images, images where some tool action is allowed, images where the actions' verdicts differ."""
+    return (len(outcomes), sum(bool(o.mask[1:].any()) for o in outcomes),
+            sum(len(set(o.verdicts)) > 1 for o in outcomes))
+
+
+def drop_only_cmd(args: argparse.Namespace) -> None:
+    """Post hoc probe of a gate that can only drop the band's calls: on each held-out category, look (as the
+    hand-set gate looks) where the band looks AND the variant trained on the other categories looks; with
+    ``--train-seeds``, those categories' rollouts under other reference draws are added to training."""
+    from iad_agent.training.gate import GateTrainConfig, _balanced, greedy_actions, train
+
+    labelled = _load(_cache(args))
+    seeds = [int(s) for s in args.train_seeds.split(",") if s]
+    extra = [o for s in seeds for o in _load(_cache(argparse.Namespace(**{**vars(args), "seed": s})))]
+    cats = sorted({o.category for o in labelled})
+    lines = [f"shots {args.shots}, seed {args.seed}, training adds draws {seeds or 'none'}: band AND variant (post hoc)", "",
+             "| gate | balanced accuracy | tool calls / image |", "|---|---|---|"]
+    for name, (settings, material) in {**VARIANTS, **LATE_VARIANTS}.items():
+        if material != "labelled" or (args.only and name.split()[0] not in args.only.split(",")):
+            continue
+        config = replace(GateTrainConfig(seed=args.seed), **settings)
+        accs, calls, hand_calls = [], [], []
+        for held in cats:
+            gate = train([o for o in labelled + extra if o.category != held], config)
+            test = [o for o in labelled if o.category == held]
+            picks = [len(o.verdicts) - 1 if a > 0 and any(t != "prior_retriever" for t in o.info["hand_tools"]) else 0
+                     for o, a in zip(test, greedy_actions(gate, test))]
+            accs.append(_balanced([o.verdicts[a] for o, a in zip(test, picks)], [o.label for o in test]))
+            calls.append(float(np.mean([o.calls[a] for o, a in zip(test, picks)])))
+            hand_calls.append(float(np.mean([o.calls[-1] for o in test])))
+        lines.append(f"| band AND {name} | {np.mean(accs):.3f} | {np.mean(calls):.2f} ({np.mean(calls) / np.mean(hand_calls) - 1:+.0%}) |")
+        print(name, file=sys.stderr)
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+def bands_cmd(args: argparse.Namespace) -> None:
+    """Analysis only (reads the held-out labels): the hand-set band [0.75, 1.5] narrowed to [lo, hi] (steps of
+    0.01), each image inside it run as the hand-set gate ran it, each outside answered at once; the band with
+    fewest calls at the hand-set band's balanced accuracy, and the narrowest symmetric one [1/t, t] that keeps it."""
+    from iad_agent.training.gate import _balanced
+
+    labelled = _load(_cache(args))
+    cats = sorted({o.category for o in labelled})
+
+    def run(lo: float, hi: float) -> tuple[float, float]:
+        accs, calls = [], []
+        for c in cats:
+            held = [o for o in labelled if o.category == c]
+            picks = [len(o.verdicts) - 1 if lo <= o.info["ratio"] <= hi else 0 for o in held]
+            accs.append(_balanced([o.verdicts[a] for o, a in zip(held, picks)], [o.label for o in held]))
+            calls.append(float(np.mean([o.calls[a] for o, a in zip(held, picks)])))
+        return float(np.mean(accs)), float(np.mean(calls))
+
+    hand = run(0.75, 1.5)
+    grid = [round(x, 2) for x in np.arange(0.75, 1.505, 0.01)]
+    best = min(((run(lo, hi)[1], lo, hi) for lo in grid for hi in grid if lo <= hi and run(lo, hi)[0] >= hand[0] - 1e-9))
+    sym = min(((run(1 / t, t)[1], t) for t in grid if t >= 1 and run(1 / t, t)[0] >= hand[0] - 1e-9))
+    text = (f"shots {args.shots}, seed {args.seed} (test labels read: analysis only)\n"
+            f"hand-set band [0.75, 1.5]: balanced accuracy {hand[0]:.3f}, {hand[1]:.2f} calls / image\n"
+            f"fewest calls at that accuracy: [{best[1]:.2f}, {best[2]:.2f}], {best[0]:.2f} calls ({best[0] / hand[1] - 1:+.0%})\n"
+            f"narrowest symmetric band keeping it: [1/{sym[1]:.2f}, {sym[1]:.2f}], {sym[0]:.2f} calls ({sym[0] / hand[1] - 1:+.0%})\n")
+    sys.stdout.write(text)
+    if args.out:
+        Path(args.out).write_text(text)
 
 
 def elpv_cmd(args: argparse.Namespace) -> None:
@@ -260,11 +340,11 @@ def elpv_cmd(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=["collect", "table", "elpv"])
+    ap.add_argument("step", choices=["collect", "table", "elpv", "bands", "drop-only"])
     ap.add_argument("--shots", default="4")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-per-category", type=int, default=60)
-    ap.add_argument("--cache", default="/work/gate2-results")
+    ap.add_argument("--cache", default="/work/gate3-results")
     ap.add_argument("--out", default=None)
     ap.add_argument("--train-seeds", default="", help="table (post hoc): add these reference draws' rollouts to training")
     ap.add_argument("--late", action="store_true", help="table: add the variants declared after the first tables")
@@ -272,7 +352,7 @@ def main() -> None:
     ap.add_argument("--nested", action="store_true", help="table: add the nested-leave-one-out choice of variant")
     ap.add_argument("--synthetic", action="store_true", help="collect: only the synthetic material (good pool images + defects)")
     args = ap.parse_args()
-    {"collect": collect_cmd, "table": table_cmd, "elpv": elpv_cmd}[args.step](args)
+    {"collect": collect_cmd, "table": table_cmd, "elpv": elpv_cmd, "bands": bands_cmd, "drop-only": drop_only_cmd}[args.step](args)
 
 
 if __name__ == "__main__":
