@@ -22,6 +22,10 @@ from iad_agent.vision.scoring import WEIGHTS, Scoring, _auroc
 from iad_agent.eval.plan import draw_references, parse_shots
 from iad_agent.eval.runner import set_threads
 set_threads(1)
+import os, dataclasses
+_pc = calib.product_config
+OVR = json.loads(os.environ.get('DIAG_CFG', '{}'))  # e.g. '{"backbone": "efficientnet-lite1"}'
+product_config = lambda refs: dataclasses.replace(_pc(refs), **OVR)  # noqa: E731
 RULES = r'''
 import json, sys, numpy as np
 from collections import defaultdict
