@@ -124,6 +124,19 @@ def test_choose_scoring_follows_the_separating_evidence():
     assert s.self_weight < 1.0 and s.synthetic_auroc[str(s.self_weight)] > s.synthetic_auroc["1.0"]
 
 
+def test_one_image_threshold_shift_is_capped_by_synthetic_defects():
+    from iad_agent.vision.normal_bank import Calibration
+
+    cal = Calibration(0.05, "augmented-views", [1.0], [1.0])
+    assert cal.shifted(1.0) == 1.0  # no shift stored (leave-one-out, or an older product)
+    cal.views_shift, cal.synthetic_median = 1.2, 1.5
+    assert cal.shifted(1.0) == pytest.approx(1.2)  # the full shift below the synthetic median
+    cal.synthetic_median = 1.1
+    assert cal.shifted(1.0) == pytest.approx(1.1)  # capped at the synthetic median
+    cal.synthetic_median = 0.9
+    assert cal.shifted(1.0) == 1.0  # never below the views' own threshold
+
+
 @pytest.fixture(scope="module")
 def grid3(data_root, tmp_path_factory):
     """grid registered from 3 full-resolution good images (with its progress calls), built and saved once:

@@ -286,12 +286,13 @@ def threshold_for_fpr(product: Product, fpr: float) -> float:
     """The threshold that ``product``'s held-out good scores give for false-alarm rate ``fpr``.
 
     The calibration's own rule (:attr:`Calibration.threshold`): the quantile of the held-out
-    scores, carried to the full bank by its ``bank_size_factor``.
+    scores, carried to the full bank by its ``bank_size_factor`` (and, with one good image,
+    shifted by :meth:`Calibration.shifted`).
     """
     from iad_agent.vision.normal_bank import threshold_for_fpr as from_scores
 
     cal = product.bank.calibration
-    return from_scores(cal.global_scores, fpr) * cal.bank_size_factor
+    return cal.shifted(from_scores(cal.global_scores, fpr) * cal.bank_size_factor)
 
 
 def fpr_for_threshold(product: Product, threshold: float) -> float:

@@ -271,7 +271,8 @@ def _read_bank(folder: Path, name: str):
                            f"or register the product again with another --backbone")
     cal = meta.get("calibration")
     known = {"fpr", "method", "global_scores", "aligned_scores", "patch_threshold",
-             "knn_scores", "knn_patch_threshold", "bank_size_factor", "knn_bank_size_factor"}  # the last four: issue 11
+             "knn_scores", "knn_patch_threshold", "bank_size_factor", "knn_bank_size_factor",  # these four: issue 11
+             "views_shift", "synthetic_median"}  # one good image's threshold shift
     if not isinstance(cal, dict) or set(cal) - known:
         raise _damaged(meta_path, name, "has no usable calibration")
     scores_ok = all(isinstance(cal.get(k), list) and cal[k] and all(_number(x) for x in cal[k])

@@ -32,6 +32,12 @@ MAX_HELD_OUT = 8
 N_SYNTHETIC = 16
 #: Per-patch normal level: this quantile of held-out good patches (hot-area and box level).
 PATCH_QUANTILE = 0.999
+#: With one good image, other good parts score this much above its augmented views (median over
+#: the shared data's six dev products of the ratio of medians, measured on good images that were
+#: not the reference — never a test image or a defect; per product 1.02–1.7, ELPV 1.36:
+#: ``experiments/views_shift.py``). The threshold moves up by it, capped at the synthetic defects'
+#: median (:meth:`iad_agent.vision.normal_bank.Calibration.shifted`).
+VIEWS_SHIFT = 1.18
 
 
 def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.Image]:
@@ -139,6 +145,10 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         bank_size_factor=factor,
         knn_bank_size_factor=knn_factor,
     )
+    if n < 2 and syn_knn:  # one good image: the views flatter (see VIEWS_SHIFT); the knn baseline keeps its rule
+        cal.views_shift = VIEWS_SHIFT
+        cal.synthetic_median = float(np.median([image_score(scoring.fuse(k, syn_self[i] if scoring.uses_self else None))
+                                                for i, k in enumerate(syn_knn)]))
     return scoring, cal
 
 

@@ -167,10 +167,24 @@ class Calibration:
     knn_patch_threshold: float = 0.0
     bank_size_factor: float = 1.0
     knn_bank_size_factor: float = 1.0
+    views_shift: float = 1.0
+    synthetic_median: float = 0.0
+
+    def shifted(self, base: float) -> float:
+        """With one good image: the views' threshold ``base`` moved toward where other good parts lie.
+
+        ``min(base · views_shift, max(base, synthetic_median))``: up by ``views_shift`` (how far
+        other good parts score above augmented views, see :mod:`iad_agent.vision.learn`), but never
+        above the median of the product's own synthetic defects, so that at least half of them stay
+        caught. ``views_shift`` 1 (leave-one-out, or a product stored before it existed): ``base``.
+        """
+        if self.views_shift <= 1.0 or self.synthetic_median <= 0:
+            return base
+        return min(base * self.views_shift, max(base, self.synthetic_median))
 
     @property
     def threshold(self) -> float:
-        return threshold_for_fpr(self.global_scores, self.fpr) * self.bank_size_factor
+        return self.shifted(threshold_for_fpr(self.global_scores, self.fpr) * self.bank_size_factor)
 
     @property
     def knn_threshold(self) -> float:
