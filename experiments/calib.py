@@ -144,14 +144,17 @@ def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: 
         return images[i]
 
     t0 = time.perf_counter()
-    bank.scoring, cal = learn(bank, extractor(config), image_of, fpr)
+    mat = {}
+    bank.scoring, cal = learn(bank, extractor(config), image_of, fpr, material=mat)
     learn_s = time.perf_counter() - t0
     others = evenly_spaced([p for p in pool if p not in set(refs)], max_pool)
     row = {"cat": cat, "shots": k, "seed": seed, "k": len(refs), "w": bank.scoring.self_weight,
            "knn_level": bank.scoring.knn_level, "self_level": bank.scoring.self_level,
            "syn": bank.scoring.synthetic_auroc, "method": cal.method, "held": cal.global_scores,
            "held_knn": cal.knn_scores, "factor": cal.bank_size_factor, "knn_factor": cal.knn_bank_size_factor,
-           "patch_threshold": cal.patch_threshold, "learn_s": round(learn_s, 2)}
+           "patch_threshold": cal.patch_threshold, "learn_s": round(learn_s, 2),
+           "syn_scores": [image_score(bank.scoring.fuse(k, m if bank.scoring.uses_self else None))
+                          for k, m, d in zip(mat["knn"], mat["self"], mat["defect"]) if d]}
     for name, items in (("test", [(s.image_path, s.label) for s in test]), ("pool", [(p, 0) for p in others])):
         fused, plain, labels = [], [], []
         for path, label in items:
