@@ -112,8 +112,8 @@ def read_items(product: Product, material: dict, n_references: int | None = None
             ``exclude`` (the bank entry to leave out), ``knn`` and ``self`` patch maps and
             ``defect`` flags, one entry per item.
     """
-    from iad_agent.tools.base import evidence_ratio
     from iad_agent.episode import look_box
+    from iad_agent.tools.base import evidence_ratio
     from iad_agent.tools.retriever import region_of
     from iad_agent.tools.zoom import CONTEXT, MIN_SIZE, REFERENCES, zoom_evidence_many
     from iad_agent.vision.normal_bank import aligned_distance, image_score
