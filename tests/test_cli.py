@@ -123,3 +123,18 @@ def test_one_good_image_is_enough(tmp_path, normals):
     assert base <= cal.threshold <= base * VIEWS_SHIFT + 1e-9
     assert cal.threshold == pytest.approx(min(base * VIEWS_SHIFT, max(base, cal.synthetic_median)))
     assert api.threshold_for_fpr(product, cal.fpr) == pytest.approx(cal.threshold)
+
+
+def test_register_matches_varying_light_unless_told_to_keep_it(tmp_path, data_root):
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for p in sorted((data_root / "magnetic_tile/MT_Free/Imgs").glob("*.jpg"))[::50][:3]:  # tiles shot under different light
+        shutil.copy(p, tiles / p.name)
+    ws = str(tmp_path / "ws")
+    r = runner.invoke(app, ["register", "tile", "--normals", str(tiles), "--allow-mixed-sizes", "--workspace", ws])
+    assert r.exit_code == 0, r.output
+    assert "light varies" in r.stdout and "--keep-brightness" in r.stdout.replace("\n", " ")
+    r = runner.invoke(app, ["register", "tile2", "--normals", str(tiles), "--allow-mixed-sizes", "--keep-brightness",
+                            "--json", "--workspace", ws])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["brightness"] is None

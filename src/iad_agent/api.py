@@ -119,7 +119,7 @@ def register(name: str, normals: PathLike | Sequence[PathLike] | None = None, **
 
     The product as :func:`register_details` leaves it; ``options`` are its keyword arguments
     (``workspace, defects, priors, fpr, recursive, backbone, resolution, layers, allow_mixed_sizes,
-    save, progress, on_wait``). The example in the module docstring is the README's main job.
+    match_brightness, save, progress, on_wait``). The example in the module docstring is the README's main job.
     """
     return register_details(name, normals, **options).product
 
@@ -137,6 +137,7 @@ def register_details(
     resolution: int = 256,
     layers: Sequence[int] | None = None,
     allow_mixed_sizes: bool = False,
+    match_brightness: bool = True,
     save: bool = True,
     progress: Callable[[int, int], None] | None = None,
     on_wait: Callable[[str], None] | None = None,
@@ -172,6 +173,10 @@ def register_details(
         resolution: input resolution (short side) of the feature extractor of a new product.
         layers: a custom backbone's tapped layers (default: what suits its family).
         allow_mixed_sizes: accept good images of different sizes.
+        match_brightness: a new product whose good images are shot under varying light sees every
+            image at their median brightness and contrast (:mod:`iad_agent.vision.brightness`);
+            ``False`` keeps every image as it is (a part darker or lighter as a whole stays an
+            anomaly). Products whose good images keep their brightness are never matched.
         save: store the product in the workspace; ``False`` builds a one-off product that
             is only returned (the workspace is neither read nor written).
         progress: called as ``progress(done, total)`` while features are extracted.
@@ -216,13 +221,14 @@ def register_details(
 
             files = _image_files(normals, lambda folder: list_images(folder, recursive))
             return build(name, files, config, fpr, defects, {**default_priors, **user_priors}, allow_mixed_sizes,
-                         progress=progress)
+                         progress=progress, brightness=match_brightness)
         ws = Workspace(workspace)
         if normals is None and not ws.exists(name):
             raise ProductNotFound(name, ws.root, ws.products())
         return ws.register(name, () if normals is None else normals, recursive=recursive, on_wait=on_wait,
                            default_priors=default_priors, config=config, fpr=fpr, defects_dir=defects,
-                           priors=user_priors or None, allow_mixed_sizes=allow_mixed_sizes, progress=progress)
+                           priors=user_priors or None, allow_mixed_sizes=allow_mixed_sizes, progress=progress,
+                           brightness=match_brightness)
     except IADError:
         raise
     except (FileNotFoundError, ValueError, MissingExtra) as exc:  # an image that vanished, a bad backbone or resolution, ...

@@ -99,6 +99,7 @@ def register(
     progress: Callable[[int, int], None] | None = None,
     existing: Product | None = None,
     selfsim: bool = True,
+    brightness: bool = True,
 ) -> Registration:
     """Register good images (and optional defect examples) as a new product or onto ``existing``.
 
@@ -116,6 +117,8 @@ def register(
         selfsim: whether the product's scoring may mix in self-similarity (``False``: plain
             nearest neighbour). What the product learns from its good images (that weight, its
             calibration) is set here (:mod:`iad_agent.vision.learn`) and saved with it.
+        brightness: whether a new product may match every image to its good images' brightness
+            when their light varies (:mod:`iad_agent.vision.brightness`); ``False``: never.
 
     Raises:
         RegistrationError: no images, an unreadable image, an image whose size differs from
@@ -149,6 +152,10 @@ def register(
         if config.keep_aspect and not config.reference_side and len({im.size for im in images}) > 1:
             # good images of mixed sizes (crops): one scale for all, so a defect keeps its size in patches
             config = dataclasses.replace(config, reference_side=int(np.median([min(im.size) for im in images])))
+        if brightness and config.brightness is None:
+            from iad_agent.vision.brightness import brightness_target
+
+            config = dataclasses.replace(config, brightness=brightness_target(images))
         extractor = FeatureExtractor(config)
         product = Product(name, NormalBank(extractor.config, max_patches=max_patches), GateParams(), max_side=max_side)
         product._extractor = extractor

