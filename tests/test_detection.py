@@ -194,3 +194,73 @@ def test_a_huge_photo_gives_the_verdict_of_its_downsized_copy(hazelnut_inspector
     b = hazelnut_inspector.inspect(big).trajectory.answer
     assert a.anomaly_present and b.anomaly_present
     assert b.score == pytest.approx(a.score, rel=0.15)
+
+
+# ------------------------------------------------------------------ brightness matching (issue 11)
+
+
+def test_brightness_is_matched_only_where_the_good_images_light_varies(data_root):
+    import iad_agent.vision.brightness as brightness_module
+    from iad_agent.imageio import load_image
+    from iad_agent.vision.brightness import brightness_target, luminance_stats
+
+    assert doctest.testmod(brightness_module).failed == 0
+    hazelnut = [load_image(p) for p in sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:4]]
+    tiles = [load_image(p) for p in sorted((data_root / "magnetic_tile/MT_Free/Imgs").glob("*.jpg"))[:4]]
+    assert brightness_target(hazelnut) is None  # one light for every good hazelnut: left as it is
+    assert brightness_target(tiles[:1]) is None  # one good image cannot show how the light varies
+    target = brightness_target(tiles)
+    means = [luminance_stats(im)[0] for im in tiles]
+    assert target is not None and min(means) <= target[0] <= max(means)
+    # the extractor sees a tile shot darker as the tile itself (up to the clipping of bright pixels)
+    config = FeatureConfig(brightness=target)
+    dark = Image.eval(tiles[0], lambda v: int(v * 0.6))
+    matched = FeatureExtractor(config)([tiles[0], dark])
+    plain = FeatureExtractor(FeatureConfig())([tiles[0], dark])
+    assert np.abs(matched[0] - matched[1]).mean() < 0.25 * np.abs(plain[0] - plain[1]).mean()
+    assert FeatureConfig.from_dict(config.to_dict()) == config
+    assert "brightness" not in FeatureConfig().to_dict()  # products without it are stored as before
+
+
+def test_a_matched_product_sees_a_darker_good_tile_as_good_and_a_defect_as_a_defect(data_root, tmp_path):
+    from iad_agent.inspector import Inspector
+    from iad_agent.product import Product
+
+    free = sorted((data_root / "magnetic_tile/MT_Free/Imgs").glob("*.jpg"))
+    normals = free[:4]
+    matched = Product.build("tile", normals, allow_mixed_sizes=True)
+    kept = Product.build("tile", normals, allow_mixed_sizes=True, brightness=False)
+    assert matched.bank.config.brightness is not None and kept.bank.config.brightness is None
+    matched.save(tmp_path / "tile")
+    assert Product.load(tmp_path / "tile").bank.config == matched.bank.config  # saved with the product
+    img = Image.open(free[20]).convert("RGB")
+    dark = Image.eval(img, lambda v: int(v * 0.55))
+    ratio = {name: Inspector(p).inspect(dark).episode.look.ratio for name, p in (("matched", matched), ("kept", kept))}
+    assert ratio["matched"] < ratio["kept"]  # a change of light is no longer read as a defect
+    blowhole = sorted((data_root / "magnetic_tile/MT_Blowhole/Imgs").glob("*.jpg"))[0]
+    look = Inspector(matched).inspect(blowhole).episode.look
+    assert look.ratio > Inspector(matched).inspect(img).episode.look.ratio  # a defect stays
+
+
+def test_no_brightness_ablation_is_registered_by_eval_only(data_root, tmp_path):
+    import dataclasses
+
+    from iad_agent.eval import plan
+    from iad_agent.eval.runner import evaluate_group
+    from iad_agent.policies import PolicyConfigError, resolve_policy
+
+    with pytest.raises(PolicyConfigError, match="iad eval"):
+        resolve_policy("embedded-no-brightness")
+    with pytest.raises(PolicyConfigError, match="only the embedded policy"):
+        resolve_policy("knn-no-brightness", registering=True)
+    resolved = resolve_policy("embedded-no-brightness", registering=True)
+    assert resolved.registration == (("brightness", False),) and resolved.label == "embedded-no-brightness"
+    assert "perceptive_zoomer" in resolved.tools
+    config = plan.EvalConfig(datasets=[("magnetic_tile", data_root / "magnetic_tile")], shots=[2], seeds=1,
+                             policies=["embedded", "embedded-no-brightness"], max_test=3, examples=False)
+    (group,) = plan.plan(config)
+    records = {r["policy"]: r for r in evaluate_group(group, config, tmp_path)}
+    scores = {name: [s["score"] for s in r["samples"]] for name, r in records.items()}
+    assert scores["embedded"] != scores["embedded-no-brightness"]  # each on its own product (features, tool cache)
+    (only,) = evaluate_group(dataclasses.replace(group, policies=["embedded"]), config, tmp_path)
+    assert [s["score"] for s in only["samples"]] == scores["embedded"]

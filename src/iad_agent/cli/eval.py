@@ -159,7 +159,7 @@ def eval_command(
     try:
         for name in policies:  # fail on a bad name before any work
             if name not in plan.ZERO_SHOT_LABELS:
-                api.resolve_policy(name, disable_tool, options)
+                api.resolve_policy(name, disable_tool, options, registering=mmad is None and questions is None)
     except (api.PolicyConfigError, api.MissingExtra) as exc:
         fail(str(exc))
     if questions is not None and questions != "mmad-style":

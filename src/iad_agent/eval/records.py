@@ -88,6 +88,7 @@ class PolicyRun:
         inspector: the inspector of the current product (a "given" group has one per image).
         rows: one :func:`image_row` per test image.
         maps: the heat maps, downsampled for the pixel metrics (shared between policies).
+        registration: the ``Product.build`` settings of its product (``()``: the default product).
     """
 
     label: str
@@ -97,6 +98,7 @@ class PolicyRun:
     inspector: Inspector | None = None
     rows: list[dict] = field(default_factory=list)
     maps: list[np.ndarray | None] = field(default_factory=list)
+    registration: tuple[tuple[str, bool], ...] = ()
 
 
 def image_row(group: Group, label: str, sample: Sample, result: InspectionResult, ms: float, cpu_ms: float,

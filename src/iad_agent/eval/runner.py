@@ -34,6 +34,7 @@ from iad_agent.eval.records import (
     image_row,
     save_examples,
 )
+from iad_agent.episode import PreparedQuery
 from iad_agent.inspector import Inspector
 from iad_agent.policies import policy_label, resolve_policy
 from iad_agent.product import Product
@@ -97,27 +98,43 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     cache = ToolCache()
     runs = []
     for label in group.policies:
-        resolved = resolve_policy(_name_for(label, config), config.disable_tools, config.policy_options)
-        runs.append(PolicyRun(label, resolved.policy, cached_tools(resolved.tools, cache), resolved.disabled))
-    product = None
-    build_ms: list[float] = []
+        resolved = resolve_policy(_name_for(label, config), config.disable_tools, config.policy_options, registering=True)
+        runs.append(PolicyRun(label, resolved.policy, cached_tools(resolved.tools, cache), resolved.disabled,
+                              registration=resolved.registration))
+    # one product per registration setting (the default, and e.g. embedded-no-brightness's)
+    keys = list(dict.fromkeys(run.registration for run in runs))
+    products: dict[tuple, Product] = {}
+    build_ms: dict[tuple, list[float]] = {key: [] for key in keys}
+
+    def build(references: list) -> None:
+        built: dict[tuple, tuple[Product, float]] = {}
+        for key in keys:
+            # brightness is never matched with one good image: that ablation's product is the default one
+            same = tuple(kv for kv in key if not (kv[0] == "brightness" and len(references) < 2))
+            if same not in built:
+                t0 = time.perf_counter()
+                product = Product.build(group.category, references, config.features, fpr=config.fpr, priors=priors,
+                                        allow_mixed_sizes=True, **dict(same))
+                built[same] = product, (time.perf_counter() - t0) * 1000
+            products[key] = built[same][0]
+            build_ms[key].append(built[same][1])
+
     if group.protocol != "given":
-        t0 = time.perf_counter()
-        product = Product.build(group.category, group.references, config.features, fpr=config.fpr, priors=priors, allow_mixed_sizes=True)
-        build_ms.append((time.perf_counter() - t0) * 1000)
+        build(group.references)
     masks: list[np.ndarray | None] = []
     pixel_ok: list[bool] = []
     for sample in group.test:
         if group.protocol == "given":
-            t0 = time.perf_counter()
-            product = Product.build(group.category, list(sample.references), config.features, fpr=config.fpr, priors=priors,
-                                    allow_mixed_sizes=True)
-            build_ms.append((time.perf_counter() - t0) * 1000)
+            build(list(sample.references))
         for run in runs:
-            if run.inspector is None or run.inspector.product is not product:
-                run.inspector = Inspector(product, run.policy, run.tools, max_steps=config.max_steps)
-        prepared = runs[0].inspector.prepare(sample.image_path)
-        size = downsample_size(prepared.image.width, prepared.image.height)
+            if run.inspector is None or run.inspector.product is not products[run.registration]:
+                run.inspector = Inspector(products[run.registration], run.policy, run.tools, max_steps=config.max_steps)
+        prepared: dict[int, PreparedQuery] = {}  # by product: each product's features of the image, once
+        for run in runs:
+            if id(run.inspector.product) not in prepared:
+                prepared[id(run.inspector.product)] = run.inspector.prepare(sample.image_path)
+        first = next(iter(prepared.values()))
+        size = downsample_size(first.image.width, first.image.height)
         gt = sample.ground_truth_mask(size=size)
         masks.append(gt)
         pixel_ok.append(gt is not None and (sample.mask_path is not None or not sample.is_anomalous))
@@ -125,14 +142,15 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
         cache.new_query()
         for run in runs:
             cache.new_run()
+            query = prepared[id(run.inspector.product)]
             t0, c0 = time.perf_counter(), time.process_time()
-            result = run.inspector.inspect(prepared, sample)
-            ms = prepared.ms + (time.perf_counter() - t0) * 1000 + cache.replayed_ms
-            cpu_ms = prepared.cpu_ms + (time.process_time() - c0) * 1000 + cache.replayed_cpu_ms
-            key = id(result.heatmap)
-            if key not in shared_maps:
-                shared_maps[key] = downsample_map(result.heatmap, size).astype(np.float16)
-            run.maps.append(shared_maps[key])
+            result = run.inspector.inspect(query, sample)
+            ms = query.ms + (time.perf_counter() - t0) * 1000 + cache.replayed_ms
+            cpu_ms = query.cpu_ms + (time.process_time() - c0) * 1000 + cache.replayed_cpu_ms
+            map_key = id(result.heatmap)
+            if map_key not in shared_maps:
+                shared_maps[map_key] = downsample_map(result.heatmap, size).astype(np.float16)
+            run.maps.append(shared_maps[map_key])
             run.rows.append(image_row(group, run.label, sample, result, ms, cpu_ms, gt))
             if on_image:
                 on_image(1)
@@ -141,7 +159,8 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     records = []
     pixel_cache: dict[bytes, tuple] = {}
     for run in runs:
-        record = group_record(group, run, masks, pixel_ok, pixel_cache, build_ms, product, peak, wall)
+        record = group_record(group, run, masks, pixel_ok, pixel_cache, build_ms[run.registration],
+                              products.get(run.registration), peak, wall)
         if group.examples:
             record["examples"] = save_examples(group, run, masks, Path(out_dir))
         records.append(record)

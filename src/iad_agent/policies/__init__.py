@@ -12,7 +12,10 @@ tool set it gets; ``iad inspect``, ``iad eval``, the library API and the service
 * ``openai`` / ``hf``: a VLM backend (options in :class:`VLMOptions`), with the four tools plus
   the ``anomaly_map`` evidence tool;
 * ``<any of these>-no-<tool>...`` (e.g. ``embedded-no-zoom``): the same without those tools;
-  ``embedded-no-selfsim``: the embedded policy answering from the plain nearest-neighbour look.
+  ``embedded-no-selfsim``: the embedded policy answering from the plain nearest-neighbour look;
+  ``embedded-no-brightness``: the embedded policy on a product registered without brightness
+  matching (:mod:`iad_agent.vision.brightness`) — a registration setting, so only ``iad eval``,
+  which registers its products itself, runs it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: The ablation of the learned tool weights: the embedded policy with the hand-set ones.
 FIXED_WEIGHTS = "embedded-fixed-weights"
+#: Ablations of what registration learns (``-no-<name>`` = ``Product.build(..., <name>=False)``).
+REGISTRATION_COMPONENTS = ("brightness",)
 
 _ABLATION = re.compile(r"^(?P<base>.+?)(?P<rest>(?:-no-[a-z_]+)+)$")
 
@@ -98,12 +103,15 @@ class ResolvedPolicy:
         policy: the policy object.
         tools: the tools it may call, by name.
         disabled: full names of the tools left out.
+        registration: registration settings the policy's product must be built with, as
+            ``((name, value), ...)`` for ``Product.build`` (``-no-brightness``: brightness False).
     """
 
     label: str
     policy: Policy
     tools: dict[str, Tool]
     disabled: tuple[str, ...]
+    registration: tuple[tuple[str, bool], ...] = ()
 
 
 def tool_name(name: str) -> str:
@@ -149,7 +157,8 @@ def policy_label(name: str, disable: Iterable[str] = ()) -> str:
     return name + "".join(f"-no-{short.get(t, t)}" for t in extra)
 
 
-def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions | None = None) -> ResolvedPolicy:
+def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions | None = None,
+                   registering: bool = False) -> ResolvedPolicy:
     """The policy object and the tool set a policy name stands for (see the module docstring).
 
     Args:
@@ -157,6 +166,8 @@ def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions |
             followed by ``-no-<tool>`` suffixes.
         disable: more tools (full names or aliases) to leave out of a tool-using policy.
         options: VLM backend settings (ignored by the embedded and knn policies).
+        registering: the caller registers the product itself (``iad eval``), so a registration
+            ablation (``-no-brightness``) can be honoured.
 
     Raises:
         PolicyConfigError: an unknown policy or tool name, or options the backend refuses
@@ -171,10 +182,17 @@ def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions |
     base, disabled = split_policy_name(name)
     disabled = tuple(dict.fromkeys((*disabled, *(tool_name(d) for d in disable))))
     without = tuple(d for d in disabled if d in COMPONENTS)  # policy components (embedded-no-selfsim), not tools
-    disabled = tuple(d for d in disabled if d not in COMPONENTS)
+    registration = tuple((d, False) for d in disabled if d in REGISTRATION_COMPONENTS)
+    disabled = tuple(d for d in disabled if d not in COMPONENTS and d not in REGISTRATION_COMPONENTS)
     embedded = base in ("embedded", FIXED_WEIGHTS) or base.startswith("embedded+")
-    if without and not embedded:
-        raise PolicyConfigError(f"{name!r}: only the embedded policy has the component(s) {', '.join(without)}")
+    if (without or registration) and not embedded:
+        parts = ", ".join([*without, *(r for r, _ in registration)])
+        raise PolicyConfigError(f"{name!r}: only the embedded policy has the component(s) {parts}")
+    if registration and not registering:
+        parts = ", ".join(f"-no-{r}" for r, _ in registration)
+        raise PolicyConfigError(f"{name!r}: {parts} changes how the product is registered, so only `iad eval` (which "
+                                "registers its products) runs it; register the product with `iad register "
+                                "--keep-brightness` and inspect it with the embedded policy")
     try:
         tools = tools_for(base, disabled)
         policy = make_policy(base, **(options or VLMOptions()).given(), **({"without": without} if without else {}))
@@ -182,7 +200,7 @@ def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions |
         raise
     except ValueError as exc:  # a backend refusing its options
         raise PolicyConfigError(str(exc)) from exc
-    return ResolvedPolicy(label, policy, tools, disabled)
+    return ResolvedPolicy(label, policy, tools, disabled, registration)
 
 
 def tools_for(base: str, disabled: Iterable[str] = ()) -> dict[str, Tool]:

@@ -25,7 +25,7 @@ class ToolCache:
     """Results of the tool calls made on one query (call :meth:`new_query` between queries)."""
 
     def __init__(self) -> None:
-        self.results: dict[tuple[str, str], tuple[ToolResult, float, float]] = {}
+        self.results: dict[tuple[int, str, str], tuple[ToolResult, float, float]] = {}
         self.replayed_ms = 0.0
         self.replayed_cpu_ms = 0.0
         self.hits = 0
@@ -43,7 +43,8 @@ class ToolCache:
 
     def call(self, tool: Tool, arguments: Any, episode: Episode) -> ToolResult:
         try:
-            key = (tool.name, json.dumps(arguments, sort_keys=True))
+            # the product too: an ablation registered differently (``-no-brightness``) reads other features
+            key = (id(episode.product), tool.name, json.dumps(arguments, sort_keys=True))
         except (TypeError, ValueError):  # not JSON (a malformed model call): run it, never cache it
             return tool(arguments, episode)
         hit = self.results.get(key)
