@@ -264,3 +264,10 @@ def test_no_brightness_ablation_is_registered_by_eval_only(data_root, tmp_path):
     assert scores["embedded"] != scores["embedded-no-brightness"]  # each on its own product (features, tool cache)
     (only,) = evaluate_group(dataclasses.replace(group, policies=["embedded"]), config, tmp_path)
     assert [s["score"] for s in only["samples"]] == scores["embedded"]
+    # a product under stable light is not matched: the ablation shares it (one registration, one feature pass)
+    stable = plan.EvalConfig(datasets=[("mvtec", data_root / "mvtec_ad")], categories=["hazelnut"], shots=[2], seeds=1,
+                             policies=["embedded", "embedded-no-brightness"], max_test=2, examples=False)
+    (group,) = plan.plan(stable)
+    records = evaluate_group(group, stable, tmp_path)
+    assert [s["score"] for s in records[0]["samples"]] == [s["score"] for s in records[1]["samples"]]
+    assert records[0]["build_ms"] == records[1]["build_ms"]

@@ -108,9 +108,10 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
 
     def build(references: list) -> None:
         built: dict[tuple, tuple[Product, float]] = {}
-        for key in keys:
-            # brightness is never matched with one good image: that ablation's product is the default one
-            same = tuple(kv for kv in key if not (kv[0] == "brightness" and len(references) < 2))
+        for key in sorted(keys, key=len):  # the default product first
+            same = key
+            if ("brightness", False) in key and () in built and built[()][0].bank.config.brightness is None:
+                same = tuple(kv for kv in key if kv != ("brightness", False))  # not matched anyway: the same product
             if same not in built:
                 t0 = time.perf_counter()
                 product = Product.build(group.category, references, config.features, fpr=config.fpr, priors=priors,
