@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -22,10 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import calib  # noqa: E402
 
-VARIANTS = ["top", "top/med", "top-med", "top/q25", "top/mean"]
-import os
-if os.environ.get("VARIANTS"):
-    VARIANTS = os.environ["VARIANTS"].split(",")
+#: ``summary`` also reads brightness.py's dumps, whose two arms are ``plain`` and ``std``: ``VARIANTS=plain,std``.
+VARIANTS = os.environ["VARIANTS"].split(",") if os.environ.get("VARIANTS") else ["top", "top/med", "top-med", "top/q25", "top/mean"]
 
 
 def variants(m: np.ndarray) -> dict[str, float]:
