@@ -220,6 +220,15 @@ def test_brightness_is_matched_only_where_the_good_images_light_varies(data_root
     assert np.abs(matched[0] - matched[1]).mean() < 0.25 * np.abs(plain[0] - plain[1]).mean()
     assert FeatureConfig.from_dict(config.to_dict()) == config
     assert "brightness" not in FeatureConfig().to_dict()  # products without it are stored as before
+    # a tool's crop moves with its whole image (crop_of), not by its own statistics
+    from iad_agent.vision.brightness import crop_of
+
+    ext = FeatureExtractor(config)
+    whole = ext._to_array([dark], dark.size)[0]
+    box = (10, 20, 74, 84)
+    region = crop_of(dark, dark.crop(box))
+    assert np.allclose(ext._to_array([region], region.size)[0], whole[20:84, 10:74], atol=1e-5)
+    assert not np.allclose(ext._to_array([dark.crop(box)], (64, 64))[0], whole[20:84, 10:74], atol=1e-2)
 
 
 def test_a_matched_product_sees_a_darker_good_tile_as_good_and_a_defect_as_a_defect(data_root, tmp_path):

@@ -58,9 +58,8 @@ def zoom_evidence_many(product: Product, jobs: Sequence[tuple[Image.Image, Box, 
     allowed thread busy (a registration's tool calibration and weight fit make a few dozen
     zooms).
     """
-    from iad_agent.vision.normal_bank import image_score
-
     from iad_agent.vision.brightness import crop_of
+    from iad_agent.vision.normal_bank import image_score
 
     matched = product.bank.config.brightness is not None  # then each crop moves as its whole image does
     cut = (lambda img, b: crop_of(img, crop(img, b))) if matched else crop

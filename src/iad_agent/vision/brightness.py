@@ -67,12 +67,12 @@ def crop_of(image: Image.Image, crop: Image.Image) -> Image.Image:
     """``crop`` (a region of ``image``) marked to be matched as ``image`` is, not by its own statistics.
 
     A crop's own mean and standard deviation would stretch a dark defect filling half of it to
-    the product's contrast; the whole image's keep the crop as the global look sees it. The
-    whole image's statistics are computed once and kept in its ``info``.
+    the product's contrast; the whole image's keep the crop as the global look sees it. Only the
+    crop is marked (about 1.5 ms for a 900×900 image): a mark on ``image`` itself would pass to
+    every image PIL derives from it (copies, rotated views, synthetic defects), which must be
+    matched by their own statistics.
     """
-    if STATS_KEY not in image.info:
-        image.info[STATS_KEY] = luminance_stats(image)
-    crop.info[STATS_KEY] = image.info[STATS_KEY]
+    crop.info[STATS_KEY] = image.info.get(STATS_KEY) or luminance_stats(image)
     return crop
 
 
