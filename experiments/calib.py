@@ -128,24 +128,43 @@ def score(bank: NormalBank, grid: np.ndarray, smap: np.ndarray | None) -> tuple[
     return image_score(fused), image_score(knn)
 
 
-def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: list, fpr: float, max_pool: int,
-              maps_dir: Path) -> dict:
-    from iad_agent.eval.plan import evenly_spaced
+def learned_bank(refs: list[Path], config: FeatureConfig | None = None, fpr: float = 0.05,
+                 material: dict | None = None):  # noqa: ANN201 - (NormalBank, Calibration)
+    """A bank of the references' cached grids with what registration learns from them (``vision.learn.learn``)."""
     from iad_agent.vision.learn import learn
 
-    config = product_config(refs)
+    config = config or product_config(refs)
     bank = NormalBank(config)
     bank.add([grid_of(p, config) for p in refs], [str(p) for p in refs])
-    images = {}
+    images: dict[int, object] = {}
 
     def image_of(i: int):
         if i not in images:
             images[i] = load_image(refs[i])
         return images[i]
 
+    bank.scoring, cal = learn(bank, extractor(config), image_of, fpr, material=material)
+    return bank, cal
+
+
+def fused_maps(bank: NormalBank, material: dict, test: list):  # noqa: ANN201
+    """Fused maps under the bank's scoring: the held-out good and synthetic items (with their defect flags)
+    and the test images (with their labels)."""
+    s, config = bank.scoring, bank.config
+    held = [s.fuse(k, m if s.uses_self else None) for k, m in zip(material["knn"], material["self"])]
+    maps = [s.fuse(bank.patch_distances(grid_of(smp.image_path, config)),
+                   self_map_of(smp.image_path, config) if s.uses_self else None) for smp in test]
+    return held, np.array(material["defect"]), maps, np.array([int(smp.label) for smp in test])
+
+
+def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: list, fpr: float, max_pool: int,
+              maps_dir: Path) -> dict:
+    from iad_agent.eval.plan import evenly_spaced
+
     t0 = time.perf_counter()
-    mat = {}
-    bank.scoring, cal = learn(bank, extractor(config), image_of, fpr, material=mat)
+    mat: dict = {}
+    bank, cal = learned_bank(refs, fpr=fpr, material=mat)
+    config = bank.config
     learn_s = time.perf_counter() - t0
     others = evenly_spaced([p for p in pool if p not in set(refs)], max_pool)
     row = {"cat": cat, "shots": k, "seed": seed, "k": len(refs), "w": bank.scoring.self_weight,

@@ -27,9 +27,7 @@ FRACTIONS = ["0.002", "0.005", "0.01", "0.02", "0.05", "0.1"]
 def dump(out_path: str) -> None:
     from iad_agent.eval.plan import draw_references, parse_shots
     from iad_agent.eval.runner import set_threads
-    from iad_agent.imageio import load_image
-    from iad_agent.vision.learn import learn
-    from iad_agent.vision.normal_bank import NormalBank, image_score
+    from iad_agent.vision.normal_bank import image_score
     from iad_agent.vision.scoring import _auroc
 
     set_threads(1)
@@ -38,24 +36,9 @@ def dump(out_path: str) -> None:
             for k in parse_shots(["1", "4"]):
                 for seed in range(3):
                     refs = draw_references(pool, k, seed, cat)
-                    config = calib.product_config(refs)
-                    bank = NormalBank(config)
-                    bank.add([calib.grid_of(p, config) for p in refs], [str(p) for p in refs])
-                    images: dict[int, object] = {}
-
-                    def image_of(i: int, images=images, refs=refs):
-                        if i not in images:
-                            images[i] = load_image(refs[i])
-                        return images[i]
-
                     material: dict = {}
-                    bank.scoring, _ = learn(bank, calib.extractor(config), image_of, 0.05, material=material)
-                    s = bank.scoring
-                    held_syn = [s.fuse(kn, se if s.uses_self else None) for kn, se in zip(material["knn"], material["self"])]
-                    d = np.array(material["defect"])
-                    y = np.array([int(smp.label) for smp in test])
-                    maps = [s.fuse(bank.patch_distances(calib.grid_of(smp.image_path, config)),
-                                   calib.self_map_of(smp.image_path, config) if s.uses_self else None) for smp in test]
+                    bank, _ = calib.learned_bank(refs, material=material)
+                    held_syn, d, maps, y = calib.fused_maps(bank, material, test)
                     row = dict(cat=cat, k=len(refs), seed=seed, syn={}, test={})
                     for f in FRACTIONS:
                         v = np.array([image_score(m, float(f)) for m in held_syn])

@@ -39,9 +39,6 @@ def variants(m: np.ndarray) -> dict[str, float]:
 def dump(out_path: str, cats: list[str] | None) -> None:
     from iad_agent.eval.plan import draw_references, parse_shots
     from iad_agent.eval.runner import set_threads
-    from iad_agent.imageio import load_image
-    from iad_agent.vision.learn import learn
-    from iad_agent.vision.normal_bank import NormalBank
     from iad_agent.vision.scoring import _auroc
 
     set_threads(1)
@@ -50,24 +47,10 @@ def dump(out_path: str, cats: list[str] | None) -> None:
             for k in parse_shots(["1", "4", "all"]):
                 for seed in range(1 if k == "all" else 3):
                     refs = draw_references(pool, k, seed, cat)
-                    config = calib.product_config(refs)
-                    bank = NormalBank(config)
-                    bank.add([calib.grid_of(p, config) for p in refs], [str(p) for p in refs])
-                    images: dict[int, object] = {}
-
-                    def image_of(i: int, images=images, refs=refs):
-                        if i not in images:
-                            images[i] = load_image(refs[i])
-                        return images[i]
-
                     material: dict = {}
-                    bank.scoring, _ = learn(bank, calib.extractor(config), image_of, 0.05, material=material)
+                    bank, _ = calib.learned_bank(refs, material=material)
                     s = bank.scoring
-                    held_syn = [s.fuse(kn, se if s.uses_self else None) for kn, se in zip(material["knn"], material["self"])]
-                    d = np.array(material["defect"])
-                    y = np.array([int(smp.label) for smp in test])
-                    maps = [s.fuse(bank.patch_distances(calib.grid_of(smp.image_path, config)),
-                                   calib.self_map_of(smp.image_path, config) if s.uses_self else None) for smp in test]
+                    held_syn, d, maps, y = calib.fused_maps(bank, material, test)
                     row = dict(cat=cat, k=len(refs), shots=str(k), seed=seed, w=getattr(s, "self_weight", None), syn={}, test={})
                     sv = [variants(m) for m in held_syn]
                     tv = [variants(m) for m in maps]

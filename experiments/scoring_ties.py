@@ -34,9 +34,7 @@ W = [str(w) for w in WEIGHTS]
 def dump(shots: str, cats: str, out_path: str) -> None:
     from iad_agent.eval.plan import draw_references, parse_shots
     from iad_agent.eval.runner import set_threads
-    from iad_agent.imageio import load_image
-    from iad_agent.vision.learn import learn
-    from iad_agent.vision.normal_bank import NormalBank, image_score
+    from iad_agent.vision.normal_bank import image_score
     from iad_agent.vision.scoring import Scoring, _auroc
 
     set_threads(1)
@@ -47,16 +45,7 @@ def dump(shots: str, cats: str, out_path: str) -> None:
                 for seed in range(3):
                     refs = draw_references(pool, k, seed, cat)
                     config = dataclasses.replace(calib.product_config(refs), **overrides)
-                    bank = NormalBank(config)
-                    bank.add([calib.grid_of(p, config) for p in refs], [str(p) for p in refs])
-                    images: dict[int, object] = {}
-
-                    def image_of(i: int, images=images, refs=refs):
-                        if i not in images:
-                            images[i] = load_image(refs[i])
-                        return images[i]
-
-                    bank.scoring, _ = learn(bank, calib.extractor(config), image_of, 0.05)
+                    bank, _ = calib.learned_bank(refs, config)
                     s = bank.scoring
                     y = np.array([int(smp.label) for smp in test])
                     knn = [bank.patch_distances(calib.grid_of(smp.image_path, config)) for smp in test]
