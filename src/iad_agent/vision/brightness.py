@@ -15,6 +15,10 @@ own pixels, so it stays; a change of light is gone.
 Products whose good images keep their brightness (bottle, transistor, hazelnut) are left as they
 are: matching would not change their scores, and it would hide a part that is darker or lighter
 as a whole. The choice is made from the good images alone (:func:`brightness_target`).
+
+A zero-shot batch (:mod:`iad_agent.zeroshot`) has no good images: the same rule is applied to the
+whole batch, its images unlabelled (:func:`target_from_stats` of each image's statistics, so the
+batch need not be held in memory).
 """
 
 from __future__ import annotations
@@ -54,13 +58,22 @@ def brightness_target(images: Sequence[Image.Image], variation: float = VARIATIO
     >>> brightness_target([Image.new("L", (8, 8), v) for v in (60, 100, 150)])
     (100.0, 0.0)
     """
-    if len(images) < 2:
+    return target_from_stats([luminance_stats(im) for im in images], variation)
+
+
+def target_from_stats(stats: Sequence[tuple[float, float]], variation: float = VARIATION) -> tuple[float, float] | None:
+    """:func:`brightness_target` from the images' :func:`luminance_stats` (so a caller need not keep the images).
+
+    >>> target_from_stats([(60.0, 10.0), (100.0, 20.0), (150.0, 40.0)])
+    (100.0, 20.0)
+    """
+    if len(stats) < 2:
         return None
-    stats = np.array([luminance_stats(im) for im in images])
-    means = stats[:, 0]
+    arr = np.asarray(stats, dtype=np.float64).reshape(-1, 2)
+    means = arr[:, 0]
     if means.std() <= variation * max(float(means.mean()), 1e-6):
         return None
-    return round(float(np.median(means)), 2), round(float(np.median(stats[:, 1])), 2)
+    return round(float(np.median(means)), 2), round(float(np.median(arr[:, 1])), 2)
 
 
 def crop_of(image: Image.Image, crop: Image.Image) -> Image.Image:
