@@ -16,6 +16,13 @@ own image scores: ``median + k · 1.4826 · MAD``.
 ``w`` and ``k`` were chosen once, by measurement across all dev categories (``iad eval
 --shots 0``), never per category; see :data:`SELF_WEIGHT` and :data:`K_MAD`.
 
+Brightness: when the luminance means of the batch's images vary (the rule of registration,
+:data:`iad_agent.vision.brightness.VARIATION`, applied to the whole unlabelled batch), every
+image is moved to the batch's median luminance mean and standard deviation before its features
+are extracted (:func:`feature_config_for`), so a part shot darker or lighter than the rest does
+not stand out for its light alone. ``match_brightness=False`` (``--keep-brightness``) leaves
+images as they are.
+
 Time and memory: features are extracted once per image; each image is compared with at most
 ``max_refs`` others (a seeded draw, with a warning, for bigger batches), so the work grows
 linearly with the batch.
@@ -142,15 +149,27 @@ def batch_maps(grids: Sequence[np.ndarray], settings: ZeroShotSettings = ZeroSho
     return BatchMaps(mutual, self_maps)
 
 
-def feature_config_for(sizes: Sequence[tuple[int, int]], base=None):  # noqa: ANN001, ANN201 - FeatureConfig
-    """The feature configuration of a batch: one scale for all when image sizes differ (as registration does)."""
+def feature_config_for(sizes: Sequence[tuple[int, int]], base=None,  # noqa: ANN001, ANN201 - FeatureConfig
+                       luminance: Sequence[tuple[float, float]] | None = None):
+    """The feature configuration of a batch, as registration chooses it from good images.
+
+    One scale for all when image sizes differ; with ``luminance`` (each image's
+    :func:`~iad_agent.vision.brightness.luminance_stats`), the batch's median brightness when its
+    light varies (:func:`~iad_agent.vision.brightness.target_from_stats`; a ``base`` that sets
+    ``brightness`` keeps it). ``luminance=None``: images are left at their own brightness.
+    """
     import dataclasses
 
+    from iad_agent.vision.brightness import target_from_stats
     from iad_agent.vision.features import FeatureConfig
 
     config = base or FeatureConfig()
     if config.keep_aspect and not config.reference_side and len(set(sizes)) > 1:
         config = dataclasses.replace(config, reference_side=int(np.median([min(s) for s in sizes])))
+    if luminance is not None and config.brightness is None:
+        target = target_from_stats(luminance)
+        if target is not None:
+            config = dataclasses.replace(config, brightness=target)
     return config
 
 
@@ -169,6 +188,7 @@ class ZeroShotResult:
     warnings: list[str] = field(default_factory=list)
     heatmap_path: Path | None = None
     policy: str = "zero-shot"
+    brightness: tuple[float, float] | None = None  # the luminance (mean, std) the batch was matched to, if any
 
     @property
     def anomaly_present(self) -> bool:
@@ -215,6 +235,8 @@ class ZeroShotResult:
             "elapsed_ms": round(self.elapsed_ms, 1), "stop_reason": "answer", "warnings": self.warnings,
             "trace": {"mode": "zero-shot", "batch_size": self.batch_size},
         }
+        if self.brightness is not None:
+            d["trace"]["brightness"] = list(self.brightness)
         out = tidy_numbers(d)
         out["score"], out["threshold"] = d["score"], d["threshold"]
         return out
@@ -222,12 +244,13 @@ class ZeroShotResult:
 
 def score_batch(maps: BatchMaps, paths: Sequence[str | Path], sizes: Sequence[tuple[int, int]], product: str,
                 settings: ZeroShotSettings = ZeroShotSettings(), policy: str = "zero-shot",
-                elapsed_ms: float = 0.0) -> list[ZeroShotResult]:
+                elapsed_ms: float = 0.0, brightness: tuple[float, float] | None = None) -> list[ZeroShotResult]:
     """The answers of a batch whose maps are computed: fused maps, image scores, the batch's threshold.
 
     Args:
         sizes: each image's ``(width, height)`` (for its heat map).
         elapsed_ms: the batch's wall time so far, shared out equally between its images.
+        brightness: the luminance ``(mean, std)`` the batch's images were matched to (reported), or None.
     """
     start = time.perf_counter()
     fused, scores, threshold = maps.scored(settings.self_weight, settings.k_mad)
@@ -236,7 +259,7 @@ def score_batch(maps: BatchMaps, paths: Sequence[str | Path], sizes: Sequence[tu
     if len(paths) - 1 > settings.max_refs:
         warnings.append(f"compared with about {settings.max_refs} of the {len(paths) - 1} other images of the batch")
     return [ZeroShotResult(str(p), product, m, tuple(size), s, threshold, per_image, len(paths), list(warnings),
-                           policy=policy) for p, size, m, s in zip(paths, sizes, fused, scores)]
+                           policy=policy, brightness=brightness) for p, size, m, s in zip(paths, sizes, fused, scores)]
 
 
 @dataclass
@@ -253,36 +276,51 @@ class ZeroShotOutcome:
 
 
 def inspect_paths(paths: Sequence[str | Path], product: str, settings: ZeroShotSettings = ZeroShotSettings(),
-                  progress: Callable[[str, int, int], None] | None = None,
-                  features=None) -> list[ZeroShotOutcome]:  # noqa: ANN001 - FeatureConfig
+                  progress: Callable[[str, int, int], None] | None = None, features=None,  # noqa: ANN001 - FeatureConfig
+                  match_brightness: bool = True) -> list[ZeroShotOutcome]:
     """Inspect the images of one product zero-shot, one outcome per path (in order).
 
-    Images are read twice (once for their sizes, which fix one scale for the batch, once for
-    their features), so no more than one image is in memory at a time. An unreadable image
-    gets an error outcome and is left out of the batch.
+    Images are read twice (once for their sizes and luminance statistics, which fix one scale and
+    the brightness of the batch, once for their features), so no more than one decoded image is in
+    memory at a time. An unreadable image gets an error outcome and is left out of the batch.
 
     Args:
-        progress: called with ``(phase, done, total)``: ``"features"``, then ``"scoring"``.
+        progress: called with ``(phase, done, total)``: ``"light"`` (the first pass, with
+            ``match_brightness``), ``"features"``, then ``"scoring"``.
         features: a :class:`~iad_agent.vision.features.FeatureConfig` (default: the packaged one).
+        match_brightness: when the batch's light varies, see every image at the batch's median
+            brightness and contrast (see the module docstring); ``False``: leave images as they
+            are (and read only their headers in the first pass).
 
     Raises:
         ZeroShotError: fewer than :data:`MIN_IMAGES` readable images.
     """
     from iad_agent.imageio import ImageError, load_image
+    from iad_agent.vision.brightness import luminance_stats
     from iad_agent.vision.features import FeatureExtractor
 
     start = time.perf_counter()
     outcomes = [ZeroShotOutcome(str(p)) for p in paths]
     sizes: dict[int, tuple[int, int]] = {}
+    stats: list[tuple[float, float]] = []
     for i, p in enumerate(paths):
         try:
-            sizes[i] = _image_size(p)
+            if match_brightness:
+                img = load_image(p)  # decoded for its luminance; only the statistics are kept
+                sizes[i] = img.size
+                stats.append(luminance_stats(img))
+                del img
+            else:
+                sizes[i] = _image_size(p)
         except (ImageError, OSError) as exc:
             outcomes[i].error = str(exc)
+        if progress and match_brightness:
+            progress("light", i + 1, len(paths))
     if len(sizes) < MIN_IMAGES:
         raise ZeroShotError(f"zero-shot inspection needs at least {MIN_IMAGES} readable images of the product, "
                             f"got {len(sizes)}")
-    extractor = FeatureExtractor(feature_config_for(list(sizes.values()), features))
+    config = feature_config_for(list(sizes.values()), features, stats if match_brightness else None)
+    extractor = FeatureExtractor(config)
     grids: dict[int, np.ndarray] = {}
     for n, i in enumerate(list(sizes), 1):
         try:
@@ -297,7 +335,7 @@ def inspect_paths(paths: Sequence[str | Path], product: str, settings: ZeroShotS
     maps = batch_maps([grids.pop(i) for i in keys], settings, need_self=settings.self_weight > 0,
                       progress=(lambda d, t: progress("scoring", d, t)) if progress else None)
     results = score_batch(maps, [str(paths[i]) for i in keys], [sizes[i] for i in keys], product, settings,
-                          elapsed_ms=(time.perf_counter() - start) * 1000)
+                          elapsed_ms=(time.perf_counter() - start) * 1000, brightness=config.brightness)
     for i, result in zip(keys, results):
         outcomes[i].result = result
     return outcomes

@@ -120,8 +120,8 @@ def inspect_folder(images: list[Path], *, product: str | None, normals: Path | N
 
 
 def inspect_zero_shot(images: list[Path], *, product_name: str | None, out: Path | None, jsonl: Path | None,
-                      resume: bool, as_json: bool, heatmap_dir: Path) -> None:
-    """``iad inspect DIR --zero-shot [--product-name NAME] [--out ...] [--jsonl ...] [--resume]`` (exits).
+                      resume: bool, as_json: bool, heatmap_dir: Path, match_brightness: bool = True) -> None:
+    """``iad inspect DIR --zero-shot [--product-name NAME] [--out/--jsonl ...] [--resume] [--keep-brightness]`` (exits).
 
     The whole batch is scored together (each image against the others), so with ``--resume``
     every image is scored again and only those not yet in the results files are written.
@@ -137,11 +137,12 @@ def inspect_zero_shot(images: list[Path], *, product_name: str | None, out: Path
 
             def on_progress(phase: str, done: int, total: int) -> None:
                 if phase not in tasks:
-                    label = {"features": f"reading {total} images", "scoring": "scoring each against the others"}[phase]
+                    label = {"light": f"measuring the light of {total} images", "features": f"reading {total} images",
+                             "scoring": "scoring each against the others"}[phase]
                     tasks[phase] = bar.add_task(label, total=total)
                 bar.update(tasks[phase], completed=done)
 
-            outcomes = inspect_paths(files, name, progress=on_progress)
+            outcomes = inspect_paths(files, name, progress=on_progress, match_brightness=match_brightness)
     except ZeroShotError as exc:
         for o in outputs:
             o.close()
@@ -170,6 +171,10 @@ def inspect_zero_shot(images: list[Path], *, product_name: str | None, out: Path
             sys.stdout.flush()
     for w in next((o.result.warnings for o in outcomes if o.ok), []):
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    brightness = next((o.result.brightness for o in outcomes if o.ok), None)
+    if brightness is not None:
+        console.print(f"brightness: matched to mean {brightness[0]:.0f}, std {brightness[1]:.0f} (the batch's light "
+                      "varies; --keep-brightness leaves images as they are)", highlight=False)
     try:
         _finish(tally, outputs, as_json)
     except typer.Exit as done:  # a heat map that could not be written is a failure (3) unless a part is anomalous

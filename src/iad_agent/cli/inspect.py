@@ -96,6 +96,9 @@ def inspect(
                                    "images of the batch (one product, most parts good; at least 3 images)."),
     product_name: str = typer.Option(None, "--product-name", metavar="NAME", help="--zero-shot: the product's name "
                                      "in the answers.", show_default="the folder's name"),
+    keep_brightness: bool = typer.Option(False, "--keep-brightness", help="--zero-shot: never match images to the "
+                                         "batch's brightness (by default a batch whose light varies is seen at its "
+                                         "median brightness and contrast)."),
 ) -> None:
     """Inspect images, folders or glob patterns: verdict, score vs threshold, box, heat map, defect type and trace."""
     from iad_agent import api
@@ -113,9 +116,12 @@ def inspect(
         except OutputPathError as exc:
             fail(str(exc))
         batch.inspect_zero_shot(images, product_name=product_name, out=out, jsonl=jsonl, resume=resume,
-                                as_json=as_json, heatmap_dir=outputs.out_dir)
+                                as_json=as_json, heatmap_dir=outputs.out_dir, match_brightness=not keep_brightness)
     if product_name is not None:
         fail("--product-name names the product of a --zero-shot batch; a registered product is --product NAME")
+    if keep_brightness:
+        fail("--keep-brightness is for a --zero-shot batch; a registered product's brightness is chosen at "
+             "registration (`iad register --keep-brightness`)")
     if (product is None) == (normals is None):
         fail("give exactly one of --product NAME (registered) or --normals DIR (one-off), or --zero-shot")
     folder_mode = out is not None or jsonl is not None or resume or batch.is_folder_input(images)

@@ -2,9 +2,10 @@
 
 No good reference is drawn: every test image is scored against the *other* test images of its
 category (:mod:`iad_agent.zeroshot`), and the threshold is the batch's own label-free outlier
-rule. The policies are :data:`iad_agent.zeroshot.ZERO_SHOT_POLICIES`: ``zero-shot`` (the chosen
-mix), ``zero-shot-mutual`` (mutual scoring alone, MuSc-style) and ``zero-shot-self``
-(self-similarity alone), so each component's contribution is measured. Features and both maps
+rule; the batch is matched to its median brightness when its light varies (as ``iad inspect
+--zero-shot`` does). The policies are :data:`iad_agent.zeroshot.ZERO_SHOT_POLICIES`:
+``zero-shot`` (the chosen mix), ``zero-shot-mutual`` (mutual scoring alone, MuSc-style) and
+``zero-shot-self`` (self-similarity alone), so each component's contribution is measured. Features and both maps
 are computed once per group and shared by the policies; each image's latency is its share of
 the batch's wall time.
 """
@@ -46,6 +47,7 @@ def evaluate_zero_shot_group(group: Group, config: EvalConfig, out_dir: Path,
     """One record per zero-shot policy of a ``shots=0`` group (see the module docstring)."""
     from iad_agent.eval.runner import peak_rss_mb, reset_peak_rss
     from iad_agent.imageio import load_image
+    from iad_agent.vision.brightness import luminance_stats
     from iad_agent.vision.features import FeatureExtractor
     from iad_agent.zeroshot import (
         ZERO_SHOT_POLICIES,
@@ -57,8 +59,13 @@ def evaluate_zero_shot_group(group: Group, config: EvalConfig, out_dir: Path,
 
     start, cpu0 = time.perf_counter(), time.process_time()
     reset_peak_rss()
-    sizes_full = [load_image(s.image_path).size for s in group.test]  # one scale for the batch when sizes differ
-    extractor = FeatureExtractor(feature_config_for(sizes_full, config.features))
+    sizes_full, stats = [], []  # one scale (and brightness, when the batch's light varies) for the batch
+    for s in group.test:
+        img = load_image(s.image_path)
+        sizes_full.append(img.size)
+        stats.append(luminance_stats(img))
+    features = feature_config_for(sizes_full, config.features, stats)
+    extractor = FeatureExtractor(features)
     grids = [extractor.extract_batch([load_image(s.image_path)])[0] for s in group.test]
     need_self = any(ZERO_SHOT_POLICIES[p] != 0.0 for p in group.policies)
     maps = batch_maps(grids, ZeroShotSettings(), need_self=need_self)
@@ -73,7 +80,7 @@ def evaluate_zero_shot_group(group: Group, config: EvalConfig, out_dir: Path,
         weight = ZERO_SHOT_POLICIES[label]
         settings = ZeroShotSettings() if weight is None else dataclasses.replace(ZeroShotSettings(), self_weight=weight)
         results = score_batch(maps, [s.image_path for s in group.test], sizes_full, group.category,
-                              settings, policy=label)
+                              settings, policy=label, brightness=features.brightness)
         run = PolicyRun(label, None, {}, ())
         for sample, result, size, gt in zip(group.test, results, sizes, masks):
             run.rows.append(_row(group, label, sample, result, ms, cpu_ms, gt))
@@ -88,6 +95,7 @@ def evaluate_zero_shot_group(group: Group, config: EvalConfig, out_dir: Path,
         weight = ZERO_SHOT_POLICIES[run.label]
         record["zero_shot"] = dataclasses.asdict(ZeroShotSettings() if weight is None
                                                  else dataclasses.replace(ZeroShotSettings(), self_weight=weight))
+        record["zero_shot"]["brightness"] = list(features.brightness) if features.brightness else None
         if group.examples:
             record["examples"] = save_examples(group, run, masks, Path(out_dir))
         records.append(record)
