@@ -134,3 +134,58 @@ def test_big_batches_compare_each_image_with_a_bounded_number_of_others():
     maps = mutual_scores(grids, max_refs=4)
     assert len(maps) == 12 and maps[3].shape == (4, 5)
     assert np.unravel_index(np.argmax(maps[3]), (4, 5)) == (1, 2)
+
+
+# ------------------------------------------------------------------ brightness matching of the batch
+
+
+@pytest.fixture(scope="module")
+def tile_folder(tmp_path_factory, data_root):
+    """Six good magnetic tiles shot under different light (luminance means about 55 to 180), sizes differing."""
+    folder = tmp_path_factory.mktemp("tiles")
+    for p in sorted((data_root / "magnetic_tile/MT_Free/Imgs").glob("*.jpg"))[::25][:6]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def test_a_batch_whose_light_varies_is_matched_to_its_median_brightness(tile_folder, tmp_path):
+    from iad_agent.imageio import load_image
+    from iad_agent.vision.brightness import luminance_stats, target_from_stats
+
+    tiles = sorted(tile_folder.glob("*.jpg"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    phases = []
+    matched = inspect_paths([*tiles[:3], broken, *tiles[3:]], "tile", progress=lambda ph, d, t: phases.append(ph))
+    assert phases[0] == "light" and phases.index("features") == 7  # a first pass over all 7 files, then the features
+    assert matched[3].error and not matched[3].ok  # an unreadable image still gets its error, and is left out
+    answers = [o.result for o in matched if o.ok]
+    assert len(answers) == 6 and all(r.batch_size == 6 for r in answers)
+    target = target_from_stats([luminance_stats(load_image(p)) for p in tiles])
+    assert target is not None and all(r.brightness == target for r in answers)
+    assert answers[0].to_dict()["trace"]["brightness"] == list(target)
+    kept = inspect_paths(tiles, "tile", match_brightness=False)
+    assert all(o.ok and o.result.brightness is None for o in kept)
+    assert "brightness" not in kept[0].result.to_dict()["trace"]
+    assert [o.result.score for o in kept] != [r.score for r in answers]
+
+
+def test_a_batch_of_stable_light_is_left_as_it_is(outcomes):
+    # hazelnuts keep their brightness, defective ones included (coefficient of variation about 0.06)
+    assert all(o.result.brightness is None for o in outcomes)
+    assert "brightness" not in outcomes[0].result.to_dict()["trace"]
+
+
+def test_zero_shot_cli_says_when_it_matches_brightness_and_keep_brightness_turns_it_off(tile_folder, tmp_path):
+    r = runner.invoke(app, ["inspect", str(tile_folder), "--zero-shot", "--json", "--out-dir", str(tmp_path / "a")])
+    assert r.exit_code in (0, 1), r.output
+    assert "brightness: matched to mean" in r.stderr and "light varies" in r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 6 and all(len(x["trace"]["brightness"]) == 2 for x in lines)
+    r = runner.invoke(app, ["inspect", str(tile_folder), "--zero-shot", "--json", "--keep-brightness",
+                            "--out-dir", str(tmp_path / "b")])
+    assert r.exit_code in (0, 1), r.output
+    assert "brightness:" not in r.stderr
+    assert all("brightness" not in json.loads(x)["trace"] for x in r.stdout.splitlines() if x.startswith("{"))
+    r = runner.invoke(app, ["inspect", str(tile_folder), "--normals", str(tile_folder), "--keep-brightness"])
+    assert r.exit_code == 2 and "--zero-shot" in r.output
