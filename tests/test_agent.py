@@ -165,3 +165,21 @@ def test_the_verdict_is_the_fusion_of_the_recorded_tool_evidence(hazelnut_inspec
     assert answer.anomaly_present == (expected > 1.0) and answer.threshold == look.threshold
     assert f"the anomaly score is {look.ratio:.0%} of the threshold" in answer.reason  # in words, on a readable scale
     assert f"stands at {expected:.0%} of the threshold" in answer.reason
+
+
+def test_the_box_goes_to_a_hot_area_not_to_one_stray_hot_patch():
+    """The look's box is drawn where the blurred map peaks: a 4×4 defect-like blob wins over one hotter patch."""
+    import numpy as np
+
+    from iad_agent.episode import hot_spot_box
+
+    dmap = np.ones((32, 32), np.float32)
+    dmap[3, 27] = 4.0  # one stray hot patch
+    dmap[20:24, 8:12] = 3.0  # a hot area, less hot than the stray patch
+    box = hot_spot_box(dmap, level=2.0)
+    assert box.contains(10 / 32, 22 / 32) and not box.contains(27.5 / 32, 3.5 / 32)
+    assert box.width < 0.2 and box.height < 0.2  # the area's own extent (at least 0.12 per side), not the blur's
+    stray = hot_spot_box(dmap, level=2.0, sigma=0)  # the map's own maximum, as before
+    assert stray.contains(27.5 / 32, 3.5 / 32)
+    flat = hot_spot_box(np.ones((8, 8), np.float32), level=2.0)  # nothing stands out: a box, no error
+    assert 0 <= flat.x1 < flat.x2 <= 1

@@ -91,6 +91,8 @@ def test_products_stored_without_learned_weights_load_with_the_hand_set_ones(haz
 
 def test_each_held_out_image_is_zoomed_once_for_the_limits_and_the_weights(data_root, monkeypatch):
     """The tool calibration zooms the held-out good images at the policy's box; the weight fit re-uses those readings."""
+    import hashlib
+
     import iad_agent.tools.calibration as calibration
     import iad_agent.tools.zoom as zoom
     from iad_agent.product import Product, list_images
@@ -99,8 +101,8 @@ def test_each_held_out_image_is_zoomed_once_for_the_limits_and_the_weights(data_
     calls: list[list[tuple]] = []
     real = zoom.zoom_evidence_many
 
-    def counting(product, jobs):
-        calls.append([(tuple(box.to_list()), tuple(refs)) for _, box, refs in jobs])
+    def counting(product, jobs):  # a job is (image, box, references): the same box may be zoomed on another image
+        calls.append([(hashlib.sha1(img.tobytes()).hexdigest(), tuple(box.to_list()), tuple(refs)) for img, box, refs in jobs])
         return real(product, jobs)
 
     monkeypatch.setattr(zoom, "zoom_evidence_many", counting)
@@ -108,7 +110,7 @@ def test_each_held_out_image_is_zoomed_once_for_the_limits_and_the_weights(data_
     product = Product.build("nut", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:40:10])
     assert len(calls) in (1, 2)
     assert len(calls[0]) == 4 == len(product.tool_readings["zoom"])  # every held-out good image, once
-    assert all(len(refs) == zoom.REFERENCES for _, refs in calls[0])
+    assert all(len(refs) == zoom.REFERENCES for *_, refs in calls[0])
     if len(calls) == 2:  # the weight fit zoomed only synthetic defects
         assert len(calls[1]) <= tool_weights.N_SYNTHETIC and not set(calls[1]) & set(calls[0])
 

@@ -177,15 +177,29 @@ def look_box(cal: Calibration, knn_map: np.ndarray, fused: np.ndarray | None = N
     return hot_spot_box(knn_map, cal.knn_patch_threshold or cal.patch_threshold)
 
 
-def hot_spot_box(dmap: np.ndarray, level: float, min_size: float = 0.12) -> Box:
-    """Box around the connected region above ``level`` that holds the map's maximum.
+#: The box is drawn around the place where the patch map, blurred by this many patches (Gaussian
+#: σ), is highest: where the map is high over an area, not one stray hot patch. Its extent is the
+#: region of the map itself above the level. Chosen on synthetic defects made from the
+#: references (their masks are known), the same σ for every product: it raised their box hit
+#: rate without lowering their IoU (``experiments/boxes.py``).
+BOX_SIGMA = 2.0
 
-    If nothing exceeds ``level`` the region is grown around the maximum at half its value.
+
+def hot_spot_box(dmap: np.ndarray, level: float, min_size: float = 0.12, sigma: float = BOX_SIGMA) -> Box:
+    """Box around the connected region above ``level`` that holds the maximum of the blurred map.
+
+    The peak is taken on the map blurred by ``sigma`` patches (0: the map's own maximum); the
+    region is that of the map itself. If the map does not exceed ``level`` there, the region is
+    grown around the peak at half its value (above the map's median).
     """
-    from iad_agent.vision.grid_ops import region_at  # scipy.ndimage's label: half a second to import
+    from iad_agent.vision.grid_ops import gaussian_filter, region_at  # scipy.ndimage's label: half a second to import
 
+    dmap = np.asarray(dmap)
     g_h, g_w = dmap.shape
-    peak = np.unravel_index(int(np.argmax(dmap)), dmap.shape)
+    seek = gaussian_filter(dmap.astype(np.float32), sigma=sigma) if sigma > 0 else dmap
+    peak = np.unravel_index(int(np.argmax(seek)), dmap.shape)
+    if sigma > 0 and not dmap[peak] > float(np.median(dmap)):  # a flat map: its own maximum
+        peak = np.unravel_index(int(np.argmax(dmap)), dmap.shape)
     cut = level if dmap[peak] > level else 0.5 * (dmap[peak] + float(np.median(dmap)))
     region = region_at(dmap > cut, peak)
     box = Box.from_mask(region) or Box(peak[1] / g_w, peak[0] / g_h, (peak[1] + 1) / g_w, (peak[0] + 1) / g_h)
