@@ -97,17 +97,22 @@ def test_gate_never_calls_a_tool_of_zero_weight(hazelnut_product, data_root):
     assert hazelnut_product.gate.w_highfreq == 0.0  # the default, set by the benchmark's ablation
 
 
-def test_anomalous_answer_boxes_the_global_hot_spot_that_the_tools_examined(hazelnut_inspector, data_root):
+def test_anomalous_answer_boxes_the_defect_and_the_tools_examined_the_hot_spot(hazelnut_inspector, data_root):
+    """The tools look at the look's hottest region (the one registration calibrated them on); the answer
+    reports the box around the blurred map's peak."""
+    from iad_agent.episode import PreparedQuery
+    from iad_agent.imageio import load_image
     from iad_agent.types import Box
 
-    result = hazelnut_inspector.inspect(data_root / "mvtec_ad/hazelnut/test/crack/000.png")
-    ep_look_box = result.trajectory.answer.box
+    path = data_root / "mvtec_ad/hazelnut/test/crack/000.png"
+    result = hazelnut_inspector.inspect(path)
+    look = PreparedQuery(hazelnut_inspector.product, load_image(path)).look
     calls = result.to_dict()["tool_calls"]
     assert result.trajectory.answer.anomaly_present and calls
-    # every region tool looked at the box that is reported
-    for call in calls:
+    assert result.trajectory.answer.box.to_list(3) == look.answer_box.to_list(3)
+    for call in calls:  # every region tool looked at the hot spot
         if "box" in call["arguments"]:
-            assert Box.from_list(call["arguments"]["box"]).to_list(3) == ep_look_box.to_list(3)
+            assert Box.from_list(call["arguments"]["box"]).to_list(3) == look.hot_box.to_list(3)
 
 
 @pytest.mark.slow
@@ -168,18 +173,18 @@ def test_the_verdict_is_the_fusion_of_the_recorded_tool_evidence(hazelnut_inspec
 
 
 def test_the_box_goes_to_a_hot_area_not_to_one_stray_hot_patch():
-    """The look's box is drawn where the blurred map peaks: a 4×4 defect-like blob wins over one hotter patch."""
+    """An answer's box is drawn where the blurred map peaks: a 4×4 defect-like blob wins over one hotter patch."""
     import numpy as np
 
-    from iad_agent.episode import hot_spot_box
+    from iad_agent.episode import BOX_SIGMA, hot_spot_box
 
     dmap = np.ones((32, 32), np.float32)
     dmap[3, 27] = 4.0  # one stray hot patch
     dmap[20:24, 8:12] = 3.0  # a hot area, less hot than the stray patch
-    box = hot_spot_box(dmap, level=2.0)
+    box = hot_spot_box(dmap, level=2.0, sigma=BOX_SIGMA)
     assert box.contains(10 / 32, 22 / 32) and not box.contains(27.5 / 32, 3.5 / 32)
     assert box.width < 0.2 and box.height < 0.2  # the area's own extent (at least 0.12 per side), not the blur's
-    stray = hot_spot_box(dmap, level=2.0, sigma=0)  # the map's own maximum, as before
+    stray = hot_spot_box(dmap, level=2.0)  # σ 0: the map's own maximum, where the tools look
     assert stray.contains(27.5 / 32, 3.5 / 32)
-    flat = hot_spot_box(np.ones((8, 8), np.float32), level=2.0)  # nothing stands out: a box, no error
+    flat = hot_spot_box(np.ones((8, 8), np.float32), level=2.0, sigma=BOX_SIGMA)  # nothing stands out: a box, no error
     assert 0 <= flat.x1 < flat.x2 <= 1

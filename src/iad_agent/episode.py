@@ -37,9 +37,15 @@ class GlobalLook:
     patch_map: np.ndarray  # (h, w) patch scores
     score: float
     threshold: float
-    hot_box: Box
+    hot_box: Box  # the hottest region, where the tools look (registration calibrates them on it)
     hot_area: float  # fraction of patches above the per-patch normal threshold
     knn: GlobalLook | None = None
+    defect_box: Box | None = None  # the box an anomalous answer reports (:func:`look_box` with ``BOX_SIGMA``)
+
+    @property
+    def answer_box(self) -> Box:
+        """The box an anomalous verdict reports: where the blurred map peaks (``hot_box`` if not set)."""
+        return self.defect_box or self.hot_box
 
     @property
     def ratio(self) -> float:
@@ -86,7 +92,7 @@ class PreparedQuery:
         knn_map = bank.patch_distances(self.grid)
         knn_level = cal.knn_patch_threshold or cal.patch_threshold
         knn = GlobalLook(knn_map, image_score(knn_map), cal.knn_threshold, look_box(cal, knn_map),
-                         float((knn_map > knn_level).mean()))
+                         float((knn_map > knn_level).mean()), defect_box=look_box(cal, knn_map, sigma=BOX_SIGMA))
         scoring = bank.scoring
         if not scoring.uses_self:
             return knn
@@ -94,7 +100,8 @@ class PreparedQuery:
 
         fused = scoring.fuse(knn_map, self_similarity_map(self.grid))
         return GlobalLook(fused, image_score(fused), cal.threshold, look_box(cal, knn_map, fused),
-                          float((fused > cal.patch_threshold).mean()), knn=knn)
+                          float((fused > cal.patch_threshold).mean()), knn=knn,
+                          defect_box=look_box(cal, knn_map, fused, sigma=BOX_SIGMA))
 
     @cached_property
     def heatmap(self) -> np.ndarray:
@@ -168,24 +175,28 @@ class Episode:
         return self.product.defect_types
 
 
-def look_box(cal: Calibration, knn_map: np.ndarray, fused: np.ndarray | None = None) -> Box:
-    """The hottest region of the global look, where the embedded policy zooms: of the ``fused``
-    map at the fused patch level when the product's scoring fuses self-similarity, else of the
-    nearest-neighbour map at its own level. Registration calibrates the tools on the same region."""
+def look_box(cal: Calibration, knn_map: np.ndarray, fused: np.ndarray | None = None, sigma: float = 0.0) -> Box:
+    """The hottest region of the global look: of the ``fused`` map at the fused patch level when the
+    product's scoring fuses self-similarity, else of the nearest-neighbour map at its own level.
+
+    ``sigma`` 0: around the map's maximum, where the embedded policy zooms (registration calibrates
+    the tools on the same region); ``BOX_SIGMA``: around the blurred map's peak, the box an
+    anomalous answer reports (:func:`hot_spot_box`)."""
     if fused is not None:
-        return hot_spot_box(fused, cal.patch_threshold)
-    return hot_spot_box(knn_map, cal.knn_patch_threshold or cal.patch_threshold)
+        return hot_spot_box(fused, cal.patch_threshold, sigma=sigma)
+    return hot_spot_box(knn_map, cal.knn_patch_threshold or cal.patch_threshold, sigma=sigma)
 
 
-#: The box is drawn around the place where the patch map, blurred by this many patches (Gaussian
-#: σ), is highest: where the map is high over an area, not one stray hot patch. Its extent is the
-#: region of the map itself above the level. Chosen on synthetic defects made from the
-#: references (their masks are known), the same σ for every product: it raised their box hit
-#: rate without lowering their IoU (``experiments/boxes.py``).
+#: An answer's box is drawn around the place where the patch map, blurred by this many patches
+#: (Gaussian σ), is highest: where the map is high over an area, not one stray hot patch. Its
+#: extent is the region of the map itself above the level. Chosen on synthetic defects made from
+#: the references (their masks are known), the same σ for every product: it raised their box hit
+#: rate without lowering their IoU (``experiments/boxes.py``). The tools keep looking at the
+#: map's own maximum (σ 0): zooming on the new box lowered the agent's image AUROC at 4 shots.
 BOX_SIGMA = 2.0
 
 
-def hot_spot_box(dmap: np.ndarray, level: float, min_size: float = 0.12, sigma: float = BOX_SIGMA) -> Box:
+def hot_spot_box(dmap: np.ndarray, level: float, min_size: float = 0.12, sigma: float = 0.0) -> Box:
     """Box around the connected region above ``level`` that holds the maximum of the blurred map.
 
     The peak is taken on the map blurred by ``sigma`` patches (0: the map's own maximum); the

@@ -196,9 +196,9 @@ class ZeroShotResult:
 
     @property
     def box(self):  # noqa: ANN201 - Box | None
-        from iad_agent.episode import hot_spot_box
+        from iad_agent.episode import BOX_SIGMA, hot_spot_box
 
-        return hot_spot_box(self.patch_map, self.threshold) if self.anomaly_present else None
+        return hot_spot_box(self.patch_map, self.threshold, sigma=BOX_SIGMA) if self.anomaly_present else None
 
     @property
     def heatmap(self) -> np.ndarray:

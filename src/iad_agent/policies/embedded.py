@@ -303,7 +303,7 @@ class EmbeddedPolicy:
             fused = squash(fused, gate.band_low if look.ratio >= gate.band_low else 0.0,
                            gate.band_high if look.ratio <= gate.band_high else math.inf)
         anomalous = fused > 1.0
-        box = look.hot_box  # the tools re-score this region; the benchmark found their tighter boxes miss more
+        box = look.answer_box  # near the region the tools re-scored; the benchmark found their tighter boxes miss more
         confidence = round(0.5 + 0.5 * math.tanh(2.0 * abs(math.log(max(fused, 1e-6)))), 4)
         naming = self._name_defect(episode) if anomalous else None
         reason = reason_text(anomalous, fused, look.ratio, self._readings(episode), episode.product, naming)

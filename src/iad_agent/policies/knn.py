@@ -30,6 +30,6 @@ class KnnPolicy:
         verdict = "anomalous" if anomalous else "normal"
         reason = (f"Nearest-neighbour score {look.score:.4f} is {'above' if anomalous else 'at or below'} the "
                   f"threshold {look.threshold:.4f} set from good images, so the part is {verdict}.")
-        answer = FinalAnswer(anomaly_present=anomalous, box=look.hot_box if anomalous else None, reason=reason,
+        answer = FinalAnswer(anomaly_present=anomalous, box=look.answer_box if anomalous else None, reason=reason,
                              score=look.score, threshold=look.threshold)
         return Step(thought=f"Global look: score {look.score:.4f}, threshold {look.threshold:.4f}.", answer=answer)
