@@ -13,7 +13,6 @@ mean and std are already the product's).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -89,9 +88,7 @@ def dump(out_path: str, cats: list[str] | None) -> None:
                         v = np.array([image_score(s.fuse(bank.patch_distances(g), self_similarity_map(g) if s.uses_self else None))
                                       for g in tgrids])
                         row["test"][arm] = round(_auroc(v[y == 0], v[y == 1]), 4)
-                    print(json.dumps(row), flush=True)
-                    out.write(json.dumps(row) + "\n")
-                    out.flush()
+                    calib.emit(out, row)
 
 
 def main() -> None:

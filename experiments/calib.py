@@ -122,6 +122,53 @@ def product_config(refs: list[Path]) -> FeatureConfig:
     return config
 
 
+def package_config(refs: list[Path], images: list | None = None) -> FeatureConfig:
+    """:func:`product_config` with registration's brightness rule (``vision.brightness.brightness_target``):
+    the configuration the package itself gives a product of these references today."""
+    import dataclasses
+
+    from iad_agent.imageio import load_image
+    from iad_agent.vision.brightness import brightness_target
+
+    images = images if images is not None else [load_image(p) for p in refs]
+    return dataclasses.replace(product_config(refs), brightness=brightness_target(images))
+
+
+def groups(cats: list[str] | None, elpv: bool, max_bad: int, shots: list[str]):  # noqa: ANN201 - iterator
+    """The k-shot groups of the ``iad eval`` protocol: ``(category, k, seed, references, test samples,
+    test labels)``, seeds 0–2 (one draw for ``all``)."""
+    from iad_agent.eval.plan import draw_references, parse_shots
+
+    for cat, pool, test in categories(cats, elpv, max_bad):
+        y = np.array([int(s.label) for s in test])
+        for k in parse_shots(shots):
+            for seed in range(1 if k == "all" else 3):
+                yield cat, k, seed, draw_references(pool, k, seed, cat), test, y
+
+
+def plain_bank(refs: list[Path], config: FeatureConfig) -> NormalBank:
+    """A bank of the references' cached grids, nothing learned (plain nearest neighbour)."""
+    bank = NormalBank(config)
+    bank.add([grid_of(p, config) for p in refs], [str(p) for p in refs])
+    return bank
+
+
+def aurocs(scores: dict[str, list[float]], y: np.ndarray) -> dict[str, float]:
+    """Test image AUROC of each variant's scores (``y``: 1 = defective)."""
+    from iad_agent.vision.scoring import _auroc
+
+    return {name: round(_auroc(np.array(v)[y == 0], np.array(v)[y == 1]), 4) for name, v in scores.items()}
+
+
+def emit(out, row: dict) -> None:  # noqa: ANN001 - an open text file or None
+    """Print one result row (JSON) and append it to ``out``, flushed: a stopped run keeps what it did."""
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out is not None:
+        out.write(line + "\n")
+        out.flush()
+
+
 def score(bank: NormalBank, grid: np.ndarray, smap: np.ndarray | None) -> tuple[float, float]:
     knn = bank.patch_distances(grid)
     fused = bank.scoring.fuse(knn, smap if bank.scoring.uses_self else None)

@@ -10,12 +10,9 @@ c = median r. Plain knn vs this, test image AUROC, cached 256-px grids (package 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -40,12 +37,8 @@ def spread(bank) -> np.ndarray:  # noqa: ANN001
 
 
 def main() -> None:
-    from iad_agent.eval.plan import draw_references, parse_shots
     from iad_agent.eval.runner import set_threads
-    from iad_agent.imageio import load_image
-    from iad_agent.vision.brightness import brightness_target
-    from iad_agent.vision.normal_bank import NormalBank, image_score
-    from iad_agent.vision.scoring import _auroc
+    from iad_agent.vision.normal_bank import image_score
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--shots", default="1,4")
@@ -53,29 +46,24 @@ def main() -> None:
     ap.add_argument("--max-bad", type=int, default=60)
     a = ap.parse_args()
     set_threads(1)
-    for cat, pool, test in calib.categories(a.cats.split(",") if a.cats else None, True, a.max_bad):
-        y = np.array([int(s.label) for s in test])
-        for k in parse_shots(a.shots.split(",")):
-            for seed in range(1 if k == "all" else 3):
-                refs = draw_references(pool, k, seed, cat)
-                config = dataclasses.replace(calib.product_config(refs), brightness=brightness_target([load_image(p) for p in refs]))
-                bank = NormalBank(config)
-                bank.add([calib.grid_of(p, config) for p in refs], [str(p) for p in refs])
-                r = spread(bank)
-                c = float(np.median(r))
-                out = {"plain": [], "ratio": [], "ratio_c2": [], "sub": []}
-                for s in test:
-                    g = calib.grid_of(s.image_path, config)
-                    q = np.ascontiguousarray(g.reshape(-1, g.shape[-1]), dtype=np.float32)
-                    d, idx = bank._index.search(q, 1)
-                    d = np.sqrt(np.maximum(d[:, 0], 0))
-                    rr = r[idx[:, 0]]
-                    out["plain"].append(image_score(d))
-                    out["ratio"].append(image_score(d / (rr + c)))
-                    out["ratio_c2"].append(image_score(d / (rr + 2 * c)))
-                    out["sub"].append(image_score(np.maximum(d - 0.5 * rr, 0)))
-                res = {m: round(_auroc(np.array(v)[y == 0], np.array(v)[y == 1]), 4) for m, v in out.items()}
-                print(json.dumps({"cat": cat, "shots": str(k), "seed": seed, **res}), flush=True)
+    for cat, k, seed, refs, test, y in calib.groups(a.cats.split(",") if a.cats else None, True, a.max_bad,
+                                                    a.shots.split(",")):
+        config = calib.package_config(refs)
+        bank = calib.plain_bank(refs, config)
+        r = spread(bank)
+        c = float(np.median(r))
+        out = {"plain": [], "ratio": [], "ratio_c2": [], "sub": []}
+        for s in test:
+            g = calib.grid_of(s.image_path, config)
+            q = np.ascontiguousarray(g.reshape(-1, g.shape[-1]), dtype=np.float32)
+            d, idx = bank._index.search(q, 1)
+            d = np.sqrt(np.maximum(d[:, 0], 0))
+            rr = r[idx[:, 0]]
+            out["plain"].append(image_score(d))
+            out["ratio"].append(image_score(d / (rr + c)))
+            out["ratio_c2"].append(image_score(d / (rr + 2 * c)))
+            out["sub"].append(image_score(np.maximum(d - 0.5 * rr, 0)))
+        calib.emit(None, {"cat": cat, "shots": str(k), "seed": seed, **calib.aurocs(out, y)})
 
 
 if __name__ == "__main__":

@@ -45,9 +45,7 @@ def dump(out_path: str) -> None:
                         row["syn"][f] = round(_auroc(v[~d], v[d]), 4)
                         v = np.array([image_score(m, float(f)) for m in maps])
                         row["test"][f] = round(_auroc(v[y == 0], v[y == 1]), 4)
-                    print(json.dumps(row), flush=True)
-                    out.write(json.dumps(row) + "\n")
-                    out.flush()
+                    calib.emit(out, row)
 
 
 def summary(path: str) -> None:

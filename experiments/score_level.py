@@ -59,9 +59,7 @@ def dump(out_path: str, cats: list[str] | None) -> None:
                         row["syn"][v] = round(_auroc(a[~d], a[d]), 4)
                         a = np.array([x[v] for x in tv])
                         row["test"][v] = round(_auroc(a[y == 0], a[y == 1]), 4)
-                    print(json.dumps(row), flush=True)
-                    out.write(json.dumps(row) + "\n")
-                    out.flush()
+                    calib.emit(out, row)
 
 
 def summary(path: str) -> None:

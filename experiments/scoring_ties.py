@@ -56,9 +56,7 @@ def dump(shots: str, cats: str, out_path: str) -> None:
                         v = np.array([image_score(sc.fuse(a, b)) for a, b in zip(knn, self_maps)])
                         test_auroc[str(w)] = round(_auroc(v[y == 0], v[y == 1]), 4)
                     row = dict(cat=cat, k=k, seed=seed, w=s.self_weight, syn=s.synthetic_auroc, test=test_auroc, n=len(refs))
-                    print(json.dumps(row), flush=True)
-                    out.write(json.dumps(row) + "\n")
-                    out.flush()
+                    calib.emit(out, row)
 
 
 def old_rule(syn: dict) -> str:

@@ -12,8 +12,6 @@ scores (−discriminator logit). Test image AUROC of the head alone, plain knn, 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -60,12 +58,8 @@ def train_head(normal: np.ndarray, steps: int = 300, noise: float = 0.15, seed: 
 def main() -> None:
     import torch
 
-    from iad_agent.eval.plan import draw_references, parse_shots
     from iad_agent.eval.runner import set_threads
-    from iad_agent.imageio import load_image
-    from iad_agent.vision.brightness import brightness_target
-    from iad_agent.vision.normal_bank import NormalBank, image_score
-    from iad_agent.vision.scoring import _auroc
+    from iad_agent.vision.normal_bank import image_score
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--shots", default="1,4")
@@ -76,29 +70,24 @@ def main() -> None:
     a = ap.parse_args()
     set_threads(1)
     torch.set_num_threads(1)
-    for cat, pool, test in calib.categories(a.cats.split(",") if a.cats else None, a.elpv, a.max_bad):
-        y = np.array([int(s.label) for s in test])
-        for k in parse_shots(a.shots.split(",")):
-            for seed in range(1 if k == "all" else 3):
-                refs = draw_references(pool, k, seed, cat)
-                config = dataclasses.replace(calib.product_config(refs), brightness=brightness_target([load_image(p) for p in refs]))
-                grids = [calib.grid_of(p, config) for p in refs]
-                bank = NormalBank(config)
-                bank.add(grids, [str(p) for p in refs])
-                t0 = time.process_time()
-                head = train_head(np.concatenate([g.reshape(-1, g.shape[-1]) for g in grids]), noise=a.noise, seed=seed)
-                train_s = time.process_time() - t0
-                head_level = float(np.median(np.concatenate([head(g).ravel() for g in grids])))
-                out = {"knn": [], "head": [], "knn*head": []}
-                for s in test:
-                    g = calib.grid_of(s.image_path, config)
-                    kn = bank.patch_distances(g)
-                    hd = head(g)
-                    out["knn"].append(image_score(kn))
-                    out["head"].append(image_score(hd))
-                    out["knn*head"].append(image_score(kn / max(float(np.median(kn)), 1e-6) + (hd - head_level)))
-                res = {m: round(_auroc(np.array(v)[y == 0], np.array(v)[y == 1]), 4) for m, v in out.items()}
-                print(json.dumps({"cat": cat, "shots": str(k), "seed": seed, "train_s": round(train_s, 1), **res}), flush=True)
+    for cat, k, seed, refs, test, y in calib.groups(a.cats.split(",") if a.cats else None, a.elpv, a.max_bad,
+                                                    a.shots.split(",")):
+        config = calib.package_config(refs)
+        bank = calib.plain_bank(refs, config)
+        grids = [calib.grid_of(p, config) for p in refs]
+        t0 = time.process_time()
+        head = train_head(np.concatenate([g.reshape(-1, g.shape[-1]) for g in grids]), noise=a.noise, seed=seed)
+        train_s = time.process_time() - t0
+        head_level = float(np.median(np.concatenate([head(g).ravel() for g in grids])))
+        out = {"knn": [], "head": [], "knn*head": []}
+        for s in test:
+            g = calib.grid_of(s.image_path, config)
+            kn = bank.patch_distances(g)
+            hd = head(g)
+            out["knn"].append(image_score(kn))
+            out["head"].append(image_score(hd))
+            out["knn*head"].append(image_score(kn / max(float(np.median(kn)), 1e-6) + (hd - head_level)))
+        calib.emit(None, {"cat": cat, "shots": str(k), "seed": seed, "train_s": round(train_s, 1), **calib.aurocs(out, y)})
 
 
 if __name__ == "__main__":

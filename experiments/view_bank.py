@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -24,12 +23,10 @@ import calib  # noqa: E402
 
 
 def main() -> None:
-    from iad_agent.eval.plan import draw_references
     from iad_agent.eval.runner import set_threads
     from iad_agent.imageio import load_image
     from iad_agent.vision.learn import augmented_views
     from iad_agent.vision.normal_bank import NormalBank, image_score
-    from iad_agent.vision.scoring import _auroc
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--cats", default="")
@@ -38,32 +35,27 @@ def main() -> None:
     ap.add_argument("--max-bad", type=int, default=60)
     a = ap.parse_args()
     set_threads(1)
-    for cat, pool, test in calib.categories(a.cats.split(",") if a.cats else None, a.elpv, a.max_bad):
-        y = np.array([int(s.label) for s in test])
-        for seed in range(3):
-            refs = draw_references(pool, 1, seed, cat)
-            config = calib.product_config(refs)  # one image: never brightness-matched
-            ext = calib.extractor(config)
-            mat: dict = {}
-            bank_a, cal = calib.learned_bank(refs, config, material=mat)
-            s = bank_a.scoring
-            held_grids = [g for g, d in zip(mat["grids"], mat["defect"]) if not d]
-            extra = list(ext(augmented_views(load_image(refs[0]), n=a.views, seed=1)))
-            bank_b = NormalBank(config)
-            bank_b.add([calib.grid_of(refs[0], config)] + extra, [str(refs[0])] + [f"view{i}" for i in range(len(extra))])
-            level_b = float(np.median([image_score(bank_b.patch_distances(g)) for g in held_grids]))
-            s_b = dataclasses.replace(s, knn_level=level_b)
-            out = {"knn_a": [], "knn_b": [], "look_a": [], "look_b": []}
-            for smp in test:
-                g = calib.grid_of(smp.image_path, config)
-                smap = calib.self_map_of(smp.image_path, config) if s.uses_self else None
-                ka, kb = bank_a.patch_distances(g), bank_b.patch_distances(g)
-                out["knn_a"].append(image_score(ka))
-                out["knn_b"].append(image_score(kb))
-                out["look_a"].append(image_score(s.fuse(ka, smap)))
-                out["look_b"].append(image_score(s_b.fuse(kb, smap)))
-            res = {m: round(_auroc(np.array(v)[y == 0], np.array(v)[y == 1]), 4) for m, v in out.items()}
-            print(json.dumps({"cat": cat, "seed": seed, "w": s.self_weight, **res}), flush=True)
+    for cat, _, seed, refs, test, y in calib.groups(a.cats.split(",") if a.cats else None, a.elpv, a.max_bad, ["1"]):
+        config = calib.product_config(refs)  # one image: never brightness-matched
+        mat: dict = {}
+        bank_a, _ = calib.learned_bank(refs, config, material=mat)
+        s = bank_a.scoring
+        held_grids = [g for g, d in zip(mat["grids"], mat["defect"]) if not d]
+        extra = list(calib.extractor(config)(augmented_views(load_image(refs[0]), n=a.views, seed=1)))
+        bank_b = NormalBank(config)
+        bank_b.add([calib.grid_of(refs[0], config)] + extra, [str(refs[0])] + [f"view{i}" for i in range(len(extra))])
+        level_b = float(np.median([image_score(bank_b.patch_distances(g)) for g in held_grids]))
+        s_b = dataclasses.replace(s, knn_level=level_b)
+        out = {"knn_a": [], "knn_b": [], "look_a": [], "look_b": []}
+        for smp in test:
+            g = calib.grid_of(smp.image_path, config)
+            smap = calib.self_map_of(smp.image_path, config) if s.uses_self else None
+            ka, kb = bank_a.patch_distances(g), bank_b.patch_distances(g)
+            out["knn_a"].append(image_score(ka))
+            out["knn_b"].append(image_score(kb))
+            out["look_a"].append(image_score(s.fuse(ka, smap)))
+            out["look_b"].append(image_score(s_b.fuse(kb, smap)))
+        calib.emit(None, {"cat": cat, "seed": seed, "w": s.self_weight, **calib.aurocs(out, y)})
 
 
 if __name__ == "__main__":
