@@ -137,6 +137,25 @@ def test_one_image_threshold_shift_is_capped_by_synthetic_defects():
     assert cal.shifted(1.0) == 1.0  # never below the views' own threshold
 
 
+def test_few_good_images_set_the_threshold_from_their_mean_and_the_prior_spread():
+    from statistics import NormalDist
+
+    from iad_agent.vision.normal_bank import Calibration
+
+    z = NormalDist().inv_cdf(0.95)
+    # four held-out scores, one of them far off (a reference unlike the others): the fitted normal
+    # distribution's threshold follows the odd one; the prior spread's stays near the mean
+    cal = Calibration(0.05, "leave-one-out", [0.73, 1.18, 1.18, 0.82], [1.0], bank_size_factor=0.9)
+    fitted = cal.threshold
+    assert fitted == pytest.approx((0.9775 + z * float(np.std([0.73, 1.18, 1.18, 0.82], ddof=1))) * 0.9)
+    cal.prior_spread = 0.05
+    assert cal.threshold == pytest.approx(0.9775 * (1 + z * 0.05))  # no bank-size factor either
+    assert cal.threshold < fitted
+    assert cal.threshold_at(0.01) > cal.threshold > cal.threshold_at(0.2)  # the promise still sets it
+    cal.knn_scores, cal.knn_bank_size_factor = [2.0, 2.2], 0.8
+    assert cal.knn_threshold == pytest.approx(2.1 * (1 + z * 0.05))
+
+
 @pytest.fixture(scope="module")
 def grid3(data_root, tmp_path_factory):
     """grid registered from 3 full-resolution good images (with its progress calls), built and saved once:
@@ -158,9 +177,12 @@ def test_registration_learns_and_saves_the_scoring(data_root, grid3):
     assert calls and calls[-1][0] == calls[-1][1]  # the progress bar reaches its end
     cal = product.bank.calibration
     assert len(cal.global_scores) == 3 and len(cal.knn_scores) == 3
+    assert cal.prior_spread == 0.05  # three good images: too few to measure how good scores spread
+    assert cal.threshold == pytest.approx(np.mean(cal.global_scores) * (1 + 1.6449 * 0.05), rel=1e-4)
     assert set(product.bank.scoring.synthetic_auroc) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
     loaded = Product.load(folder)
     assert loaded.bank.scoring == product.bank.scoring  # learned once, never recomputed at load
+    assert loaded.bank.calibration.threshold == cal.threshold
     plain = Product.build("hazelplain", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:2], selfsim=False)
     assert plain.bank.scoring.self_weight == 0.0 and set(plain.bank.scoring.synthetic_auroc) == {"0.0"}
 

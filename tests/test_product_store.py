@@ -160,7 +160,9 @@ def test_fpr_alone_resets_threshold_and_tool_limits_from_stored_scores(ws, monke
     new = ws.load("haz")
     cal = new.bank.calibration
     assert cal.fpr == 0.01 and cal.global_scores == old.bank.calibration.global_scores
-    assert cal.threshold == pytest.approx(threshold_for_fpr(old.bank.calibration.global_scores, 0.01) * cal.bank_size_factor)
+    # three good images: the held-out mean and the prior spread (learn.PRIOR_SPREAD), at the new rate
+    assert cal.prior_spread == old.bank.calibration.prior_spread == 0.05
+    assert cal.threshold == pytest.approx(threshold_for_fpr(old.bank.calibration.global_scores, 0.01, prior_spread=0.05))
     assert cal.threshold > old.bank.calibration.threshold
     for limit in ("zoom_threshold", "compare_threshold"):  # defined relative to the nearest-neighbour threshold
         ratio_old = getattr(old.tool_limits, limit) / old.bank.calibration.knn_threshold
@@ -184,7 +186,7 @@ def test_remove_good_images_rebuilds_from_stored_features(ws, goods):
     assert p.bank.paths == _resolved(goods[1:3]) and reg.removed == _resolved(goods[:1])
     assert int(p.bank.origin.max()) == 1 and len(p.image_hashes) == 2 and None not in p.image_hashes
     cal = p.bank.calibration
-    assert cal.threshold == pytest.approx(threshold_for_fpr(cal.global_scores, 0.05) * cal.bank_size_factor)
+    assert cal.prior_spread == 0.05 and cal.threshold == pytest.approx(threshold_for_fpr(cal.global_scores, 0.05, prior_spread=0.05))
     with pytest.raises(RegistrationError, match="cannot remove every good image of 'haz'"):
         ws.remove_images("haz", goods[1:3])
     assert len(ws.load("haz").bank) == 2
@@ -383,6 +385,9 @@ DAMAGE = {
     "bank.json garbage": ("bank/bank.json", lambda p: p.write_text("\x00\x01"), "bank.json"),
     "bank.json no calibration": ("bank/bank.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "calibration": None})),
                                  "has no usable calibration"),
+    "bank.json bad prior spread": ("bank/bank.json", lambda p: p.write_text(json.dumps(
+        {**json.loads(p.read_text()), "calibration": {**json.loads(p.read_text())["calibration"], "prior_spread": -1}})),
+        "has a calibration with missing, non-finite or out-of-range values"),
     "missing bank.npz": ("bank/bank.npz", lambda p: p.unlink(), "is missing"),
     "product.json no name": ("product.json", lambda p: p.write_text('{"name": 5}'), "has no product name"),
     "good_images.json short": ("good_images.json", lambda p: p.write_text('{"sha256": [], "added": []}'), "should list 3 good images"),

@@ -291,14 +291,12 @@ FPR_RANGE = (0.001, 0.5)
 def threshold_for_fpr(product: Product, fpr: float) -> float:
     """The threshold that ``product``'s held-out good scores give for false-alarm rate ``fpr``.
 
-    The calibration's own rule (:attr:`Calibration.threshold`): the quantile of the held-out
-    scores, carried to the full bank by its ``bank_size_factor`` (and, with one good image,
-    shifted by :meth:`Calibration.shifted`).
+    The calibration's own rule (:meth:`Calibration.threshold_at`): a normal fit of the held-out
+    scores carried to the full bank by its ``bank_size_factor`` (with one good image shifted by
+    :meth:`Calibration.shifted`), or, with too few held-out scores to measure their spread, their
+    mean plus the prior spread.
     """
-    from iad_agent.vision.normal_bank import threshold_for_fpr as from_scores
-
-    cal = product.bank.calibration
-    return cal.shifted(from_scores(cal.global_scores, fpr) * cal.bank_size_factor)
+    return product.bank.calibration.threshold_at(fpr)
 
 
 def fpr_for_threshold(product: Product, threshold: float) -> float:

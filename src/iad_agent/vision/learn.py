@@ -38,6 +38,18 @@ PATCH_QUANTILE = 0.999
 #: ``experiments/views_shift.py``). The threshold moves up by it, capped at the synthetic defects'
 #: median (:meth:`iad_agent.vision.normal_bank.Calibration.shifted`).
 VIEWS_SHIFT = 1.18
+#: With fewer held-out good images than this (2–7 good images), their scores' own spread is not
+#: used: a standard deviation from 4 scores is off by about ±40 %, and one odd reference (a juice
+#: bottle of a kind no other reference shows) or four near-alike ones (grid) moved the 4-shot
+#: threshold far from where other good parts lie. The threshold is then the held-out mean times
+#: ``1 + z · PRIOR_SPREAD``, without the bank-size factor. Other good images of the shared data —
+#: never a reference, a test image or a defect — put their 95th percentile at 1.084 × the held-out
+#: mean (median over the 21 four-shot groups of the six dev products and ELPV), a spread of 0.051
+#: of the mean (0.034–0.057 with any one product left out); 0.05 is the floor the normal fit
+#: already had (``normal_bank.SPREAD_FLOOR``), the cautious end of that range for the promise.
+#: ``experiments/threshold_rules.py``.
+MIN_SPREAD_SCORES = 8
+PRIOR_SPREAD = 0.05
 
 
 def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.Image]:
@@ -144,6 +156,7 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         knn_patch_threshold=float(np.quantile(np.concatenate([k.ravel() for k in held_knn]), PATCH_QUANTILE)),
         bank_size_factor=factor,
         knn_bank_size_factor=knn_factor,
+        prior_spread=PRIOR_SPREAD if n >= 2 and len(held) < MIN_SPREAD_SCORES else 0.0,
     )
     if n < 2 and syn_knn:  # one good image: the views flatter (see VIEWS_SHIFT); the knn baseline keeps its rule
         cal.views_shift = VIEWS_SHIFT

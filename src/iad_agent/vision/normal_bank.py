@@ -31,6 +31,8 @@ from iad_agent.vision.grid_ops import gaussian_filter, resize_bilinear, upsample
 log = logging.getLogger(__name__)
 
 TOP_FRACTION = 0.01  # image score = mean of the top 1 % patch distances
+#: The least spread of good parts' scores a threshold assumes, as a fraction of their mean.
+SPREAD_FLOOR = 0.05
 
 
 def image_score(distance_map: np.ndarray, fraction: float = TOP_FRACTION) -> float:
@@ -44,22 +46,27 @@ def image_score(distance_map: np.ndarray, fraction: float = TOP_FRACTION) -> flo
     return float(np.partition(flat, flat.size - k)[flat.size - k :].mean())
 
 
-def threshold_for_fpr(scores: Sequence[float], fpr: float) -> float:
+def threshold_for_fpr(scores: Sequence[float], fpr: float, prior_spread: float = 0.0) -> float:
     """Decision threshold expected to flag a fraction ``fpr`` of good parts.
 
     With at least ``2 / fpr`` held-out normal scores the empirical ``1 - fpr`` quantile is used;
     with fewer, a normal distribution is fitted (std floored at 5 % of the mean so that two
-    near-identical scores do not give a threshold on a knife edge).
+    near-identical scores do not give a threshold on a knife edge). ``prior_spread`` > 0: too few
+    scores to estimate their spread at all; the std is taken as that fraction of their mean.
 
     >>> round(threshold_for_fpr([1.0, 1.0, 1.0], 0.05), 4)
+    1.0822
+    >>> round(threshold_for_fpr([0.8, 1.0, 1.2], 0.05, prior_spread=0.05), 4)
     1.0822
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.size == 0:
         raise ValueError("no calibration scores")
+    if prior_spread > 0:
+        return float(s.mean() * (1 + NormalDist().inv_cdf(1 - fpr) * prior_spread))
     if s.size >= 2 / fpr:
         return float(np.quantile(s, 1 - fpr, method="higher"))
-    std = max(float(s.std(ddof=1)) if s.size > 1 else 0.0, 0.05 * abs(float(s.mean())))
+    std = max(float(s.std(ddof=1)) if s.size > 1 else 0.0, SPREAD_FLOOR * abs(float(s.mean())))
     return float(s.mean() + NormalDist().inv_cdf(1 - fpr) * std)  # the stdlib's: scipy.stats costs a second to import
 
 
@@ -156,6 +163,10 @@ class Calibration:
     Leave-one-out scores come from one good image fewer than the inspector has; the
     ``*_bank_size_factor`` (≤ 1) carries the held-out scores one image further, from the drop
     measured between leave-two-out and leave-one-out (see :mod:`iad_agent.vision.learn`).
+    ``prior_spread`` > 0 (set by :func:`iad_agent.vision.learn.learn` when too few good images were
+    held out to measure their spread): the thresholds are ``mean · (1 + z · prior_spread)`` of the
+    held-out scores, without the bank-size factor; 0 (and every calibration stored before it
+    existed): the fitted normal distribution above.
     """
 
     fpr: float
@@ -169,6 +180,7 @@ class Calibration:
     knn_bank_size_factor: float = 1.0
     views_shift: float = 1.0
     synthetic_median: float = 0.0
+    prior_spread: float = 0.0
 
     def shifted(self, base: float) -> float:
         """With one good image: the views' threshold ``base`` moved toward where other good parts lie.
@@ -182,14 +194,22 @@ class Calibration:
             return base
         return min(base * self.views_shift, max(base, self.synthetic_median))
 
+    def threshold_at(self, fpr: float) -> float:
+        """The verdict's threshold for false-alarm rate ``fpr`` (:attr:`threshold` at the stored rate)."""
+        if self.prior_spread > 0:
+            return threshold_for_fpr(self.global_scores, fpr, self.prior_spread)
+        return self.shifted(threshold_for_fpr(self.global_scores, fpr) * self.bank_size_factor)
+
     @property
     def threshold(self) -> float:
-        return self.shifted(threshold_for_fpr(self.global_scores, self.fpr) * self.bank_size_factor)
+        return self.threshold_at(self.fpr)
 
     @property
     def knn_threshold(self) -> float:
         if not self.knn_scores:
             return self.threshold
+        if self.prior_spread > 0:
+            return threshold_for_fpr(self.knn_scores, self.fpr, self.prior_spread)
         return threshold_for_fpr(self.knn_scores, self.fpr) * self.knn_bank_size_factor
 
     @property
