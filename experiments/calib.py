@@ -205,12 +205,12 @@ def fused_maps(bank: NormalBank, material: dict, test: list):  # noqa: ANN201
 
 
 def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: list, fpr: float, max_pool: int,
-              maps_dir: Path) -> dict:
+              maps_dir: Path, package: bool = False) -> dict:
     from iad_agent.eval.plan import evenly_spaced
 
     t0 = time.perf_counter()
     mat: dict = {}
-    bank, cal = learned_bank(refs, fpr=fpr, material=mat)
+    bank, cal = learned_bank(refs, config=package_config(refs) if package else None, fpr=fpr, material=mat)
     config = bank.config
     learn_s = time.perf_counter() - t0
     others = evenly_spaced([p for p in pool if p not in set(refs)], max_pool)
@@ -245,6 +245,7 @@ def main() -> None:
     ap.add_argument("--max-bad", type=int, default=100)
     ap.add_argument("--max-pool", type=int, default=30)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--package", action="store_true", help="the package's configuration (brightness rule included)")
     a = ap.parse_args()
     from iad_agent.eval.plan import draw_references, parse_shots
     from iad_agent.eval.runner import set_threads
@@ -267,7 +268,7 @@ def main() -> None:
                     continue
                 seen.add((k, tuple(refs)))
                 t0 = time.perf_counter()
-                row = run_group(cat, k, seed, refs, pool, test, a.fpr, a.max_pool, out.parent / "maps")
+                row = run_group(cat, k, seed, refs, pool, test, a.fpr, a.max_pool, out.parent / "maps", a.package)
                 with out.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 y = np.array(row["test_y"])
