@@ -110,19 +110,18 @@ def test_one_good_image_is_enough(tmp_path, normals):
     r = runner.invoke(app, ["register", "solo", "--normals", str(single), "--workspace", str(tmp_path / "ws")])
     assert r.exit_code == 0 and "augmented-views" in r.stdout.replace("\n", " ")
     assert "registered solo: 1 good image," in r.stdout  # the plural is handled
-    # the views' threshold is moved up toward other good parts, capped at the synthetic defects' median
+    # the threshold at 5 % sits at the synthetic defects' median times SYNTHETIC_LEVEL; other rates follow the views
     from iad_agent import api
-    from iad_agent.vision.learn import VIEWS_SHIFT
-    from iad_agent.vision.normal_bank import threshold_for_fpr
+    from iad_agent.vision.learn import SYNTHETIC_LEVEL
+
     from iad_agent.workspace import Workspace
 
     product = Workspace(tmp_path / "ws").load("solo")
     cal = product.bank.calibration
-    base = threshold_for_fpr(cal.global_scores, cal.fpr) * cal.bank_size_factor
-    assert cal.views_shift == VIEWS_SHIFT and cal.synthetic_median > 0
-    assert base <= cal.threshold <= base * VIEWS_SHIFT + 1e-9
-    assert cal.threshold == pytest.approx(min(base * VIEWS_SHIFT, max(base, cal.synthetic_median)))
+    assert cal.synthetic_level == SYNTHETIC_LEVEL and cal.synthetic_median > 0
+    assert cal.threshold == pytest.approx(SYNTHETIC_LEVEL * cal.synthetic_median)
     assert api.threshold_for_fpr(product, cal.fpr) == pytest.approx(cal.threshold)
+    assert api.threshold_for_fpr(product, 0.01) > cal.threshold > api.threshold_for_fpr(product, 0.2)
 
 
 def test_register_matches_varying_light_unless_told_to_keep_it(tmp_path, data_root):

@@ -137,6 +137,19 @@ def test_one_image_threshold_shift_is_capped_by_synthetic_defects():
     assert cal.shifted(1.0) == 1.0  # never below the views' own threshold
 
 
+def test_one_image_threshold_is_tied_to_the_synthetic_median_at_five_percent():
+    from iad_agent.vision.normal_bank import Calibration, threshold_for_fpr
+
+    views = [0.8, 0.85, 0.9, 0.82, 0.88, 0.79, 0.84, 0.86]
+    cal = Calibration(0.05, "augmented-views", views, [1.0], synthetic_median=1.2, synthetic_level=1.05)
+    assert cal.threshold == pytest.approx(1.26)  # 1.05 x the synthetic median, whatever the views say
+    # another promised rate moves it as the views' normal fit moves
+    ratio = threshold_for_fpr(views, 0.01) / threshold_for_fpr(views, 0.05)
+    assert cal.threshold_at(0.01) == pytest.approx(1.26 * ratio) and ratio > 1
+    old = Calibration(0.05, "augmented-views", views, [1.0], synthetic_median=1.2, views_shift=1.18)
+    assert old.threshold == pytest.approx(min(threshold_for_fpr(views, 0.05) * 1.18, 1.2))  # stored before: unchanged
+
+
 def test_few_good_images_set_the_threshold_from_their_mean_and_the_prior_spread():
     from statistics import NormalDist
 

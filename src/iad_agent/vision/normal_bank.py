@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 TOP_FRACTION = 0.01  # image score = mean of the top 1 % patch distances
 #: The least spread of good parts' scores a threshold assumes, as a fraction of their mean.
 SPREAD_FLOOR = 0.05
+#: The false-alarm rate at which a one-good-image threshold is tied to the synthetic defects' median
+#: (``Calibration.synthetic_level``); other rates follow the views' normal fit from there.
+LEVEL_FPR = 0.05
 
 
 def image_score(distance_map: np.ndarray, fraction: float = TOP_FRACTION) -> float:
@@ -167,6 +170,9 @@ class Calibration:
     held out to measure their spread): the thresholds are ``mean · (1 + z · prior_spread)`` of the
     held-out scores, without the bank-size factor; 0 (and every calibration stored before it
     existed): the fitted normal distribution above.
+    ``synthetic_level`` > 0 (one good image): at false-alarm rate :data:`LEVEL_FPR` the threshold is
+    ``synthetic_level · synthetic_median``, and other rates scale it as the views' normal fit
+    scales; 0 (products stored before it existed): the views' fit moved by :meth:`shifted`.
     """
 
     fpr: float
@@ -181,6 +187,7 @@ class Calibration:
     views_shift: float = 1.0
     synthetic_median: float = 0.0
     prior_spread: float = 0.0
+    synthetic_level: float = 0.0
 
     def shifted(self, base: float) -> float:
         """With one good image: the views' threshold ``base`` moved toward where other good parts lie.
@@ -198,7 +205,11 @@ class Calibration:
         """The verdict's threshold for false-alarm rate ``fpr`` (:attr:`threshold` at the stored rate)."""
         if self.prior_spread > 0:
             return threshold_for_fpr(self.global_scores, fpr, self.prior_spread)
-        return self.shifted(threshold_for_fpr(self.global_scores, fpr) * self.bank_size_factor)
+        base = threshold_for_fpr(self.global_scores, fpr) * self.bank_size_factor
+        if self.synthetic_level > 0 and self.synthetic_median > 0:
+            at_level = threshold_for_fpr(self.global_scores, LEVEL_FPR) * self.bank_size_factor
+            return base * self.synthetic_level * self.synthetic_median / at_level
+        return self.shifted(base)
 
     @property
     def threshold(self) -> float:
