@@ -11,6 +11,7 @@ only to report balanced accuracy, never to fit anything.
     python experiments/calib.py --package --shots 4,1 --out /work/thr/dump.jsonl
     python experiments/threshold_rules.py rules --dump /work/thr/dump.jsonl --shots 4
     python experiments/threshold_rules.py spread --dump /work/thr/dump.jsonl --shots 4   # also --shots all (dump_all)
+    python experiments/threshold_rules.py one --dump /work/thr/dump.jsonl            # one shot: synthetic level
     python experiments/threshold_rules.py shift --dump /work/thr/dump.jsonl          # one shot: views shift
     PYTHONPATH=src python experiments/threshold_rules.py views --out /work/thr/views4.jsonl
     python experiments/threshold_rules.py rules --dump /work/thr/dump.jsonl --shots 4 --views /work/thr/views4.jsonl
@@ -114,6 +115,27 @@ def shift_cmd(a: argparse.Namespace) -> None:
         report(rows, f"shift {sh} not capped", lambda r, sh=sh: shifted(r, normal_fit(r), sh, cap=False))
 
 
+def one_cmd(a: argparse.Namespace) -> None:
+    """One good image: the synthetic defects' median (and other statistics) as the threshold's level."""
+    rows = [r for r in map(json.loads, open(a.dump)) if str(r["shots"]) == "1"]
+    syn = lambda r: float(np.median(r["syn_scores"]))  # noqa: E731
+    f = {"synthetic median": syn, "synthetic mean": lambda r: float(np.mean(r["syn_scores"])),
+         "synthetic lower quartile": lambda r: float(np.quantile(r["syn_scores"], 0.25)),
+         "gm(package's rule, synthetic median)": lambda r: float(np.sqrt(current(r) * syn(r)))}
+    target = {id(r): float(np.quantile(r["pool"], 0.95)) for r in rows}
+    lr = np.array([np.log(target[id(r)] / current(r)) for r in rows])
+    print(f"{'views fit x 1.18, capped':38s} ratio median {np.exp(np.median(lr)):.3f} log-std {lr.std():.3f}")
+    report(rows, "views fit x 1.18, capped", current)
+    for name, fn in f.items():
+        lr = np.array([np.log(target[id(r)] / fn(r)) for r in rows])
+        locos = {c: float(np.median([target[id(o)] / fn(o) for o in rows if o["cat"] != c])) for c in {r["cat"] for r in rows}}
+        c_all = float(np.exp(np.median(lr)))
+        print(f"{name:38s} c = {c_all:.3f} (left-one-category-out {min(locos.values()):.3f}-{max(locos.values()):.3f}) "
+              f"log-std {lr.std():.3f}")
+        report(rows, f"{name} (c all)", lambda r, fn=fn, c=c_all: c * fn(r))
+        report(rows, f"{name} (c LOCO)", lambda r, fn=fn, locos=locos: locos[r["cat"]] * fn(r))
+
+
 def views_cmd(a: argparse.Namespace) -> None:
     import calib
     from iad_agent.eval.runner import set_threads
@@ -153,12 +175,14 @@ def main() -> None:
     p = sub.add_parser("spread")
     p.add_argument("--dump", required=True)
     p.add_argument("--shots", default="4")
+    o = sub.add_parser("one")
+    o.add_argument("--dump", required=True)
     s = sub.add_parser("shift")
     s.add_argument("--dump", required=True)
     v = sub.add_parser("views")
     v.add_argument("--out", required=True)
     a = ap.parse_args()
-    {"rules": rules_cmd, "spread": spread_cmd, "shift": shift_cmd, "views": views_cmd}[a.cmd](a)
+    {"rules": rules_cmd, "spread": spread_cmd, "one": one_cmd, "shift": shift_cmd, "views": views_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":
