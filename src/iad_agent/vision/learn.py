@@ -45,8 +45,8 @@ PATCH_QUANTILE = 0.999
 #: (:meth:`~iad_agent.vision.normal_bank.Calibration.threshold_at`).
 SYNTHETIC_LEVEL = 1.05
 #: With fewer held-out good images than this (2–7 good images), their scores' own spread is not
-#: used: a standard deviation from 4 scores is off by about ±40 %, and one odd reference (a juice
-#: bottle of a kind no other reference shows) or four near-alike ones (grid) moved the 4-shot
+#: used: a standard deviation from 4 scores is off by about ±40 %, and two references far from the
+#: other two (juice bottle) or four near-alike ones (grid) moved the 4-shot
 #: threshold far from where other good parts lie. The threshold is then the held-out mean times
 #: ``1 + z · PRIOR_SPREAD``, without the bank-size factor. Other good images of the shared data —
 #: never a reference, a test image or a defect — put their 95th percentile at 1.084 × the held-out
