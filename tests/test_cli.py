@@ -113,7 +113,6 @@ def test_one_good_image_is_enough(tmp_path, normals):
     # the threshold at 5 % sits at the synthetic defects' median times SYNTHETIC_LEVEL; other rates follow the views
     from iad_agent import api
     from iad_agent.vision.learn import SYNTHETIC_LEVEL
-
     from iad_agent.workspace import Workspace
 
     product = Workspace(tmp_path / "ws").load("solo")

@@ -156,8 +156,8 @@ def test_few_good_images_set_the_threshold_from_their_mean_and_the_prior_spread(
     from iad_agent.vision.normal_bank import Calibration
 
     z = NormalDist().inv_cdf(0.95)
-    # four held-out scores, one of them far off (a reference unlike the others): the fitted normal
-    # distribution's threshold follows the odd one; the prior spread's stays near the mean
+    # four held-out scores, two far from the other two (juice bottle, 4 shots): the fitted normal
+    # distribution's threshold follows their spread; the prior spread's stays near the mean
     cal = Calibration(0.05, "leave-one-out", [0.73, 1.18, 1.18, 0.82], [1.0], bank_size_factor=0.9)
     fitted = cal.threshold
     assert fitted == pytest.approx((0.9775 + z * float(np.std([0.73, 1.18, 1.18, 0.82], ddof=1))) * 0.9)

@@ -292,9 +292,9 @@ def threshold_for_fpr(product: Product, fpr: float) -> float:
     """The threshold that ``product``'s held-out good scores give for false-alarm rate ``fpr``.
 
     The calibration's own rule (:meth:`Calibration.threshold_at`): a normal fit of the held-out
-    scores carried to the full bank by its ``bank_size_factor`` (with one good image shifted by
-    :meth:`Calibration.shifted`), or, with too few held-out scores to measure their spread, their
-    mean plus the prior spread.
+    scores carried to the full bank by its ``bank_size_factor``; with 2–7 good images their mean
+    plus the prior spread; with one good image tied to its synthetic defects' median at 5 %
+    (products stored before: the views' fit moved by :meth:`Calibration.shifted`).
     """
     return product.bank.calibration.threshold_at(fpr)
 
