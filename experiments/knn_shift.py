@@ -3,8 +3,10 @@
 At one shot the held-out "good parts" are augmented views of the reference itself, so their
 nearest-neighbour maps are too low (other good parts score higher under that term; the
 self-similarity term never looks at the reference). Here the views' knn maps are multiplied by
-``s`` before ``choose_scoring`` (the weight and the levels), the threshold is re-derived the
-package's way, and the test image AUROC / balanced accuracy are reported for each ``s``.
+``s`` before ``choose_scoring`` (the weight and the levels), the threshold is re-derived with the
+package's one-shot rule of the time (the views' fit × 1.18, capped at the synthetic median; since
+replaced by ``learn.SYNTHETIC_LEVEL``), and the test image AUROC / balanced accuracy are reported
+for each ``s``.
 
     PYTHONPATH=src python experiments/knn_shift.py --out /work/thr/knnshift1.jsonl
     PYTHONPATH=src python experiments/knn_shift.py --summary /work/thr/knnshift1.jsonl

@@ -36,8 +36,9 @@ Z = NormalDist().inv_cdf(0.95)
 
 
 def current(r: dict) -> float:
-    """The package's rule: normal fit (std floored at 5 % of the mean) × bank-size factor; at one
-    shot moved up by VIEWS_SHIFT 1.18, capped at the synthetic defects' median."""
+    """The package's rule before these measurements (the dump's groups were registered under it): normal fit
+    (std floored at 5 % of the mean) × bank-size factor; at one shot moved up by 1.18, capped at the synthetic
+    defects' median. The rules adopted since: ``spread`` (2–7 good images) and ``one`` (one good image)."""
     return shifted(r, normal_fit(r) * r["factor"], 1.18)
 
 
@@ -56,7 +57,8 @@ def metrics(r: dict, t: float) -> np.ndarray:
     y, s = np.array(r["test_y"]), np.array(r["test"])
     flagged = s >= t
     far, miss = flagged[y == 0].mean(), (~flagged[y == 1]).mean()
-    return np.array([far, miss, 1 - (far + miss) / 2, (np.array(r["pool"]) >= t).mean()])
+    pool = np.array(r["pool"])
+    return np.array([far, miss, 1 - (far + miss) / 2, (pool >= t).mean() if pool.size else np.nan])
 
 
 def report(rows: list[dict], name: str, thr) -> None:  # noqa: ANN001 - row -> threshold

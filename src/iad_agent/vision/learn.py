@@ -121,12 +121,15 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
     if progress:
         progress(len(defects) // 2, n_synthetic)
     knn2: list[np.ndarray] = []
-    if n >= 3:  # leave-one-out and leave-two-out maps of each held-out image from one search (used below)
+    prior_spread = PRIOR_SPREAD if n >= 2 and len(held) < MIN_SPREAD_SCORES else 0.0
+    if n >= 3 and not prior_spread:  # leave-one-out and leave-two-out maps of each held-out image from one search
         others = [held[(j + 1) % len(held)][1] for j in range(len(held))]
         if len(held) < n:  # the second image left out need not be a held-out one
             others = [(ex + 1) % n for _, ex in held]
         both = [bank.leave_out_distances(g, [[ex], [ex, other]]) for (g, ex), other in zip(held, others)]
         held_knn, knn2 = [m[0] for m in both], [m[1] for m in both]
+    elif n >= 3:  # the same leave-one-out maps; no bank-size factor is needed with the prior spread
+        held_knn = [bank.leave_out_distances(g, [[ex]])[0] for g, ex in held]
     else:
         held_knn = [bank.patch_distances(g, exclude=ex) for g, ex in held]
     syn_knn = [bank.patch_distances(g, exclude=ex) for g, (_, ex) in zip(syn_grids, sources)]
@@ -149,7 +152,7 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
     else:
         aligned = [image_score(aligned_distance(g, bank.grids[0].astype(np.float32))) for g, _ in held]
     factor, knn_factor = 1.0, 1.0
-    if n >= 3:  # leave-two-out: how much one more good image lowers held-out scores
+    if knn2:  # leave-two-out: how much one more good image lowers held-out scores
         fused2 = [scoring.fuse(k, held_self[i] if scoring.uses_self else None) for i, k in enumerate(knn2)]
         factor = _one_step(fused, fused2)
         knn_factor = _one_step(held_knn, knn2)
@@ -162,7 +165,7 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         knn_patch_threshold=float(np.quantile(np.concatenate([k.ravel() for k in held_knn]), PATCH_QUANTILE)),
         bank_size_factor=factor,
         knn_bank_size_factor=knn_factor,
-        prior_spread=PRIOR_SPREAD if n >= 2 and len(held) < MIN_SPREAD_SCORES else 0.0,
+        prior_spread=prior_spread,
     )
     if n < 2 and syn_knn:  # one good image: the views flatter (see SYNTHETIC_LEVEL); the knn baseline keeps its rule
         cal.synthetic_level = SYNTHETIC_LEVEL
