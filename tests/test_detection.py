@@ -200,6 +200,37 @@ def test_registration_learns_and_saves_the_scoring(data_root, grid3):
     assert plain.bank.scoring.self_weight == 0.0 and set(plain.bank.scoring.synthetic_auroc) == {"0.0"}
 
 
+def test_self_similarity_reads_the_unsmoothed_grid_and_stored_products_keep_the_smoothed_one(data_root, grid3, extractor):
+    """The self term of a new product reads the grid before the 3×3 smoothing (``Scoring.self_raw``);
+    the nearest-neighbour search keeps the smoothed grid, and a product stored before keeps its self
+    term on the smoothed grid (its levels were measured there)."""
+    from iad_agent.episode import PreparedQuery
+    from iad_agent.imageio import load_image
+    from iad_agent.product import Product
+
+    image = load_image(sorted((data_root / "mvtec_ad/grid/test/bent").glob("*.png"))[0])
+    smoothed, raw = extractor.with_raw([image])
+    assert np.allclose(smoothed[0], extractor([image])[0], rtol=1e-4, atol=1e-4)  # one pass gives both
+    assert raw[0].shape == smoothed[0].shape and not np.allclose(raw[0], smoothed[0], atol=1e-3)
+    flat_smoothed, flat_raw = FeatureExtractor(FeatureConfig(smooth=1), backbone=extractor.backbone).with_raw([image])
+    assert flat_smoothed[0] is flat_raw[0]  # no smoothing (e.g. ViT patches): one grid serves both terms
+
+    product = grid3[0]
+    assert product.bank.scoring.uses_self and product.bank.scoring.self_raw  # grid: self-similarity chosen
+    query = PreparedQuery(product, image)
+    assert np.allclose(query.grid, smoothed[0], rtol=1e-4, atol=1e-4) and np.allclose(query.self_grid, raw[0], rtol=1e-4, atol=1e-4)
+    expected = product.bank.scoring.fuse(product.bank.patch_distances(query.grid), self_similarity_map(raw[0]))
+    assert np.allclose(query.look.patch_map, expected, rtol=1e-3, atol=1e-3)
+
+    stored = Product.load(grid3[2])  # as a product saved before the flag existed
+    stored.bank.scoring = Scoring.from_dict({k: v for k, v in stored.bank.scoring.to_dict().items() if k != "self_raw"})
+    assert not stored.bank.scoring.self_raw
+    old = PreparedQuery(stored, image)
+    assert old.self_grid is old.grid
+    assert np.allclose(old.look.patch_map, stored.bank.scoring.fuse(stored.bank.patch_distances(old.grid), self_similarity_map(old.grid)),
+                       rtol=1e-3, atol=1e-3)
+
+
 def test_knn_and_no_selfsim_answer_from_the_plain_look(data_root, grid3):
     from iad_agent.policies import PolicyConfigError, resolve_policy
     from iad_agent.inspector import Inspector

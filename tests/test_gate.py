@@ -166,6 +166,9 @@ def test_install_stores_the_gate_as_a_new_product_version_that_the_policy_uses(d
     version = always.install(ws, "hazelnut")
     product = ws.load("hazelnut")
     assert (Path(version) / "learned_gate.json").exists() and (Path(product.folder) / "learned_gate.json").exists()
+    from iad_agent.policies.embedded import HAND_SET_WEIGHTS, ZOOM
+
+    product.gate.w_zoom = HAND_SET_WEIGHTS[ZOOM]  # the zoom allowed whatever this product's weight fit chose (0: never called)
     image = data_root / "mvtec_ad/hazelnut/test/good/000.png"
     installed = Inspector(product, EmbeddedPolicy()).inspect(image).trajectory
     assert [c.name for c in installed.steps[0].tool_calls] == ["perceptive_zoomer"]

@@ -60,7 +60,7 @@ def server(tmp_path_factory, line, registered):
 
 def test_browser_user_path_register_inspect_history_threshold_batch(server, line, data_root):
     sync_api = pytest.importorskip("playwright.sync_api")
-    url, _ = server
+    url, ws = server
     root, parts, goods = line
     ARTIFACTS.mkdir(exist_ok=True)
     hole = data_root / "mvtec_ad/hazelnut/test/hole/001.png"
@@ -79,6 +79,16 @@ def test_browser_user_path_register_inspect_history_threshold_batch(server, line
         page.get_by_role("button", name="Register").click()
         sync_api.expect(page.locator("#register-status")).to_contain_text("Registered hazel: 3 good images", timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "1-registered.png"), full_page=True)
+        # the trace's tool images need tools that are on: the weights learned from these 3 images switch
+        # both off, so the product gets the hand-set ones, as a new version (the server reloads it)
+        from iad_agent.policies.embedded import COMPARE, HAND_SET_WEIGHTS, ZOOM
+        from iad_agent.workspace import Workspace
+
+        workspace = Workspace(ws)
+        with workspace.lock("hazel"):
+            product = workspace.load("hazel")
+            product.gate.w_zoom, product.gate.w_compare = HAND_SET_WEIGHTS[ZOOM], HAND_SET_WEIGHTS[COMPARE]
+            product.save(workspace.product_dir("hazel"))
 
         # inspect by dropping an image on the drop zone
         page.goto(f"{url}/?product=hazel")
@@ -97,7 +107,7 @@ def test_browser_user_path_register_inspect_history_threshold_batch(server, line
         assert page.locator("#result .trace > li").count() >= 2
         calls = [c for c in page.locator("#result .trace p code").all_inner_texts() if "(" in c and not c.startswith("{")]
         imaging = [c for c in calls if c.startswith(("perceptive_zoomer", "comparative_retriever", "anomaly_map"))]
-        assert calls and imaging, calls  # the learned weights decide which tools; the hole is uncertain enough for one
+        assert calls and imaging, calls  # the hole is uncertain enough for the zoom
         assert page.locator("#result .trace img").count() >= len(imaging)  # each tool's images, step by step
         page.wait_for_function("() => [...document.querySelectorAll('#result img')].every(i => i.complete && i.naturalWidth > 0)")
         page.screenshot(path=str(ARTIFACTS / "2-inspected.png"), full_page=True)

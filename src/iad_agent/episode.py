@@ -80,7 +80,21 @@ class PreparedQuery:
     @cached_property
     def grid(self) -> np.ndarray:
         """The query's patch features at the product's base resolution."""
-        return self.product.extractor([self.image])[0]
+        return self._grids[0]
+
+    @cached_property
+    def self_grid(self) -> np.ndarray:
+        """The grid the self-similarity term reads: unsmoothed where the product's scoring says so."""
+        return self._grids[1]
+
+    @cached_property
+    def _grids(self) -> tuple[np.ndarray, np.ndarray]:
+        scoring = self.product.bank.scoring
+        if scoring.uses_self and scoring.self_raw:
+            smoothed, raw = self.product.extractor.with_raw([self.image])
+            return smoothed[0], raw[0]
+        grid = self.product.extractor([self.image])[0]
+        return grid, grid
 
     @cached_property
     def look(self) -> GlobalLook:
@@ -98,7 +112,7 @@ class PreparedQuery:
             return knn
         from iad_agent.vision.similarity import self_similarity_map
 
-        fused = scoring.fuse(knn_map, self_similarity_map(self.grid))
+        fused = scoring.fuse(knn_map, self_similarity_map(self.self_grid))
         return GlobalLook(fused, image_score(fused), cal.threshold, look_box(cal, knn_map, fused),
                           float((fused > cal.patch_threshold).mean()), knn=knn,
                           defect_box=look_box(cal, knn_map, fused, sigma=BOX_SIGMA))

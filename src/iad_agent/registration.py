@@ -32,7 +32,6 @@ from iad_agent.product import (
     RegistrationError,
     _load_all,
     anomaly_signature,
-    augmented_views,
     check_name,
     list_images,
     same_shape,
@@ -188,14 +187,10 @@ def register(
         product.priors.update(priors)
     stored_fpr = product.bank.calibration.fpr if product.bank.calibration else DEFAULT_FPR
     if images:
-        views = None
-        if len(product.bank) == 1:  # one good image: its augmented views stand in for held-out good parts
-            images_v = augmented_views(images[0])
-            views = (images_v, list(extractor(images_v)))
         step = (lambda done, n: progress(n_new + done, total)) if progress else None
         material: dict = {}  # held-out and synthetic images, reused to learn the tool weights
         product.bank.scoring, product.bank.calibration = learn(
-            product.bank, extractor, product.reference_image, stored_fpr if fpr is None else fpr, views=views,
+            product.bank, extractor, product.reference_image, stored_fpr if fpr is None else fpr,
             selfsim=selfsim, progress=step, material=material)
         product._calibrate_gate(material)
         fit_tool_weights(product, material)

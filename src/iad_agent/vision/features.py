@@ -22,6 +22,7 @@ description (``spec``), saved with the product.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import io
@@ -328,6 +329,7 @@ class FeatureExtractor:
 
             backbone = build_backbone(self.config)
         self.backbone = backbone
+        self._raw: FeatureExtractor | None = None  # the same network without smoothing (:meth:`with_raw`)
         spec = self.config.spec
         self._mean, self._std = (spec.mean, spec.std) if spec else (_MEAN, _STD)
 
@@ -424,6 +426,23 @@ class FeatureExtractor:
                 for i, g in zip(chunk, self.extract_batch([images[i] for i in chunk], size)):
                     out[i] = g
         return out
+
+    def with_raw(self, images: Sequence[Image.Image]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The grids of :meth:`__call__` and the unsmoothed grids they are smoothed from, from one pass.
+
+        Self-similarity reads the unsmoothed grid (``Scoring.self_raw``): the 3×3 mean that suits
+        the nearest-neighbour search blurs the fine structure a patch shares with the rest of its
+        own image. Without smoothing (``smooth`` 1, e.g. ViT patches) both lists are the same.
+        """
+        if self.config.smooth <= 1:
+            grids = list(self(images))
+            return grids, grids
+        from iad_agent.vision.grid_ops import avg_pool
+
+        if self._raw is None:
+            self._raw = FeatureExtractor(dataclasses.replace(self.config, smooth=1), self.batch_size, backbone=self.backbone)
+        raw = [np.asarray(g, np.float32) for g in self._raw(images)]
+        return [avg_pool(g[None], self.config.smooth)[0] for g in raw], raw
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray | list[np.ndarray]:
         """Patch features for a list of images, batched by input size to bound memory.

@@ -43,12 +43,16 @@ class Scoring:
         knn_level / self_level: median image score of held-out good images per term.
         synthetic_auroc: the separation of synthetic defects from held-out good images for each
             candidate weight (``{"0.5": 0.93, ...}``), for the record.
+        self_raw: the self-similarity term reads the *unsmoothed* patch grid
+            (:meth:`~iad_agent.vision.features.FeatureExtractor.with_raw`); False for products
+            stored before (their levels were measured on the smoothed grid, which they keep).
     """
 
     self_weight: float = 0.0
     knn_level: float = 1.0
     self_level: float = 1.0
     synthetic_auroc: dict[str, float] = field(default_factory=dict)
+    self_raw: bool = False
 
     @property
     def uses_self(self) -> bool:
