@@ -95,14 +95,12 @@ def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.I
 
 
 def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image], fpr: float,
-          views: tuple[list[Image.Image], list[np.ndarray]] | None = None, n_synthetic: int = N_SYNTHETIC,
-          max_held_out: int = MAX_HELD_OUT, seed: int = 0, selfsim: bool = True,
+          n_synthetic: int = N_SYNTHETIC, max_held_out: int = MAX_HELD_OUT, seed: int = 0, selfsim: bool = True,
           progress: Callable[[int, int], None] | None = None, material: dict | None = None) -> tuple[Scoring, Calibration]:
     """Choose the product's scoring and calibrate it on held-out good images.
 
     Args:
         image_of: the good image of a bank index.
-        views: with a single good image, its augmented views and their grids (made here if None).
         selfsim: whether self-similarity may be chosen (``False``: plain nearest neighbour).
         progress: called with ``(done, total)`` synthetic defects scored.
         material: if given, filled with the held-out good images and synthetic defects (images
@@ -122,10 +120,9 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         sources = [(image_of(held_idx[j % len(held_idx)]), held_idx[j % len(held_idx)]) for j in range(n_synthetic)]
     else:
         method = "augmented-views"
-        if views is None:
-            imgs = augmented_views(image_of(0))
-            grids, held_raw = extract(imgs)
-            views = (imgs, grids)
+        imgs = augmented_views(image_of(0))
+        grids, held_raw = extract(imgs)  # with the unsmoothed grids where the self term may need them
+        views = (imgs, grids)
         held = [(np.asarray(g, np.float32), None) for g in views[1]]
         sources = [(views[0][j % len(views[0])], None) for j in range(n_synthetic)]
     defects = [makers[j % len(makers)](img, rng)[0] for j, (img, _) in enumerate(sources)]
@@ -150,8 +147,8 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
     scoring = choose_scoring(held_knn, held_self, syn_knn, syn_self, weights=WEIGHTS if selfsim else (0.0,),
                              ties_to_larger=n < 2)
     if raw and scoring.uses_self:  # the chosen mix, with the self term read on the unsmoothed grids (SELF_RAW)
-        if held_raw is None:  # the bank keeps only smoothed grids: the held-out images are extracted again
-            held_raw = extractor.with_raw([image_of(ex) for _, ex in held])[1] if n >= 2 else extractor.with_raw(views[0])[1]
+        if held_raw is None:  # the bank keeps only smoothed grids: the held-out good images are extracted again
+            held_raw = extractor.with_raw([image_of(ex) for _, ex in held])[1]
         held_self = [self_similarity_map(g) for g in held_raw]
         syn_self = [self_similarity_map(g) for g in syn_raw]
         chosen = scoring
