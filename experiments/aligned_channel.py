@@ -12,8 +12,6 @@ Also the synthetic defects' AUROC for each ``v`` (what a choice from good images
 from __future__ import annotations
 
 import argparse
-import json
-from collections import defaultdict
 
 import numpy as np
 
@@ -34,20 +32,10 @@ def main() -> None:
     ap.add_argument("--summary", default="")
     a = ap.parse_args()
     if a.summary:
-        rows = [json.loads(line) for line in open(a.summary)]
-        by = defaultdict(lambda: defaultdict(list))
-        for r in rows:
-            for n, v in r["test"].items():
-                by[(r["shots"], r["cat"])][n].append(v)
-        names = list(rows[0]["test"])
-        print("| shots | category | " + " | ".join(names) + " |")
-        for (s, c), d in sorted(by.items()):
-            print(f"| {s} | {c} | " + " | ".join(f"{np.mean(d[n]):.3f}" for n in names) + " |")
-        for s in sorted({s for s, _ in by}):
-            dev = [d for (ss, c), d in by.items() if ss == s and c != "elpv"]
-            print(f"| {s} | **dev mean** | " + " | ".join(f"{np.mean([np.mean(d[n]) for d in dev]):.3f}" for n in names) + " |")
+        calib.test_means(a.summary)
         return
     set_threads(1)
+    calib.smoothed_self()  # its figures in experiments/README.md predate learn.SELF_RAW
     out = open(a.out, "a") if a.out else None
     for cat, k, seed, refs, test, y in calib.groups(a.cats.split(",") if a.cats else None, True, 60, a.shots.split(",")):
         config = calib.package_config(refs)
@@ -66,7 +54,7 @@ def main() -> None:
             continue
         al = float(np.median(held_levels))
         row = dict(cat=cat, shots=str(k), seed=seed, w=s.self_weight, test={}, syn={})
-        looks = [s.fuse(bank.patch_distances(g := calib.grid_of(smp.image_path, config)),
+        looks = [s.fuse(bank.patch_distances(calib.grid_of(smp.image_path, config)),
                         calib.self_map_of(smp.image_path, config) if s.uses_self else None) for smp in test]
         amaps = [aligned(calib.grid_of(smp.image_path, config)) for smp in test]
         hl = [s.fuse(kk, mm if s.uses_self else None) for kk, mm in zip(mat["knn"], mat["self"])]

@@ -66,11 +66,27 @@ def grid_of(path: Path, config: FeatureConfig) -> np.ndarray:
 _self_cache: dict = {}
 
 
-def self_map_of(path: Path, config: FeatureConfig) -> np.ndarray:
+def self_map_of(path: Path, config: FeatureConfig, raw: bool = False) -> np.ndarray:
+    """The self-similarity map of an image file: on its smoothed grid, or (``raw``, what a product whose
+    ``Scoring.self_raw`` is set reads) on the grid before the smoothing."""
+    import dataclasses
+
+    if raw:
+        config = dataclasses.replace(config, smooth=1)
     key = (str(path), config)
     if key not in _self_cache:
         _self_cache[key] = self_similarity_map(grid_of(path, config))
     return _self_cache[key]
+
+
+def smoothed_self() -> None:
+    """Register as the package did before its self term read the unsmoothed grid (``learn.SELF_RAW``
+    off, in this process): the scripts whose figures in ``experiments/README.md`` were measured
+    before that change, and which read self maps with :func:`self_map_of` on the smoothed grid, call
+    this first, so that they reproduce those figures."""
+    from iad_agent.vision import learn as learn_module
+
+    learn_module.SELF_RAW = False
 
 
 def categories(names: list[str] | None, elpv: bool, max_bad: int) -> list[tuple[str, list[Path], list]]:
@@ -169,6 +185,34 @@ def emit(out, row: dict) -> None:  # noqa: ANN001 - an open text file or None
         out.flush()
 
 
+def means_table(by: dict, names: list[str], per_row=None) -> None:  # noqa: ANN001 - per_row: d -> str | None
+    """Print a markdown table: the mean of each ``names`` entry per ``(shots, category)`` of ``by``
+    (``{(shots, cat): {name: [values over seeds]}}``), then the dev mean per shot count (ELPV, the
+    unseen check set, left out). ``per_row(d)`` may add a line under a category's row."""
+    print("| shots | category | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 2) + "|")
+    for (shots, cat), d in sorted(by.items()):
+        print(f"| {shots} | {cat} | " + " | ".join(f"{np.mean(d[n]):.3f}" for n in names) + " |")
+        extra = per_row(d) if per_row else None
+        if extra:
+            print(extra)
+    for shots in sorted({s for s, _ in by}):
+        dev = [d for (s, c), d in by.items() if s == shots and c != "elpv"]
+        print(f"| {shots} | **dev mean** | " + " | ".join(f"{np.mean([np.mean(d[n]) for d in dev]):.3f}" for n in names) + " |")
+
+
+def test_means(path: str) -> None:
+    """:func:`means_table` of a dump whose rows hold ``cat``, ``shots`` and a ``test`` dict of AUROCs per variant."""
+    from collections import defaultdict
+
+    rows = [json.loads(line) for line in open(path)]
+    by: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        for n, v in r["test"].items():
+            by[(r["shots"], r["cat"])][n].append(v)
+    means_table(by, list(rows[0]["test"]))
+
+
 def score(bank: NormalBank, grid: np.ndarray, smap: np.ndarray | None) -> tuple[float, float]:
     knn = bank.patch_distances(grid)
     fused = bank.scoring.fuse(knn, smap if bank.scoring.uses_self else None)
@@ -200,7 +244,7 @@ def fused_maps(bank: NormalBank, material: dict, test: list):  # noqa: ANN201
     s, config = bank.scoring, bank.config
     held = [s.fuse(k, m if s.uses_self else None) for k, m in zip(material["knn"], material["self"])]
     maps = [s.fuse(bank.patch_distances(grid_of(smp.image_path, config)),
-                   self_map_of(smp.image_path, config) if s.uses_self else None) for smp in test]
+                   self_map_of(smp.image_path, config, s.self_raw) if s.uses_self else None) for smp in test]
     return held, np.array(material["defect"]), maps, np.array([int(smp.label) for smp in test])
 
 
@@ -225,7 +269,7 @@ def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: 
         fused, plain, labels = [], [], []
         for path, label in items:
             g = grid_of(path, config)
-            f, p = score(bank, g, self_map_of(path, config) if bank.scoring.uses_self else None)
+            f, p = score(bank, g, self_map_of(path, config, bank.scoring.self_raw) if bank.scoring.uses_self else None)
             fused.append(f)
             plain.append(p)
             labels.append(int(label))

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-from collections import defaultdict
 
 import numpy as np
 
@@ -36,6 +34,7 @@ def dump(out_path: str, cats: list[str] | None, sides: list[int], shots: list[st
     from iad_agent.vision.scoring import _auroc
 
     set_threads(1)
+    calib.smoothed_self()  # its figures in experiments/README.md predate learn.SELF_RAW
     base, coarse = str(sides[0]), str(sides[1])
     with open(out_path, "a") as out:
         for cat, k, seed, refs, test, y in calib.groups(cats, True, max_bad, shots):
@@ -65,18 +64,7 @@ def dump(out_path: str, cats: list[str] | None, sides: list[int], shots: list[st
 
 
 def summary(path: str) -> None:
-    rows = [json.loads(line) for line in open(path)]
-    by = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        for n, v in r["test"].items():
-            by[(r["shots"], r["cat"])][n].append(v)
-    names = list(rows[0]["test"])
-    print("| shots | category | " + " | ".join(names) + " |")
-    for (shots, cat), d in sorted(by.items()):
-        print(f"| {shots} | {cat} | " + " | ".join(f"{np.mean(d[n]):.3f}" for n in names) + " |")
-    for shots in sorted({s for s, _ in by}):
-        dev = [d for (s, c), d in by.items() if s == shots and c != "elpv"]
-        print(f"| {shots} | **dev mean** | " + " | ".join(f"{np.mean([np.mean(d[n]) for d in dev]):.3f}" for n in names) + " |")
+    calib.test_means(path)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections import defaultdict
 
 import numpy as np
 
@@ -66,6 +65,7 @@ def dump(out_path: str, cats, shots, max_bad: int, variants: dict) -> None:
     from iad_agent.vision.scoring import _auroc
 
     set_threads(1)
+    calib.smoothed_self()  # its figures in experiments/README.md predate learn.SELF_RAW
     with open(out_path, "a") as out:
         for cat, k, seed, refs, test, y in calib.groups(cats, True, max_bad, shots):
             base = calib.package_config(refs)
@@ -85,19 +85,7 @@ def dump(out_path: str, cats, shots, max_bad: int, variants: dict) -> None:
 
 
 def summary(path: str) -> None:
-    rows = [json.loads(line) for line in open(path)]
-    by = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        for n, v in r["test"].items():
-            by[(r["shots"], r["cat"])][n].append(v)
-    names = list(rows[0]["test"])
-    print("| shots | category | " + " | ".join(names) + " |")
-    print("|---" * (len(names) + 2) + "|")
-    for (s, c), d in sorted(by.items()):
-        print(f"| {s} | {c} | " + " | ".join(f"{np.mean(d[n]):.3f}" for n in names) + " |")
-    for s in sorted({s for s, _ in by}):
-        dev = [d for (ss, c), d in by.items() if ss == s and c != "elpv"]
-        print(f"| {s} | **dev mean** | " + " | ".join(f"{np.mean([np.mean(d[n]) for d in dev]):.3f}" for n in names) + " |")
+    calib.test_means(path)
 
 
 def main() -> None:

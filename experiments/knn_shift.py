@@ -34,6 +34,7 @@ def collect(out_path: str) -> None:
     from iad_agent.vision.scoring import choose_scoring
 
     set_threads(1)
+    calib.smoothed_self()  # its figures in experiments/README.md predate learn.SELF_RAW
     z = NormalDist().inv_cdf(0.95)
     with open(out_path, "w") as out:
         for cat, _, seed, refs, test, y in calib.groups(None, True, 100, ["1"]):

@@ -16,12 +16,12 @@ from iad_agent.vision.scoring import _auroc
 set_threads(1)
 cats = sys.argv[1].split(',')
 for cat,k,seed,refs,test,y in calib.groups(cats, True, 100, ['1','4','all']):
-    c3=calib.package_config(refs); c1=dataclasses.replace(c3, smooth=1)
+    c3=calib.package_config(refs)
     mat={}
     bank,cal=calib.learned_bank(refs,c3,material=mat)
     s=bank.scoring
     raw=getattr(s,'self_raw',False)
-    maps=[s.fuse(bank.patch_distances(calib.grid_of(t.image_path,c3)), calib.self_map_of(t.image_path, c1 if raw else c3) if s.uses_self else None) for t in test]
+    maps=[s.fuse(bank.patch_distances(calib.grid_of(t.image_path,c3)), calib.self_map_of(t.image_path, c3, raw) if s.uses_self else None) for t in test]
     v=np.array([image_score(m) for m in maps])
     far=float((v[y==0]>=cal.threshold).mean()); miss=float((v[y==1]<cal.threshold).mean())
     print(json.dumps(dict(cat=cat,shots=str(k),seed=seed,w=s.self_weight,raw=raw,auroc=round(_auroc(v[y==0],v[y==1]),4),far=round(far,3),miss=round(miss,3))),flush=True)

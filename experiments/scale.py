@@ -33,6 +33,7 @@ def dump(out_path: str, cats: list[str] | None, sides: list[int], shots: list[st
     from iad_agent.vision.scoring import _auroc
 
     set_threads(1)
+    calib.smoothed_self()  # its figures in experiments/README.md predate learn.SELF_RAW
     with open(out_path, "a") as out:
         for cat, k, seed, refs, test, y in calib.groups(cats, True, max_bad, shots):
             base = calib.package_config(refs)

@@ -38,6 +38,7 @@ def dump(shots: str, cats: str, out_path: str) -> None:
     from iad_agent.vision.scoring import Scoring, _auroc
 
     set_threads(1)
+    calib.smoothed_self()  # its figures in experiments/README.md predate learn.SELF_RAW
     overrides = json.loads(os.environ.get("DIAG_CFG", "{}"))
     with open(out_path, "a") as out:
         for cat, pool, test in calib.categories(cats.split(",") if cats else None, True, 60):

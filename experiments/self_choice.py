@@ -65,6 +65,7 @@ def dump(out_path: str, cats, shots, max_bad: int, max_held_out: int = 8) -> Non
     from iad_agent.vision.scoring import _auroc
 
     set_threads(1)
+    calib.smoothed_self()  # its figures in experiments/README.md predate learn.SELF_RAW
     with open(out_path, "a") as out:
         for cat, k, seed, refs, test, y in calib.groups(cats, True, max_bad, shots):
             config = calib.package_config(refs)
@@ -125,14 +126,8 @@ def summary(path: str) -> None:
         for w in WEIGHTS:
             by[(r["shots"], r["cat"])][f"w={w}"].append(r["test"][str(w)])
     names = list(RULES) + [f"w={w}" for w in WEIGHTS] + ["oracle"] + (["pmax", "imax"] if "extra" in rows[0] else [])
-    print("| shots | category | " + " | ".join(names) + " |")
-    print("|---" * (len(names) + 2) + "|")
-    for (shots, cat), d in sorted(by.items()):
-        print(f"| {shots} | {cat} | " + " | ".join(f"{np.mean(d[n]):.3f}" for n in names) + " |")
-        print(f"|  | (weights) | " + " | ".join(" ".join(f"{x:g}" for x in d[n + "_w"]) if n in RULES else "" for n in names) + " |")
-    for shots in sorted({s for s, _ in by}):
-        dev = [d for (s, c), d in by.items() if s == shots and c != "elpv"]
-        print(f"| {shots} | **dev mean** | " + " | ".join(f"{np.mean([np.mean(d[n]) for d in dev]):.3f}" for n in names) + " |")
+    calib.means_table(by, names, per_row=lambda d: "|  | (weights) | " + " | ".join(
+        " ".join(f"{x:g}" for x in d[n + "_w"]) if n in RULES else "" for n in names) + " |")
 
 
 def main() -> None:

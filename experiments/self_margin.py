@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--shots", default="4")
     a = ap.parse_args()
     set_threads(1)
+    calib.smoothed_self()  # its figures in experiments/README.md predate learn.SELF_RAW
     for cat, _, seed, refs, test, y in calib.groups(None, True, 100, [a.shots]):
         config = calib.package_config(refs)
         mat: dict = {}

@@ -15,6 +15,7 @@ from iad_agent.eval.runner import set_threads
 from iad_agent.vision.normal_bank import image_score
 from iad_agent.vision.scoring import _auroc
 set_threads(1)
+calib.smoothed_self()  # its figures in experiments/README.md predate learn.SELF_RAW
 out=open(sys.argv[1],'a')
 for cat,k,seed,refs,test,y in calib.groups(None, True, 60, ['1','4']):
     c3=calib.package_config(refs); c1=dataclasses.replace(c3, smooth=1)
@@ -22,7 +23,6 @@ for cat,k,seed,refs,test,y in calib.groups(None, True, 60, ['1','4']):
     bank,cal=calib.learned_bank(refs,c3,material=mat)
     s=bank.scoring
     sl1=float(np.median([image_score(calib.self_map_of(p,c1)) for p in refs]))
-    sl3b=float(np.median([image_score(calib.self_map_of(p,c3)) for p in refs]))
     knn=[bank.patch_distances(calib.grid_of(t.image_path,c3)) for t in test]
     s3=[calib.self_map_of(t.image_path,c3) for t in test]
     s1=[calib.self_map_of(t.image_path,c1) for t in test]
@@ -30,7 +30,6 @@ for cat,k,seed,refs,test,y in calib.groups(None, True, 60, ['1','4']):
     for w in (0.25,0.5,0.75,1.0, s.self_weight):
         a=np.array([image_score((1-w)*kk/s.knn_level + w*m/s.self_level) for kk,m in zip(knn,s3)])
         b=np.array([image_score((1-w)*kk/s.knn_level + w*m/sl1) for kk,m in zip(knn,s1)])
-        key='pkg' if w==s.self_weight and w not in (0.25,0.5,0.75,1.0) else str(w)
         row['t3'][str(w)]=round(_auroc(a[y==0],a[y==1]),4); row['t1'][str(w)]=round(_auroc(b[y==0],b[y==1]),4)
     row['pkg3']=row['t3'][str(s.self_weight)] if str(s.self_weight) in row['t3'] else None
     row['pkg1']=row['t1'][str(s.self_weight)] if str(s.self_weight) in row['t1'] else None

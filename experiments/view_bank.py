@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--max-bad", type=int, default=60)
     a = ap.parse_args()
     set_threads(1)
+    calib.smoothed_self()  # its figures in experiments/README.md predate learn.SELF_RAW
     for cat, _, seed, refs, test, y in calib.groups(a.cats.split(",") if a.cats else None, a.elpv, a.max_bad, ["1"]):
         config = calib.product_config(refs)  # one image: never brightness-matched
         mat: dict = {}
