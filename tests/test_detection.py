@@ -112,9 +112,14 @@ def test_choose_scoring_follows_the_separating_evidence():
     # self-similarity separates, nearest neighbour does not: the weight goes to self-similarity
     s = choose_scoring(flat, flat, flat, spiky)
     assert s.self_weight > 0 and s.synthetic_auroc["0.0"] <= 0.6
-    # nearest neighbour separates: plain knn (ties go to the smaller weight)
+    # nearest neighbour separates: plain knn (ties go to the smaller weight) ...
     s = choose_scoring(flat, flat, spiky, flat)
     assert s.self_weight == 0.0
+    # ... but registration's candidates start at ¼: its look always keeps some self-similarity
+    from iad_agent.vision.learn import MIN_SELF_WEIGHT, SELF_WEIGHTS
+
+    assert min(SELF_WEIGHTS) == MIN_SELF_WEIGHT > 0
+    assert choose_scoring(flat, flat, spiky, flat, weights=SELF_WEIGHTS).self_weight == MIN_SELF_WEIGHT
     assert Scoring.from_dict(s.to_dict()) == s
     # both separate equally: the smaller weight, or the larger one with a single good image
     assert choose_scoring(flat, flat, spiky, spiky).self_weight == 0.0
@@ -192,7 +197,9 @@ def test_registration_learns_and_saves_the_scoring(data_root, grid3):
     assert len(cal.global_scores) == 3 and len(cal.knn_scores) == 3
     assert cal.prior_spread == 0.05  # three good images: too few to measure how good scores spread
     assert cal.threshold == pytest.approx(np.mean(cal.global_scores) * (1 + 1.6449 * 0.05), rel=1e-4)
-    assert set(product.bank.scoring.synthetic_auroc) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    # the look always keeps some self-similarity: the candidates start at ¼ (learn.MIN_SELF_WEIGHT)
+    assert set(product.bank.scoring.synthetic_auroc) == {"0.25", "0.5", "0.75", "1.0"}
+    assert product.bank.scoring.self_weight >= 0.25
     loaded = Product.load(folder)
     assert loaded.bank.scoring == product.bank.scoring  # learned once, never recomputed at load
     assert loaded.bank.calibration.threshold == cal.threshold
