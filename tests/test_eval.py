@@ -36,7 +36,7 @@ def test_knn_policy_answers_from_the_global_look_without_tools(data_root, hazeln
     inspector = Inspector(hazelnut_product, policy, {})
     for name in ("test/crack/000.png", "test/good/000.png"):
         result = inspector.inspect(data_root / "mvtec_ad/hazelnut" / name)
-        look, answer = result.episode.look, result.trajectory.answer
+        look, answer = result.episode.look.plain, result.trajectory.answer  # the plain nearest-neighbour look
         assert result.trajectory.tool_calls == []
         assert len(result.trajectory.steps) == 1
         assert answer.score == look.score and answer.threshold == look.threshold
@@ -361,9 +361,11 @@ def test_policies_share_one_prepared_query_and_answer_as_alone(hazelnut_product,
     assert prepared.ms > 0 and not prepared.grid.flags.writeable  # shared: nobody may write into it
     shared = [inspector.inspect(prepared) for inspector in inspectors]
     alone = [inspector.inspect(image) for inspector in inspectors]
-    for a, b in zip(shared, alone):
-        assert a.episode.grid is prepared.grid and a.episode.look is prepared.look and a.heatmap is prepared.heatmap
-        assert a.trajectory.query_path == image and a.trajectory.evidence["score"] == prepared.look.score
+    for a, b, plain in zip(shared, alone, (True, False)):  # knn answers from the plain look, embedded from the fused one
+        look, heat = (prepared.look.plain, prepared.plain_heatmap) if plain else (prepared.look, prepared.heatmap)
+        assert a.episode.grid is prepared.grid and a.episode.look is prepared.look and a.heatmap is heat
+        assert a.trajectory.query_path == image and a.trajectory.evidence["score"] == prepared.look.score  # what was seen
+        assert a.trajectory.answer.score == look.score or not plain  # the agent's verdict fuses its tools' evidence
         assert a.to_dict()["score"] == b.to_dict()["score"] and a.to_dict()["tool_calls"] == b.to_dict()["tool_calls"]
     other = inspectors[0].__class__(hazelnut_product.__class__(hazelnut_product.name, hazelnut_product.bank, hazelnut_product.gate))
     with pytest.raises(ValueError, match="prepared for product"):

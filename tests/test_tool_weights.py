@@ -52,6 +52,16 @@ def test_registration_learns_the_weights_from_real_good_images(data_root, caplog
     assert gate.w_highfreq == 0.0  # not learned: stays switched off
 
 
+def _grids_and_self_maps(product, images):
+    """Feature grids of ``images`` and their self-similarity maps as the product's scoring reads them
+    (``None`` where it does not use the self term), as registration's material holds them."""
+    from iad_agent.vision.similarity import self_similarity_map
+
+    grids, raw = product.extractor.with_raw(images)
+    s = product.bank.scoring
+    return list(grids), [self_similarity_map(r if s.self_raw else g) if s.uses_self else None for g, r in zip(grids, raw)]
+
+
 def test_a_synthetic_defect_reads_higher_than_its_good_image_on_the_zoom(hazelnut_product, data_root):
     """The readings the fit uses, on real images: a pasted patch makes the zoom's evidence rise."""
     from iad_agent.imageio import load_image
@@ -61,9 +71,9 @@ def test_a_synthetic_defect_reads_higher_than_its_good_image_on_the_zoom(hazelnu
     product = hazelnut_product
     good = load_image(list_images(data_root / "mvtec_ad/hazelnut/train/good")[3])  # not among the registered ones
     defect = DEFECT_MAKERS["cutpaste"](good, np.random.default_rng(0))[0]
-    grids = list(product.extractor([good, defect]))
+    grids, selfs = _grids_and_self_maps(product, [good, defect])
     material = {"grids": grids, "exclude": [None, None], "knn": [product.bank.patch_distances(g) for g in grids],
-                "self": [None, None], "defect": [False, True], "images": [lambda: good, lambda: defect]}
+                "self": selfs, "defect": [False, True], "images": [lambda: good, lambda: defect]}
     saved = product.gate.band_low, product.gate.band_high
     product.gate.band_low, product.gate.band_high = 0.0, 1e9  # read the tools whatever the global ratio
     try:
@@ -125,11 +135,13 @@ def test_the_weight_fit_reads_a_held_out_zoom_from_the_calibration(hazelnut_prod
 
     product = hazelnut_product
     good = load_image(list_images(data_root / "mvtec_ad/hazelnut/train/good")[3])
-    grid = product.extractor([good])[0]
+    (grid,), selfs = _grids_and_self_maps(product, [good])
     knn = product.bank.patch_distances(grid)
     refs = [i for i, _ in product.bank.nearest(np.asarray(grid, np.float32), zoom.REFERENCES)]
-    region = look_box(product.bank.calibration, knn).clamped(MIN_SIZE).expanded(CONTEXT)
-    material = {"grids": [grid], "exclude": [None], "knn": [knn], "self": [None], "defect": [False],
+    scoring = product.bank.scoring  # the region the fit zooms: around the look's hot spot under the product's scoring
+    fused = scoring.fuse(knn, selfs[0]) if scoring.uses_self else None
+    region = look_box(product.bank.calibration, knn, fused).clamped(MIN_SIZE).expanded(CONTEXT)
+    material = {"grids": [grid], "exclude": [None], "knn": [knn], "self": selfs, "defect": [False],
                 "images": [lambda: good], "zoom_readings": {0: (region, refs, 123.0)}}
     monkeypatch.setattr(zoom, "zoom_evidence_many", lambda product, jobs: pytest.fail("zoomed again") if jobs else [])
     saved = product.gate.band_low, product.gate.band_high
