@@ -1,0 +1,49 @@
+"""Small changes to the self term and the image score, on the global look (scratch).
+
+    PYTHONPATH=src:experiments IAD_LAB_CACHE=/work/coarse/cache python experiments/look_variants.py VARIANT cats > OUT.jsonl
+
+VARIANT: ``base``; ``k=N`` (the self term's N-th nearest patch, today 4); ``radius=N`` (the left-out
+neighbourhood, today 2); ``blur`` (the image score read on the patch map after a 3×3 mean, everywhere:
+held-out, synthetic and test images). Rows as ``look_check.py`` (21 k-shot groups per category).
+"""
+import json
+import sys
+
+import numpy as np
+
+sys.path.insert(0, "experiments")
+import calib  # noqa: E402
+from iad_agent.eval.runner import set_threads  # noqa: E402
+from iad_agent.vision import learn, normal_bank, scoring, similarity  # noqa: E402
+from iad_agent.vision.scoring import _auroc  # noqa: E402
+
+set_threads(1)
+variant, cats = sys.argv[1], sys.argv[2].split(",")
+image_score = normal_bank.image_score
+if variant.startswith("k="):
+    similarity.self_similarity_map.__defaults__ = (int(variant[2:]),) + similarity.self_similarity_map.__defaults__[1:]
+elif variant.startswith("radius="):
+    d = list(similarity.self_similarity_map.__defaults__); d[1] = int(variant[7:])
+    similarity.self_similarity_map.__defaults__ = tuple(d)
+elif variant == "blur":
+    from iad_agent.vision.grid_ops import avg_pool
+
+    def image_score(m, fraction=normal_bank.TOP_FRACTION, _plain=normal_bank.image_score):  # noqa: F811
+        m = np.asarray(m, np.float32)
+        return _plain(avg_pool(m[None, :, :, None], 3)[0, :, :, 0] if m.ndim == 2 and min(m.shape) >= 3 else m, fraction)
+
+    for mod in (normal_bank, scoring, learn):
+        mod.image_score = image_score
+elif variant != "base":
+    raise SystemExit(f"unknown variant {variant}")
+
+for cat, k, seed, refs, test, y in calib.groups(cats, True, 100, ["1", "4", "all"]):
+    c3 = calib.package_config(refs)
+    bank, cal = calib.learned_bank(refs, c3, material={})
+    s = bank.scoring
+    maps = [s.fuse(bank.patch_distances(calib.grid_of(t.image_path, c3)),
+                   calib.self_map_of(t.image_path, c3, s.self_raw) if s.uses_self else None) for t in test]
+    v = np.array([image_score(m) for m in maps])
+    far = float((v[y == 0] >= cal.threshold).mean()); miss = float((v[y == 1] < cal.threshold).mean())
+    print(json.dumps(dict(variant=variant, cat=cat, shots=str(k), seed=seed, w=s.self_weight,
+                          auroc=round(_auroc(v[y == 0], v[y == 1]), 4), far=round(far, 3), miss=round(miss, 3))), flush=True)
