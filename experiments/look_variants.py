@@ -4,7 +4,8 @@
 
 VARIANT: ``base``; ``k=N`` (the self term's N-th nearest patch, today 4); ``radius=N`` (the left-out
 neighbourhood, today 2); ``blur`` (the image score read on the patch map after a 3×3 mean, everywhere:
-held-out, synthetic and test images). Rows as ``look_check.py`` (21 k-shot groups per category).
+held-out, synthetic and test images); ``blurknn`` / ``blurknn1`` (only the nearest-neighbour map after
+the 3×3 mean; ``blurknn1``: only with one good image). Rows as ``look_check.py`` (21 k-shot groups per category).
 """
 import json
 import sys
@@ -34,10 +35,34 @@ elif variant == "blur":
 
     for mod in (normal_bank, scoring, learn):
         mod.image_score = image_score
+elif variant in ("blurknn1", "blurknn"):  # the nearest-neighbour map after a 3×3 mean (blurknn1: with one good image only)
+    from iad_agent.vision.grid_ops import avg_pool
+
+    _pd = normal_bank.NormalBank.patch_distances
+
+    def patch_distances(self, grid, *a, **kw):
+        m = _pd(self, grid, *a, **kw)
+        if variant == "blurknn" or len(self) == 1:
+            m = avg_pool(np.asarray(m, np.float32)[None, :, :, None], 3)[0, :, :, 0]
+        return m
+
+    normal_bank.NormalBank.patch_distances = patch_distances
+    _lo = normal_bank.NormalBank.leave_out_distances
+
+    def leave_out_distances(self, grid, *a, **kw):
+        maps = _lo(self, grid, *a, **kw)
+        if variant == "blurknn":
+            maps = [avg_pool(np.asarray(m, np.float32)[None, :, :, None], 3)[0, :, :, 0] for m in maps]
+        return maps
+
+    normal_bank.NormalBank.leave_out_distances = leave_out_distances
 elif variant != "base":
     raise SystemExit(f"unknown variant {variant}")
 
-for cat, k, seed, refs, test, y in calib.groups(cats, True, 100, ["1", "4", "all"]):
+import os
+
+SHOTS = os.environ.get("SHOTS", "1,4,all").split(",")
+for cat, k, seed, refs, test, y in calib.groups(cats, True, 100, SHOTS):
     c3 = calib.package_config(refs)
     bank, cal = calib.learned_bank(refs, c3, material={})
     s = bank.scoring

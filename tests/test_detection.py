@@ -207,6 +207,37 @@ def test_registration_learns_and_saves_the_scoring(data_root, grid3):
     assert plain.bank.scoring.self_weight == 0.0 and set(plain.bank.scoring.synthetic_auroc) == {"0.0"}
 
 
+def test_one_good_image_reads_a_smoothed_nearest_neighbour_term(data_root, grid3):
+    """With one good image the look's nearest-neighbour term is averaged over 3×3 patches
+    (``Scoring.knn_smooth``); with several it is not, and products stored before keep the plain term."""
+    from iad_agent.inspector import Inspector
+    from iad_agent.policies.knn import KnnPolicy
+    from iad_agent.product import Product, list_images
+    from iad_agent.vision.learn import ONE_IMAGE_KNN_SMOOTH
+    from iad_agent.vision.similarity import self_similarity_map
+
+    spike = np.zeros((5, 5), np.float32)
+    spike[2, 2] = 9.0
+    smoothed = Scoring(knn_smooth=3).knn_term(spike)
+    assert smoothed[2, 2] == pytest.approx(1.0) and smoothed[1, 1] == pytest.approx(1.0) and smoothed[0, 0] == 0.0
+    assert Scoring().knn_term(spike).max() == 9.0  # one good image or not: the plain term otherwise
+    stored = grid3[0].bank.scoring.to_dict()
+    del stored["knn_smooth"]  # a product saved before the field existed
+    assert Scoring.from_dict(stored).knn_smooth == 1 and grid3[0].bank.scoring.knn_smooth == 1  # three good images
+
+    one = Product.build("nut1", list_images(data_root / "mvtec_ad/hazelnut/train/good")[:1])
+    s = one.bank.scoring
+    assert s.knn_smooth == ONE_IMAGE_KNN_SMOOTH == 3 and s.uses_self
+    result = Inspector(one, KnnPolicy(), tools={}).inspect(data_root / "mvtec_ad/hazelnut/test/crack/000.png")
+    episode = result.episode
+    knn = one.bank.patch_distances(np.asarray(episode.grid, np.float32))
+    self_map = self_similarity_map(episode.prepared.self_grid)
+    assert np.allclose(episode.look.patch_map, s.fuse(knn, self_map), atol=1e-5)
+    plain = Scoring(s.self_weight, s.knn_level, s.self_level, self_raw=s.self_raw)
+    assert not np.allclose(episode.look.patch_map, plain.fuse(knn, self_map), atol=1e-3)
+    assert episode.look.plain.patch_map is not None and np.allclose(episode.look.plain.patch_map, knn)  # knn baseline: plain
+
+
 def test_self_similarity_reads_the_unsmoothed_grid_and_stored_products_keep_the_smoothed_one(data_root, grid3, extractor):
     """The self term of a new product reads the grid before the 3×3 smoothing (``Scoring.self_raw``);
     the nearest-neighbour search keeps the smoothed grid, and a product stored before keeps its self

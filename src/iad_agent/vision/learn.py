@@ -73,6 +73,14 @@ SELF_RAW = True
 #: 4 shots from 0.934 to 0.946 (hazelnut 0.931 → 0.949, transistor 0.921 → 0.956, juice bottle
 #: 0.884 → 0.877), and ELPV never chose 0. ``experiments/README.md``, *The self weight's floor*.
 MIN_SELF_WEIGHT = 0.25
+#: With one good image the mix reads the nearest-neighbour map averaged over 3×3 patches
+#: (:attr:`~iad_agent.vision.scoring.Scoring.knn_smooth`): a one-image bank leaves many normal
+#: patches without a close match, isolated peaks that the mean flattens while a defect, spanning
+#: neighbouring patches, keeps its height. Global look at one shot (21 groups per product): dev mean
+#: 0.858 → 0.877, ELPV 0.761 → 0.767, every dev product up or level (magnetic tile 0.810 → 0.808).
+#: With several good images it does not pay (4 shots: dev 0.925 → 0.924, ELPV 0.847 → 0.844), so
+#: it is kept to one. ``experiments/README.md``, *One good image: a smoothed nearest-neighbour term*.
+ONE_IMAGE_KNN_SMOOTH = 3
 SELF_WEIGHTS = tuple(w for w in WEIGHTS if w >= MIN_SELF_WEIGHT)
 
 
@@ -154,15 +162,17 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
     syn_knn = [bank.patch_distances(g, exclude=ex) for g, (_, ex) in zip(syn_grids, sources)]
     held_self = [self_similarity_map(g) for g, _ in held] if selfsim else []
     syn_self = [self_similarity_map(g) for g in syn_grids] if selfsim else []
+    knn_smooth = ONE_IMAGE_KNN_SMOOTH if n < 2 and selfsim else 1
     scoring = choose_scoring(held_knn, held_self, syn_knn, syn_self, weights=SELF_WEIGHTS if selfsim else (0.0,),
-                             ties_to_larger=n < 2)
+                             ties_to_larger=n < 2, knn_smooth=knn_smooth)
     if raw and scoring.uses_self:  # the chosen mix, with the self term read on the unsmoothed grids (SELF_RAW)
         if held_raw is None:  # the bank keeps only smoothed grids: the held-out good images are extracted again
             held_raw = extractor.with_raw([image_of(ex) for _, ex in held])[1]
         held_self = [self_similarity_map(g) for g in held_raw]
         syn_self = [self_similarity_map(g) for g in syn_raw]
         chosen = scoring
-        scoring = choose_scoring(held_knn, held_self, syn_knn, syn_self, weights=(chosen.self_weight,))
+        scoring = choose_scoring(held_knn, held_self, syn_knn, syn_self, weights=(chosen.self_weight,),
+                                 knn_smooth=knn_smooth)
         scoring.synthetic_auroc, scoring.self_raw = chosen.synthetic_auroc, True
     if progress:
         progress(n_synthetic, n_synthetic)

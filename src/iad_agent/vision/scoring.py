@@ -17,6 +17,11 @@ where exact ties go to the larger weight: the held-out "good images" are then au
 the reference itself, which flatter the nearest-neighbour term (other good parts score 1.0–1.8×
 higher than the views under it, measured on the shared data's good images), while the
 self-similarity term never looks at the reference and is judged honestly.
+
+With a single good image ``knn`` is first averaged over each patch's 3×3 neighbourhood
+(``knn_smooth``, set by :func:`iad_agent.vision.learn.learn`): one image leaves many normal
+patches without a close match, and the mean keeps those isolated mismatches from deciding the
+score while a defect, which spans neighbouring patches, keeps its height.
 """
 
 from __future__ import annotations
@@ -53,6 +58,16 @@ class Scoring:
     self_level: float = 1.0
     synthetic_auroc: dict[str, float] = field(default_factory=dict)
     self_raw: bool = False
+    knn_smooth: int = 1
+
+    def knn_term(self, knn_map: np.ndarray) -> np.ndarray:
+        """The nearest-neighbour map as the mix reads it: averaged over ``knn_smooth`` × ``knn_smooth`` patches."""
+        knn_map = np.asarray(knn_map, np.float32)
+        if self.knn_smooth <= 1 or knn_map.ndim != 2:
+            return knn_map
+        from iad_agent.vision.grid_ops import avg_pool
+
+        return avg_pool(knn_map[None, :, :, None], self.knn_smooth)[0, :, :, 0]
 
     @property
     def uses_self(self) -> bool:
@@ -60,7 +75,7 @@ class Scoring:
 
     def fuse(self, knn_map: np.ndarray, self_map: np.ndarray | None) -> np.ndarray:
         """The fused patch map (in units of a typical good part's score)."""
-        out = (1 - self.self_weight) * np.asarray(knn_map, np.float32) / max(self.knn_level, 1e-8)
+        out = (1 - self.self_weight) * self.knn_term(knn_map) / max(self.knn_level, 1e-8)
         if self.uses_self:
             if self_map is None:
                 raise ValueError("this product's scoring needs the self-similarity map")
@@ -88,7 +103,7 @@ def _auroc(negatives: Sequence[float], positives: Sequence[float]) -> float:
 
 def choose_scoring(held_knn: Sequence[np.ndarray], held_self: Sequence[np.ndarray],
                    syn_knn: Sequence[np.ndarray], syn_self: Sequence[np.ndarray],
-                   weights: Sequence[float] = WEIGHTS, ties_to_larger: bool = False) -> Scoring:
+                   weights: Sequence[float] = WEIGHTS, ties_to_larger: bool = False, knn_smooth: int = 1) -> Scoring:
     """Pick the self-similarity weight that best separates synthetic defects from held-out good images.
 
     Args:
@@ -97,17 +112,20 @@ def choose_scoring(held_knn: Sequence[np.ndarray], held_self: Sequence[np.ndarra
         ties_to_larger: among weights with exactly the best separation take the largest (used
             when the held-out images are augmented views of one good image, see above);
             otherwise a larger weight must beat the best smaller one by ``MARGIN``.
+        knn_smooth: the nearest-neighbour maps are read averaged over this many patches square
+            (:attr:`Scoring.knn_smooth`); the maps passed in are the plain ones.
     """
-    knn_level = float(np.median([image_score(m) for m in held_knn]))
+    term = Scoring(knn_smooth=knn_smooth).knn_term
+    knn_level = float(np.median([image_score(term(m)) for m in held_knn]))
     self_level = float(np.median([image_score(m) for m in held_self])) if held_self else 1.0
     aurocs: dict[str, float] = {}
     best_w, best = 0.0, -1.0
     for w in weights:
-        s = Scoring(w, knn_level, self_level)
+        s = Scoring(w, knn_level, self_level, knn_smooth=knn_smooth)
         neg = [image_score(s.fuse(k, m)) for k, m in zip(held_knn, held_self or [None] * len(held_knn))]
         pos = [image_score(s.fuse(k, m)) for k, m in zip(syn_knn, syn_self or [None] * len(syn_knn))]
         aurocs[str(w)] = round(_auroc(neg, pos), 4)
         if aurocs[str(w)] > best + (MARGIN if w > 0 and not ties_to_larger else 0) or (
                 ties_to_larger and aurocs[str(w)] == best):
             best_w, best = w, aurocs[str(w)]
-    return Scoring(best_w, knn_level, self_level, aurocs)
+    return Scoring(best_w, knn_level, self_level, aurocs, knn_smooth=knn_smooth)
