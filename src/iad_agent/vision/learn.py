@@ -73,15 +73,15 @@ SELF_RAW = True
 #: 4 shots from 0.934 to 0.946 (hazelnut 0.931 → 0.949, transistor 0.921 → 0.956, juice bottle
 #: 0.884 → 0.877), and ELPV never chose 0. ``experiments/README.md``, *The self weight's floor*.
 MIN_SELF_WEIGHT = 0.25
+SELF_WEIGHTS = tuple(w for w in WEIGHTS if w >= MIN_SELF_WEIGHT)
 #: With one good image the mix reads the nearest-neighbour map averaged over 3×3 patches
 #: (:attr:`~iad_agent.vision.scoring.Scoring.knn_smooth`): a one-image bank leaves many normal
 #: patches without a close match, isolated peaks that the mean flattens while a defect, spanning
-#: neighbouring patches, keeps its height. Global look at one shot (21 groups per product): dev mean
+#: neighbouring patches, keeps its height. Global look at one shot (3 seeds of each dev product and ELPV): dev mean
 #: 0.858 → 0.877, ELPV 0.761 → 0.767, every dev product up or level (magnetic tile 0.810 → 0.808).
 #: With several good images it does not pay (4 shots: dev 0.925 → 0.924, ELPV 0.847 → 0.844), so
 #: it is kept to one. ``experiments/README.md``, *One good image: a smoothed nearest-neighbour term*.
 ONE_IMAGE_KNN_SMOOTH = 3
-SELF_WEIGHTS = tuple(w for w in WEIGHTS if w >= MIN_SELF_WEIGHT)
 
 
 def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.Image]:

@@ -11,8 +11,8 @@ the levels are their median image scores on held-out good images, so both terms 
 "a typical good part". The weight ``w`` is chosen per product at registration, from good
 images only: synthetic defects made from the references (:mod:`iad_agent.vision.synthetic`)
 must separate from held-out good images (leave-one-out, or augmented views of a single good
-image); the candidate with the best separation wins, ties going to the smaller weight (plain
-nearest neighbour, the cheaper and better-understood score) — except with a single good image,
+image); the candidate with the best separation wins, ties going to the smaller weight (registration
+never goes below ¼, :data:`iad_agent.vision.learn.MIN_SELF_WEIGHT`) — except with a single good image,
 where exact ties go to the larger weight: the held-out "good images" are then augmented views of
 the reference itself, which flatter the nearest-neighbour term (other good parts score 1.0–1.8×
 higher than the views under it, measured on the shared data's good images), while the
@@ -51,6 +51,8 @@ class Scoring:
         self_raw: the self-similarity term reads the *unsmoothed* patch grid
             (:meth:`~iad_agent.vision.features.FeatureExtractor.with_raw`); False for products
             stored before (their levels were measured on the smoothed grid, which they keep).
+        knn_smooth: the nearest-neighbour map is averaged over this many patches square before the
+            mix (3 with a single good image, else 1; 1 for products stored before).
     """
 
     self_weight: float = 0.0
