@@ -57,7 +57,7 @@ def grid_of(path: Path, config: FeatureConfig) -> np.ndarray:
         return np.load(f).astype(np.float32)
     g = extractor(config)([load_image(path)])[0]
     f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp.npy")
+    tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npy")  # two scripts may cache the same image at once
     np.save(tmp, g.astype(np.float16))
     os.replace(tmp, f)
     return g.astype(np.float16).astype(np.float32)
