@@ -138,11 +138,10 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         sources = [(image_of(held_idx[j % len(held_idx)]), held_idx[j % len(held_idx)]) for j in range(n_synthetic)]
     else:
         method = "augmented-views"
-        imgs = augmented_views(image_of(0))
-        grids, held_raw = extract(imgs)  # with the unsmoothed grids where the self term may need them
-        views = (imgs, grids)
-        held = [(np.asarray(g, np.float32), None) for g in views[1]]
-        sources = [(views[0][j % len(views[0])], None) for j in range(n_synthetic)]
+        views = augmented_views(image_of(0))
+        grids, held_raw = extract(views)  # with the unsmoothed grids where the self term may need them
+        held = [(np.asarray(g, np.float32), None) for g in grids]
+        sources = [(views[j % len(views)], None) for j in range(n_synthetic)]
     defects = [makers[j % len(makers)](img, rng)[0] for j, (img, _) in enumerate(sources)]
     syn_grids, syn_raw = extract(defects) if defects else ([], [])
     if progress:
@@ -178,7 +177,7 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         progress(n_synthetic, n_synthetic)
     if material is not None:
         held_images = [(lambda i=ex: image_of(i)) if ex is not None else (lambda v=v: v)
-                       for (_, ex), v in zip(held, views[0] if n < 2 else [None] * len(held))]
+                       for (_, ex), v in zip(held, views if n < 2 else [None] * len(held))]
         material.update(images=held_images + [lambda d=d: d for d in defects], grids=[g for g, _ in held] + syn_grids,
                         exclude=[ex for _, ex in held] + [ex for _, ex in sources], knn=held_knn + syn_knn,
                         self=(held_self + syn_self) or [None] * (len(held) + len(syn_grids)),
