@@ -213,6 +213,21 @@ def test_means(path: str) -> None:
     means_table(by, list(rows[0]["test"]))
 
 
+def dump_summary_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command line the dump-then-summarise scripts share: ``dump --out F [--cats a,b] [--shots 1,4]
+    [--max-bad N]`` and ``summary PATH``. Returns the parser and the ``dump`` sub-parser (for a script's own
+    options); ``a.cats`` comes back as a list or None."""
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dump")
+    d.add_argument("--out", required=True)
+    d.add_argument("--cats", default="", type=lambda v: v.split(",") if v else None)
+    d.add_argument("--shots", default="1,4", type=lambda v: v.split(","))
+    d.add_argument("--max-bad", type=int, default=60)
+    sub.add_parser("summary").add_argument("path")
+    return ap, d
+
+
 def score(bank: NormalBank, grid: np.ndarray, smap: np.ndarray | None) -> tuple[float, float]:
     knn = bank.patch_distances(grid)
     fused = bank.scoring.fuse(knn, smap if bank.scoring.uses_self else None)
@@ -236,6 +251,23 @@ def learned_bank(refs: list[Path], config: FeatureConfig | None = None, fpr: flo
 
     bank.scoring, cal = learn(bank, extractor(config), image_of, fpr, material=material)
     return bank, cal
+
+
+def look_row(refs: list[Path], test: list, y: np.ndarray, config: FeatureConfig | None = None, score=None) -> dict:  # noqa: ANN001
+    """The global look of a product registered from ``refs`` as the package does it (its configuration, unless
+    ``config`` is given, and ``learn``): the chosen self weight, and the test images' AUROC, false-alarm and
+    miss rates at the calibrated threshold. ``score``: the image score (default ``image_score``)."""
+    from iad_agent.vision.scoring import _auroc
+
+    score = score or image_score
+    config = config or package_config(refs)
+    bank, cal = learned_bank(refs, config, material={})
+    s = bank.scoring
+    maps = [s.fuse(bank.patch_distances(grid_of(t.image_path, config)),
+                   self_map_of(t.image_path, config, s.self_raw) if s.uses_self else None) for t in test]
+    v = np.array([score(m) for m in maps])
+    return dict(w=s.self_weight, raw=s.self_raw, auroc=round(_auroc(v[y == 0], v[y == 1]), 4),
+                far=round(float((v[y == 0] >= cal.threshold).mean()), 3), miss=round(float((v[y == 1] < cal.threshold).mean()), 3))
 
 
 def fused_maps(bank: NormalBank, material: dict, test: list):  # noqa: ANN201

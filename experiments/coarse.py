@@ -14,7 +14,6 @@ variant, and the synthetic defects' AUROC of each (what a choice from good image
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import numpy as np
@@ -68,20 +67,11 @@ def summary(path: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("dump")
-    d.add_argument("--out", required=True)
-    d.add_argument("--cats", default="")
+    ap, d = calib.dump_summary_parser()
     d.add_argument("--sides", default="256,128")
-    d.add_argument("--shots", default="1,4")
-    d.add_argument("--max-bad", type=int, default=60)
-    s = sub.add_parser("summary")
-    s.add_argument("path")
     a = ap.parse_args()
     if a.cmd == "dump":
-        dump(a.out, a.cats.split(",") if a.cats else None, [int(x) for x in a.sides.split(",")],
-             a.shots.split(","), a.max_bad)
+        dump(a.out, a.cats, [int(x) for x in a.sides.split(",")], a.shots, a.max_bad)
     else:
         summary(a.path)
 

@@ -12,7 +12,6 @@ AUROC under the chosen weight (what a choice from good images would see).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
@@ -89,22 +88,14 @@ def summary(path: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("dump")
-    d.add_argument("--out", required=True)
-    d.add_argument("--cats", default="")
-    d.add_argument("--shots", default="1,4")
-    d.add_argument("--max-bad", type=int, default=60)
+    ap, d = calib.dump_summary_parser()
     d.add_argument("--variants", required=True)
     d.add_argument("--binomial", action="store_true", help="binomial instead of box smoothing (own cache folder!)")
-    s = sub.add_parser("summary")
-    s.add_argument("path")
     a = ap.parse_args()
     if a.cmd == "dump":
         if a.binomial:
             use_binomial()
-        dump(a.out, a.cats.split(",") if a.cats else None, a.shots.split(","), a.max_bad, json.loads(a.variants))
+        dump(a.out, a.cats, a.shots, a.max_bad, json.loads(a.variants))
     else:
         summary(a.path)
 

@@ -16,8 +16,6 @@ sys.path.insert(0, 'experiments')
 import calib
 from iad_agent.eval.runner import set_threads
 from iad_agent.vision import features
-from iad_agent.vision.normal_bank import image_score
-from iad_agent.vision.scoring import _auroc
 
 set_threads(1)
 variant, cats = sys.argv[1], sys.argv[2].split(',')
@@ -69,12 +67,4 @@ for cat, k, seed, refs, test, y in calib.groups(cats, True, 100, ['1', '4'] if E
     c3 = calib.package_config(refs)
     SCALE['v'] = scale_for(refs, c3)
     calib._self_cache.clear()
-    bank, cal = calib.learned_bank(refs, c3, material={})
-    s = bank.scoring
-    raw = getattr(s, 'self_raw', False)
-    maps = [s.fuse(bank.patch_distances(calib.grid_of(t.image_path, c3)),
-                   calib.self_map_of(t.image_path, c3, raw) if s.uses_self else None) for t in test]
-    v = np.array([image_score(m) for m in maps])
-    far = float((v[y == 0] >= cal.threshold).mean()); miss = float((v[y == 1] < cal.threshold).mean())
-    print(json.dumps(dict(variant=variant, cat=cat, shots=str(k), seed=seed, w=s.self_weight, raw=raw,
-                          auroc=round(_auroc(v[y == 0], v[y == 1]), 4), far=round(far, 3), miss=round(miss, 3))), flush=True)
+    print(json.dumps(dict(variant=variant, cat=cat, shots=str(k), seed=seed, **calib.look_row(refs, test, y, c3))), flush=True)

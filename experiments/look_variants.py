@@ -5,9 +5,10 @@
 VARIANT: ``base``; ``k=N`` (the self term's N-th nearest patch, today 4); ``radius=N`` (the left-out
 neighbourhood, today 2); ``blur`` (the image score read on the patch map after a 3×3 mean, everywhere:
 held-out, synthetic and test images); ``blurknn`` / ``blurknn1`` (only the nearest-neighbour map after
-the 3×3 mean; ``blurknn1``: only with one good image). Rows as ``look_check.py`` (21 k-shot groups per category).
+the 3×3 mean; ``blurknn1``: only with one good image). Rows as ``look_check.py`` (each category's k-shot groups; ``SHOTS=1,4,all`` by default).
 """
 import json
+import os
 import sys
 
 import numpy as np
@@ -16,7 +17,6 @@ sys.path.insert(0, "experiments")
 import calib  # noqa: E402
 from iad_agent.eval.runner import set_threads  # noqa: E402
 from iad_agent.vision import learn, normal_bank, scoring, similarity  # noqa: E402
-from iad_agent.vision.scoring import _auroc  # noqa: E402
 
 set_threads(1)
 variant, cats = sys.argv[1], sys.argv[2].split(",")
@@ -59,16 +59,7 @@ elif variant in ("blurknn1", "blurknn"):  # the nearest-neighbour map after a 3�
 elif variant != "base":
     raise SystemExit(f"unknown variant {variant}")
 
-import os
-
 SHOTS = os.environ.get("SHOTS", "1,4,all").split(",")
 for cat, k, seed, refs, test, y in calib.groups(cats, True, 100, SHOTS):
-    c3 = calib.package_config(refs)
-    bank, cal = calib.learned_bank(refs, c3, material={})
-    s = bank.scoring
-    maps = [s.fuse(bank.patch_distances(calib.grid_of(t.image_path, c3)),
-                   calib.self_map_of(t.image_path, c3, s.self_raw) if s.uses_self else None) for t in test]
-    v = np.array([image_score(m) for m in maps])
-    far = float((v[y == 0] >= cal.threshold).mean()); miss = float((v[y == 1] < cal.threshold).mean())
-    print(json.dumps(dict(variant=variant, cat=cat, shots=str(k), seed=seed, w=s.self_weight,
-                          auroc=round(_auroc(v[y == 0], v[y == 1]), 4), far=round(far, 3), miss=round(miss, 3))), flush=True)
+    print(json.dumps(dict(variant=variant, cat=cat, shots=str(k), seed=seed, **calib.look_row(refs, test, y, score=image_score))),
+          flush=True)

@@ -19,7 +19,6 @@ candidate weight's test AUROC is written beside what each choice rule sees:
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
 
@@ -131,19 +130,11 @@ def summary(path: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("dump")
-    d.add_argument("--out", required=True)
-    d.add_argument("--cats", default="")
-    d.add_argument("--shots", default="1,4")
-    d.add_argument("--max-bad", type=int, default=60)
+    ap, d = calib.dump_summary_parser()
     d.add_argument("--max-held-out", type=int, default=8)
-    s = sub.add_parser("summary")
-    s.add_argument("path")
     a = ap.parse_args()
     if a.cmd == "dump":
-        dump(a.out, a.cats.split(",") if a.cats else None, a.shots.split(","), a.max_bad, a.max_held_out)
+        dump(a.out, a.cats, a.shots, a.max_bad, a.max_held_out)
     else:
         summary(a.path)
 
