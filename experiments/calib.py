@@ -261,12 +261,11 @@ def look_row(refs: list[Path], test: list, y: np.ndarray, config: FeatureConfig 
 
     score = score or image_score
     config = config or package_config(refs)
-    bank, cal = learned_bank(refs, config, material={})
-    s = bank.scoring
-    maps = [s.fuse(bank.patch_distances(grid_of(t.image_path, config)),
-                   self_map_of(t.image_path, config, s.self_raw) if s.uses_self else None) for t in test]
+    material: dict = {}
+    bank, cal = learned_bank(refs, config, material=material)
+    maps = fused_maps(bank, material, test)[2]
     v = np.array([score(m) for m in maps])
-    return dict(w=s.self_weight, raw=s.self_raw, auroc=round(_auroc(v[y == 0], v[y == 1]), 4),
+    return dict(w=bank.scoring.self_weight, raw=bank.scoring.self_raw, auroc=round(_auroc(v[y == 0], v[y == 1]), 4),
                 far=round(float((v[y == 0] >= cal.threshold).mean()), 3), miss=round(float((v[y == 1] < cal.threshold).mean()), 3))
 
 
