@@ -279,6 +279,25 @@ def fused_maps(bank: NormalBank, material: dict, test: list):  # noqa: ANN201
     return held, np.array(material["defect"]), maps, np.array([int(smp.label) for smp in test])
 
 
+def split_scores(bank: NormalBank, ref: Path, config: FeatureConfig) -> list[float]:
+    """One good image as its own held-out material: the left, right, top and bottom halves of its grid, each
+    scored (the bank's scoring; the self term read on the whole image, as a test image's is) against a bank
+    made of the opposite half's patches."""
+    g = grid_of(ref, config)
+    s = bank.scoring
+    smap = self_map_of(ref, config, s.self_raw) if s.uses_self else None
+    h, w = g.shape[:2]
+    cuts = [(np.s_[:, : w // 2], np.s_[:, w // 2:]), (np.s_[:, w // 2:], np.s_[:, : w // 2]),
+            (np.s_[: h // 2], np.s_[h // 2:]), (np.s_[h // 2:], np.s_[: h // 2])]
+    out = []
+    for q, b in cuts:
+        half = NormalBank(config)
+        half.add([np.ascontiguousarray(g[b])], [str(ref)])
+        knn = half.patch_distances(np.ascontiguousarray(g[q]))
+        out.append(image_score(s.fuse(knn, smap[q] if smap is not None else None)))
+    return out
+
+
 def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: list, fpr: float, max_pool: int,
               maps_dir: Path, package: bool = False) -> dict:
     from iad_agent.eval.plan import evenly_spaced
@@ -296,6 +315,8 @@ def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: 
            "patch_threshold": cal.patch_threshold, "learn_s": round(learn_s, 2),
            "syn_scores": [image_score(bank.scoring.fuse(k, m if bank.scoring.uses_self else None))
                           for k, m, d in zip(mat["knn"], mat["self"], mat["defect"]) if d]}
+    if len(refs) == 1:  # the one good image cut in two: each half scored against a bank of the other half
+        row["split"] = split_scores(bank, refs[0], config)
     for name, items in (("test", [(s.image_path, s.label) for s in test]), ("pool", [(p, 0) for p in others])):
         fused, plain, labels = [], [], []
         for path, label in items:

@@ -13,6 +13,7 @@ only to report balanced accuracy, never to fit anything.
     python experiments/threshold_rules.py spread --dump /work/thr/dump.jsonl --shots 4   # also --shots all (dump_all)
     python experiments/threshold_rules.py one --dump /work/thr/dump.jsonl            # one shot: synthetic level
     python experiments/threshold_rules.py shift --dump /work/thr/dump.jsonl          # one shot: views shift
+    python experiments/threshold_rules.py split --dump /work/split/dump.jsonl        # one shot: the image cut in two
     PYTHONPATH=src python experiments/threshold_rules.py views --out /work/thr/views4.jsonl
     python experiments/threshold_rules.py rules --dump /work/thr/dump.jsonl --shots 4 --views /work/thr/views4.jsonl
 
@@ -138,6 +139,37 @@ def one_cmd(a: argparse.Namespace) -> None:
         report(rows, f"{name} (c LOCO)", lambda r, fn=fn, locos=locos: locos[r["cat"]] * fn(r))
 
 
+def split_cmd(a: argparse.Namespace) -> None:
+    """One good image: the image cut in two (each half against a bank of the other half) as the threshold's level,
+    alone or beside the synthetic defects' median (``calib.split_scores``)."""
+    rows = [r for r in map(json.loads, open(a.dump)) if str(r["shots"]) == "1" and "split" in r]
+    syn = lambda r: float(np.median(r["syn_scores"]))  # noqa: E731
+    target = {id(r): float(np.quantile(r["pool"], 0.95)) for r in rows}
+
+    def fitted(fn):  # noqa: ANN001, ANN202 - row -> level; (c, LOCO c per category, log-std)
+        lr = np.array([np.log(target[id(r)] / fn(r)) for r in rows])
+        locos = {c: float(np.median([target[id(o)] / fn(o) for o in rows if o["cat"] != c])) for c in {r["cat"] for r in rows}}
+        return float(np.exp(np.median(lr))), locos, float(lr.std())
+
+    f = {"synthetic median": syn, "split mean": lambda r: float(np.mean(r["split"])),
+         "split max": lambda r: float(np.max(r["split"])), "split median": lambda r: float(np.median(r["split"])),
+         "split long axis mean": lambda r: float(np.mean(r["split"][:2])),
+         "gm(split mean, synthetic median)": lambda r: float(np.sqrt(np.mean(r["split"]) * syn(r)))}
+    fits = {}
+    for name, fn in f.items():
+        c, locos, ls = fits[name] = fitted(fn)
+        print(f"{name:34s} c = {c:.3f} (LOCO {min(locos.values()):.3f}-{max(locos.values()):.3f}) log-std {ls:.3f}")
+    for r in rows:
+        print(f"  {r['cat'][:10]:10s} s{r['seed']} pool q95 {target[id(r)]:.3f} syn med {syn(r):.3f} "
+              f"split {np.round(r['split'], 3)}")
+    for name, fn in f.items():
+        c, locos, _ = fits[name]
+        report(rows, f"{name} (c all)", lambda r, fn=fn, c=c: c * fn(r))
+        report(rows, f"{name} (c LOCO)", lambda r, fn=fn, locos=locos: locos[r["cat"]] * fn(r))
+    cs, cp = fits["synthetic median"][0], fits["split mean"][0]
+    report(rows, "min(split mean, synthetic)", lambda r: min(cs * syn(r), cp * float(np.mean(r["split"]))))
+
+
 def views_cmd(a: argparse.Namespace) -> None:
     import calib
     from iad_agent.eval.runner import set_threads
@@ -181,10 +213,13 @@ def main() -> None:
     o.add_argument("--dump", required=True)
     s = sub.add_parser("shift")
     s.add_argument("--dump", required=True)
+    sp = sub.add_parser("split")
+    sp.add_argument("--dump", required=True)
     v = sub.add_parser("views")
     v.add_argument("--out", required=True)
     a = ap.parse_args()
-    {"rules": rules_cmd, "spread": spread_cmd, "one": one_cmd, "shift": shift_cmd, "views": views_cmd}[a.cmd](a)
+    {"rules": rules_cmd, "spread": spread_cmd, "one": one_cmd, "shift": shift_cmd, "split": split_cmd,
+     "views": views_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":

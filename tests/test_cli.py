@@ -110,15 +110,16 @@ def test_one_good_image_is_enough(tmp_path, normals):
     r = runner.invoke(app, ["register", "solo", "--normals", str(single), "--workspace", str(tmp_path / "ws")])
     assert r.exit_code == 0 and "augmented-views" in r.stdout.replace("\n", " ")
     assert "registered solo: 1 good image," in r.stdout  # the plural is handled
-    # the threshold at 5 % sits at the synthetic defects' median times SYNTHETIC_LEVEL; other rates follow the views
+    # the threshold at 5 % sits at SPLIT_LEVEL times the geometric mean of the synthetic defects' median and the
+    # split score (the image cut in two); other rates follow the views
     from iad_agent import api
-    from iad_agent.vision.learn import SYNTHETIC_LEVEL
+    from iad_agent.vision.learn import SPLIT_LEVEL
     from iad_agent.workspace import Workspace
 
     product = Workspace(tmp_path / "ws").load("solo")
     cal = product.bank.calibration
-    assert cal.synthetic_level == SYNTHETIC_LEVEL and cal.synthetic_median > 0
-    assert cal.threshold == pytest.approx(SYNTHETIC_LEVEL * cal.synthetic_median)
+    assert cal.synthetic_level == SPLIT_LEVEL and cal.synthetic_median > 0 and cal.split_score > 0
+    assert cal.threshold == pytest.approx(SPLIT_LEVEL * (cal.synthetic_median * cal.split_score) ** 0.5)
     assert api.threshold_for_fpr(product, cal.fpr) == pytest.approx(cal.threshold)
     assert api.threshold_for_fpr(product, 0.01) > cal.threshold > api.threshold_for_fpr(product, 0.2)
 

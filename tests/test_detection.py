@@ -155,6 +155,38 @@ def test_one_image_threshold_is_tied_to_the_synthetic_median_at_five_percent():
     assert old.threshold == pytest.approx(min(threshold_for_fpr(views, 0.05) * 1.18, 1.2))  # stored before: unchanged
 
 
+def test_one_image_threshold_reads_the_split_score_beside_the_synthetic_median():
+    from iad_agent.vision.normal_bank import Calibration, threshold_for_fpr
+
+    views = [0.8, 0.85, 0.9, 0.82, 0.88, 0.79, 0.84, 0.86]
+    cal = Calibration(0.05, "augmented-views", views, [1.0], synthetic_median=1.44, synthetic_level=1.02, split_score=1.0)
+    assert cal.threshold == pytest.approx(1.02 * 1.2)  # 1.02 x the geometric mean of the two levels
+    ratio = threshold_for_fpr(views, 0.01) / threshold_for_fpr(views, 0.05)
+    assert cal.threshold_at(0.01) == pytest.approx(1.02 * 1.2 * ratio)  # other rates follow the views' fit
+    cal.split_score = 0.0  # an image too small to cut, or a product stored before the split score existed
+    assert cal.threshold == pytest.approx(1.02 * 1.44)
+
+
+@pytest.mark.slow
+def test_split_score_sits_below_the_synthetic_defects_on_a_texture_and_above_them_on_an_object(data_root):
+    """One good image cut in two: on a regular texture (grid) one half is an honest stand-in for another good part,
+    so the split score lies below the synthetic defects' median; on a centred object (bottle) the other half is a
+    poor match and it lies above. The threshold at 5 % is SPLIT_LEVEL x their geometric mean."""
+    from iad_agent.product import Product, list_images
+    from iad_agent.vision.learn import SPLIT_LEVEL, split_score
+
+    levels = {}
+    for name in ("grid", "bottle"):
+        one = Product.build(name, list_images(data_root / f"mvtec_ad/{name}/train/good")[:1])
+        cal = one.bank.calibration
+        assert cal.synthetic_level == SPLIT_LEVEL and cal.split_score > 0 and cal.synthetic_median > 0
+        assert cal.threshold == pytest.approx(SPLIT_LEVEL * np.sqrt(cal.split_score * cal.synthetic_median))
+        levels[name] = cal.split_score / cal.synthetic_median
+    assert levels["grid"] < 1 < levels["bottle"]
+    tiny = np.zeros((3, 8, 4), np.float32)  # under 4 patches a side: not cut, the synthetic median alone
+    assert split_score(one.bank, tiny, None, one.bank.scoring) == 0.0
+
+
 def test_few_good_images_set_the_threshold_from_their_mean_and_the_prior_spread():
     from statistics import NormalDist
 

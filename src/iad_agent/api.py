@@ -293,8 +293,9 @@ def threshold_for_fpr(product: Product, fpr: float) -> float:
 
     The calibration's own rule (:meth:`Calibration.threshold_at`): a normal fit of the held-out
     scores carried to the full bank by its ``bank_size_factor``; with 2–7 good images their mean
-    plus the prior spread; with one good image tied to its synthetic defects' median at 5 %
-    (products stored before: the views' fit moved by :meth:`Calibration.shifted`).
+    plus the prior spread; with one good image tied at 5 % to its synthetic defects' median and
+    its split score (:func:`iad_agent.vision.learn.split_score`; products stored before: the
+    synthetic median alone, or the views' fit moved by :meth:`Calibration.shifted`).
     """
     return product.bank.calibration.threshold_at(fpr)
 

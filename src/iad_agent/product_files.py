@@ -272,7 +272,7 @@ def _read_bank(folder: Path, name: str):
     cal = meta.get("calibration")
     known = {"fpr", "method", "global_scores", "aligned_scores", "patch_threshold",
              "knn_scores", "knn_patch_threshold", "bank_size_factor", "knn_bank_size_factor",  # these four: issue 11
-             "views_shift", "synthetic_median", "synthetic_level",  # one good image's threshold
+             "views_shift", "synthetic_median", "synthetic_level", "split_score",  # one good image's threshold
              "prior_spread"}  # 2-7 good images: the spread of good scores is not measured
     if not isinstance(cal, dict) or set(cal) - known:
         raise _damaged(meta_path, name, "has no usable calibration")
@@ -281,7 +281,8 @@ def _read_bank(folder: Path, name: str):
     if not (scores_ok and _number(cal.get("fpr")) and 0 < cal["fpr"] < 1 and _number(cal.get("patch_threshold"))
             and cal["patch_threshold"] > 0 and isinstance(cal.get("method"), str)
             and _number(cal.get("prior_spread", 0.0)) and 0 <= cal.get("prior_spread", 0.0) < 1
-            and _number(cal.get("synthetic_level", 0.0)) and cal.get("synthetic_level", 0.0) >= 0):
+            and _number(cal.get("synthetic_level", 0.0)) and cal.get("synthetic_level", 0.0) >= 0
+            and _number(cal.get("split_score", 0.0)) and cal.get("split_score", 0.0) >= 0):
         raise _damaged(meta_path, name, "has a calibration with missing, non-finite or out-of-range values")
     try:
         bank = NormalBank.load(folder)

@@ -44,6 +44,19 @@ PATCH_QUANTILE = 0.999
 #: synthetic median; other rates follow the views' fit
 #: (:meth:`~iad_agent.vision.normal_bank.Calibration.threshold_at`).
 SYNTHETIC_LEVEL = 1.05
+#: With one good image the threshold's level is SPLIT_LEVEL × the geometric mean of the synthetic
+#: defects' median and the *split score*: the image cut in two (left/right, top/bottom), each half
+#: scored against a bank of the other half, the four scores averaged (:func:`split_score`). The two
+#: err in opposite directions: on a regular texture a half of the image is an honest stand-in for
+#: another good part and the synthetic defects stand far above it (grid: good parts' 95th
+#: percentile at 0.81× the synthetic median, 1.2× the split score); on a centred object the other
+#: half is a poor match and the split score stands high (bottle 1.6×), while the synthetic defects
+#: sit near the good parts. Their geometric mean fits other good images of the shared data a little
+#: better than the synthetic median alone (log-std over the 21 one-shot groups 0.140 against 0.143;
+#: 95th percentile at 1.022× the mean, 0.993–1.028 with any one product left out), and its threshold
+#: sits nearer the promise (the pool's false-alarm rate 0.12 against 0.30 with the median's refitted
+#: 1.006). ``experiments/threshold_rules.py split``.
+SPLIT_LEVEL = 1.02
 #: With fewer held-out good images than this (2–7 good images), their scores' own spread is not
 #: used: a standard deviation from 4 scores is off by about ±40 %, and two references far from the
 #: other two (juice bottle) or four near-alike ones (grid) moved the 4-shot
@@ -110,6 +123,24 @@ def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.I
         gain = float(rng.uniform(0.9, 1.1))
         views.append(Image.eval(v, lambda px, g=gain: min(255, int(px * g))))
     return views
+
+
+def split_score(bank: NormalBank, grid: np.ndarray, self_map: np.ndarray | None, scoring: Scoring) -> float:
+    """One good image as its own held-out material: the mean image score of its grid's left, right, top and
+    bottom halves, each against a bank of the opposite half's patches, under ``scoring`` (the self term read
+    on the whole image, as a test image's is). 0 when the grid is too small to cut (under 4 patches a side)."""
+    h, w = grid.shape[:2]
+    if min(h, w) < 4:
+        return 0.0
+    cuts = [(np.s_[:, : w // 2], np.s_[:, w // 2:]), (np.s_[:, w // 2:], np.s_[:, : w // 2]),
+            (np.s_[: h // 2], np.s_[h // 2:]), (np.s_[h // 2:], np.s_[: h // 2])]
+    scores = []
+    for query, other in cuts:
+        half = NormalBank(bank.config, bank.max_patches, bank.seed)
+        half.add([np.ascontiguousarray(grid[other])], ["half"])
+        knn = half.patch_distances(np.ascontiguousarray(grid[query]))
+        scores.append(image_score(scoring.fuse(knn, self_map[query] if self_map is not None else None)))
+    return float(np.mean(scores))
 
 
 def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image], fpr: float,
@@ -203,10 +234,15 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         knn_bank_size_factor=knn_factor,
         prior_spread=prior_spread,
     )
-    if n < 2 and syn_knn:  # one good image: the views flatter (see SYNTHETIC_LEVEL); the knn baseline keeps its rule
-        cal.synthetic_level = SYNTHETIC_LEVEL
+    if n < 2 and syn_knn:  # one good image: the views flatter (see SPLIT_LEVEL); the knn baseline keeps its rule
         cal.synthetic_median = float(np.median([image_score(scoring.fuse(k, syn_self[i] if scoring.uses_self else None))
                                                 for i, k in enumerate(syn_knn)]))
+        grid = bank.grids[0].astype(np.float32)
+        self_map = None
+        if scoring.uses_self:  # the whole image's self map, on the grid the scoring reads it from
+            self_map = self_similarity_map(extractor.with_raw([image_of(0)])[1][0] if scoring.self_raw else grid)
+        cal.split_score = split_score(bank, grid, self_map, scoring)
+        cal.synthetic_level = SPLIT_LEVEL if cal.split_score > 0 else SYNTHETIC_LEVEL
     return scoring, cal
 
 

@@ -171,8 +171,10 @@ class Calibration:
     held-out scores, without the bank-size factor; 0 (and every calibration stored before it
     existed): the fitted normal distribution above.
     ``synthetic_level`` > 0 (one good image): at false-alarm rate :data:`LEVEL_FPR` the threshold is
-    ``synthetic_level · synthetic_median``, and other rates scale it as the views' normal fit
-    scales; 0 (products stored before it existed): the views' fit moved by :meth:`shifted`.
+    ``synthetic_level · √(synthetic_median · split_score)`` (``synthetic_level · synthetic_median``
+    where ``split_score`` is 0: an image too small to cut in two, or a product stored before the
+    split score existed), and other rates scale it as the views' normal fit scales; 0 (products
+    stored before it existed): the views' fit moved by :meth:`shifted`.
     """
 
     fpr: float
@@ -188,6 +190,7 @@ class Calibration:
     synthetic_median: float = 0.0
     prior_spread: float = 0.0
     synthetic_level: float = 0.0
+    split_score: float = 0.0
 
     def shifted(self, base: float) -> float:
         """With one good image: the views' threshold ``base`` moved toward where other good parts lie.
@@ -208,7 +211,8 @@ class Calibration:
         base = threshold_for_fpr(self.global_scores, fpr) * self.bank_size_factor
         if self.synthetic_level > 0 and self.synthetic_median > 0:
             at_level = threshold_for_fpr(self.global_scores, LEVEL_FPR) * self.bank_size_factor
-            return base * self.synthetic_level * self.synthetic_median / at_level
+            level = self.synthetic_median if self.split_score <= 0 else math.sqrt(self.synthetic_median * self.split_score)
+            return base * self.synthetic_level * level / at_level
         return self.shifted(base)
 
     @property
