@@ -317,6 +317,8 @@ def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: 
                           for k, m, d in zip(mat["knn"], mat["self"], mat["defect"]) if d]}
     if len(refs) == 1:  # the one good image cut in two: each half scored against a bank of the other half
         row["split"] = split_scores(bank, refs[0], config)
+    elif os.environ.get("SPLIT_ALL"):  # every reference cut so (mean of its four halves), for rules at more shots
+        row["split_refs"] = [float(np.mean(split_scores(bank, r, config))) for r in refs[:8]]
     for name, items in (("test", [(s.image_path, s.label) for s in test]), ("pool", [(p, 0) for p in others])):
         fused, plain, labels = [], [], []
         for path, label in items:

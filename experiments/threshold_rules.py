@@ -82,6 +82,12 @@ def rules_cmd(a: argparse.Namespace) -> None:
          "mean x factor": lambda r: np.mean(r["held"]) * r["factor"],
          "gm(min, mean)": lambda r: np.sqrt(np.min(r["held"]) * np.mean(r["held"])),
          "synthetic median": lambda r: np.median(r["syn_scores"])}
+    f["gm(mean, synthetic median)"] = lambda r: np.sqrt(np.mean(r["held"]) * np.median(r["syn_scores"]))
+    if all("split_refs" in r for r in rows):  # SPLIT_ALL=1 calib.py: each reference cut in two
+        f["split (refs' mean)"] = lambda r: np.mean(r["split_refs"])
+        f["gm(mean, split)"] = lambda r: np.sqrt(np.mean(r["held"]) * np.mean(r["split_refs"]))
+        f["gm(mean, split, synthetic median)"] = lambda r: np.cbrt(
+            np.mean(r["held"]) * np.mean(r["split_refs"]) * np.median(r["syn_scores"]))
     if views:
         rows = [r for r in rows if (r["cat"], r["seed"]) in views]
         f["views median"] = lambda r: np.median(views[(r["cat"], r["seed"])])
