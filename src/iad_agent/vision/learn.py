@@ -42,7 +42,8 @@ PATCH_QUANTILE = 0.999
 #: the views' fit moved by the fixed 1.18 of before; ``experiments/threshold_rules.py one``). So at
 #: the rate :data:`~iad_agent.vision.normal_bank.LEVEL_FPR` the threshold is SYNTHETIC_LEVEL × the
 #: synthetic median; other rates follow the views' fit
-#: (:meth:`~iad_agent.vision.normal_bank.Calibration.threshold_at`).
+#: (:meth:`~iad_agent.vision.normal_bank.Calibration.threshold_at`). Since SPLIT_LEVEL (below) this
+#: rule is kept for an image too small to cut in two, and by products stored before.
 SYNTHETIC_LEVEL = 1.05
 #: With one good image the threshold's level is SPLIT_LEVEL × the geometric mean of the synthetic
 #: defects' median and the *split score*: the image cut in two (left/right, top/bottom), each half

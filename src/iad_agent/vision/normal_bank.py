@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 TOP_FRACTION = 0.01  # image score = mean of the top 1 % patch distances
 #: The least spread of good parts' scores a threshold assumes, as a fraction of their mean.
 SPREAD_FLOOR = 0.05
-#: The false-alarm rate at which a one-good-image threshold is tied to the synthetic defects' median
-#: (``Calibration.synthetic_level``); other rates follow the views' normal fit from there.
+#: The false-alarm rate at which a one-good-image threshold is tied to the synthetic defects' median and
+#: the split score (``Calibration.synthetic_level``); other rates follow the views' normal fit from there.
 LEVEL_FPR = 0.05
 
 
