@@ -298,6 +298,23 @@ def split_scores(bank: NormalBank, ref: Path, config: FeatureConfig) -> list[flo
     return out
 
 
+def mirror_scores(bank: NormalBank, ref: Path, config: FeatureConfig) -> list[float]:
+    """One good image against its own mirror images: the image scored (the bank's scoring, its own self map)
+    against a bank of the left-right mirrored image's patches, then of the top-bottom mirrored one's."""
+    from PIL import ImageOps
+
+    img = load_image(ref)
+    s = bank.scoring
+    g = grid_of(ref, config)
+    smap = self_map_of(ref, config, s.self_raw) if s.uses_self else None
+    out = []
+    for flipped in (ImageOps.mirror(img), ImageOps.flip(img)):
+        other = NormalBank(config)
+        other.add([extractor(config)([flipped])[0]], ["mirror"])
+        out.append(image_score(s.fuse(other.patch_distances(g), smap)))
+    return out
+
+
 def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: list, fpr: float, max_pool: int,
               maps_dir: Path, package: bool = False) -> dict:
     from iad_agent.eval.plan import evenly_spaced
@@ -317,6 +334,8 @@ def run_group(cat: str, k, seed: int, refs: list[Path], pool: list[Path], test: 
                           for k, m, d in zip(mat["knn"], mat["self"], mat["defect"]) if d]}
     if len(refs) == 1:  # the one good image cut in two: each half scored against a bank of the other half
         row["split"] = split_scores(bank, refs[0], config)
+        if os.environ.get("MIRROR"):
+            row["mirror"] = mirror_scores(bank, refs[0], config)
     elif os.environ.get("SPLIT_ALL"):  # every reference cut so (mean of its four halves), for rules at more shots
         row["split_refs"] = [float(np.mean(split_scores(bank, r, config))) for r in refs[:8]]
     for name, items in (("test", [(s.image_path, s.label) for s in test]), ("pool", [(p, 0) for p in others])):

@@ -161,13 +161,20 @@ def split_cmd(a: argparse.Namespace) -> None:
          "split max": lambda r: float(np.max(r["split"])), "split median": lambda r: float(np.median(r["split"])),
          "split long axis mean": lambda r: float(np.mean(r["split"][:2])),
          "gm(split mean, synthetic median)": lambda r: float(np.sqrt(np.mean(r["split"]) * syn(r)))}
+    if all("mirror" in r for r in rows):  # MIRROR=1 calib.py: the image against its mirror images
+        f["mirror mean"] = lambda r: float(np.mean(r["mirror"]))
+        f["mirror min"] = lambda r: float(np.min(r["mirror"]))
+        f["gm(mirror mean, synthetic median)"] = lambda r: float(np.sqrt(np.mean(r["mirror"]) * syn(r)))
+        f["gm(mirror min, synthetic median)"] = lambda r: float(np.sqrt(np.min(r["mirror"]) * syn(r)))
+        f["gm(split mean, mirror mean)"] = lambda r: float(np.sqrt(np.mean(r["split"]) * np.mean(r["mirror"])))
+        f["gm(split, mirror, synthetic median)"] = lambda r: float(np.cbrt(np.mean(r["split"]) * np.mean(r["mirror"]) * syn(r)))
     fits = {}
     for name, fn in f.items():
         c, locos, ls = fits[name] = fitted(fn)
         print(f"{name:34s} c = {c:.3f} (LOCO {min(locos.values()):.3f}-{max(locos.values()):.3f}) log-std {ls:.3f}")
     for r in rows:
         print(f"  {r['cat'][:10]:10s} s{r['seed']} pool q95 {target[id(r)]:.3f} syn med {syn(r):.3f} "
-              f"split {np.round(r['split'], 3)}")
+              f"split {np.round(r['split'], 3)}" + (f" mirror {np.round(r['mirror'], 3)}" if "mirror" in r else ""))
     for name, fn in f.items():
         c, locos, _ = fits[name]
         report(rows, f"{name} (c all)", lambda r, fn=fn, c=c: c * fn(r))
