@@ -51,8 +51,8 @@ SYNTHETIC_LEVEL = 1.05
 #: err in opposite directions: on a regular texture a half of the image is an honest stand-in for
 #: another good part and the synthetic defects stand far above it (grid: good parts' 95th
 #: percentile at 0.81× the synthetic median, 1.2× the split score); on a centred object the other
-#: half is a poor match and the split score stands high (bottle 1.6×), while the synthetic defects
-#: sit near the good parts. Their geometric mean fits other good images of the shared data a little
+#: half is a poor match and the split score stands high (bottle: 1.6× the good parts' 95th
+#: percentile), while the synthetic defects sit nearer them. Their geometric mean fits other good images of the shared data a little
 #: better than the synthetic median alone (log-std over the 21 one-shot groups 0.140 against 0.143;
 #: 95th percentile at 1.022× the mean, 0.993–1.028 with any one product left out), and its threshold
 #: sits nearer the promise (the pool's false-alarm rate 0.12 against 0.30 with the median's refitted
