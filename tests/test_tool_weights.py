@@ -31,6 +31,20 @@ def test_ties_go_to_the_cheapest_weights():
     assert len(aurocs) == len(ZOOM_WEIGHTS) * len(COMPARE_WEIGHTS) and MARGIN > 0
 
 
+def test_a_tool_must_win_more_than_one_ordered_pair():
+    """Four held-out good images and eight synthetic defects (4 shots): one reordered pair is 1/32 of the AUROC,
+    above MARGIN, but noise; a tool is switched on only for two pairs or more."""
+    goods = [Item(False, r) for r in (0.8, 0.84, 0.88, 0.92)]  # their ratios are not in doubt: no tool reads them
+    sure = [Item(True, 1.3) for _ in range(7)]
+    one = Item(True, 0.9, zoom=3.0)  # below one good image's ratio: the zoom lifts it above all four
+    wz, _, aurocs = choose_weights(goods + sure + [one], *BAND, compare_weights=(0.0,))
+    assert aurocs["0,0"] == pytest.approx(31 / 32, abs=1e-4) and aurocs["0.5,0"] == 1.0 and 1 / 32 > MARGIN
+    assert wz == 0.0  # one pair: not worth a zoom
+    two = Item(True, 0.86, zoom=3.0)  # below two good images' ratios
+    wz, _, aurocs = choose_weights(goods + sure + [two], *BAND, compare_weights=(0.0,))
+    assert aurocs["0,0"] == pytest.approx(30 / 32, abs=1e-4) and wz > 0
+
+
 def test_final_ratio_follows_the_policy_fusion():
     from iad_agent.policies.embedded import fuse, squash
 
