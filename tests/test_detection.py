@@ -16,7 +16,7 @@ from iad_agent.vision.features import FeatureConfig, FeatureExtractor
 from iad_agent.vision.normal_bank import NormalBank, image_score
 from iad_agent.vision.similarity import mutual_scores, self_similarity_map
 from iad_agent.vision.scoring import Scoring, choose_scoring
-from iad_agent.vision.synthetic import noise_patch, scratch, synthetic_defects
+from iad_agent.vision.synthetic import noise_patch, synthetic_defects
 
 
 def test_doctests():

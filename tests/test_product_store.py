@@ -27,7 +27,6 @@ from iad_agent.product import (
     ConcurrentRegistration,
     DamagedProduct,
     Product,
-    ProductNotFound,
     RegistrationError,
     WorkspaceError,
     check_name,

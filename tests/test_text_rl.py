@@ -119,7 +119,6 @@ def _script_first_turns(model, tokenizer):
 
 def test_grpo_tokens_equal_the_text_policys_tokens(cfg, cases, tmp_path, monkeypatch):
     """Prompt + the model's zoom turn + TRL's tool turn = what TextPolicy encodes for the same episode."""
-    from iad_agent.agent.loop import run_episode
     from iad_agent.policies.text import TextPolicy, encode_text, fresh_episode, load_text_model, text_tools
     from iad_agent.policies.vlm import Completion
     from iad_agent.training import text_rl

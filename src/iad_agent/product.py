@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import logging
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields

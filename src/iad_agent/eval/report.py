@@ -384,7 +384,7 @@ def _quality_targets(doc: dict[str, Any], memory: dict[str, Any] | None, policy:
     zero_f1 = sorted({f"{a['category']} ({a['shots']}-shot)" for a in mine
                       if a.get("f1_mean") is not None and a["n_anomalous"] and a["f1_mean"] == 0})
     if mine:
-        lines.append(f"- no category with F1 = 0: " + (", ".join(zero_f1) + " — **not met**" if zero_f1 else "none — **met**"))
+        lines.append("- no category with F1 = 0: " + (", ".join(zero_f1) + " — **not met**" if zero_f1 else "none — **met**"))
     judged = [a for a in mine if (a["n_normal"] or 0) >= MIN_GOOD_FOR_FAR and a.get("false_alarm_rate_mean") is not None
               and a.get("promised_fpr_mean")]
     if judged:
