@@ -280,22 +280,12 @@ def fused_maps(bank: NormalBank, material: dict, test: list):  # noqa: ANN201
 
 
 def split_scores(bank: NormalBank, ref: Path, config: FeatureConfig) -> list[float]:
-    """One good image as its own held-out material: the left, right, top and bottom halves of its grid, each
-    scored (the bank's scoring; the self term read on the whole image, as a test image's is) against a bank
-    made of the opposite half's patches."""
-    g = grid_of(ref, config)
+    """The package's split scores (``vision.learn.split_scores``) of a reference's cached grid: its left, right,
+    top and bottom halves, each against a bank of the opposite half, the self term read on the whole image."""
+    from iad_agent.vision.learn import split_scores as package_split_scores
+
     s = bank.scoring
-    smap = self_map_of(ref, config, s.self_raw) if s.uses_self else None
-    h, w = g.shape[:2]
-    cuts = [(np.s_[:, : w // 2], np.s_[:, w // 2:]), (np.s_[:, w // 2:], np.s_[:, : w // 2]),
-            (np.s_[: h // 2], np.s_[h // 2:]), (np.s_[h // 2:], np.s_[: h // 2])]
-    out = []
-    for q, b in cuts:
-        half = NormalBank(config)
-        half.add([np.ascontiguousarray(g[b])], [str(ref)])
-        knn = half.patch_distances(np.ascontiguousarray(g[q]))
-        out.append(image_score(s.fuse(knn, smap[q] if smap is not None else None)))
-    return out
+    return package_split_scores(bank, grid_of(ref, config), self_map_of(ref, config, s.self_raw) if s.uses_self else None, s)
 
 
 def mirror_scores(bank: NormalBank, ref: Path, config: FeatureConfig) -> list[float]:

@@ -126,13 +126,18 @@ def augmented_views(img: Image.Image, n: int = 8, seed: int = 0) -> list[Image.I
     return views
 
 
-def split_score(bank: NormalBank, grid: np.ndarray, self_map: np.ndarray | None, scoring: Scoring) -> float:
-    """One good image as its own held-out material: the mean image score of its grid's left, right, top and
+def can_split(grid: np.ndarray) -> bool:
+    """Whether a patch grid is large enough to cut in two (4 patches a side or more)."""
+    return min(grid.shape[:2]) >= 4
+
+
+def split_scores(bank: NormalBank, grid: np.ndarray, self_map: np.ndarray | None, scoring: Scoring) -> list[float]:
+    """One good image as its own held-out material: the image scores of its grid's left, right, top and
     bottom halves, each against a bank of the opposite half's patches, under ``scoring`` (the self term read
-    on the whole image, as a test image's is). 0 when the grid is too small to cut (under 4 patches a side)."""
+    on the whole image, as a test image's is). Empty when the grid is too small to cut (:func:`can_split`)."""
+    if not can_split(grid):
+        return []
     h, w = grid.shape[:2]
-    if min(h, w) < 4:
-        return 0.0
     cuts = [(np.s_[:, : w // 2], np.s_[:, w // 2:]), (np.s_[:, w // 2:], np.s_[:, : w // 2]),
             (np.s_[: h // 2], np.s_[h // 2:]), (np.s_[h // 2:], np.s_[: h // 2])]
     scores = []
@@ -141,7 +146,13 @@ def split_score(bank: NormalBank, grid: np.ndarray, self_map: np.ndarray | None,
         half.add([np.ascontiguousarray(grid[other])], ["half"])
         knn = half.patch_distances(np.ascontiguousarray(grid[query]))
         scores.append(image_score(scoring.fuse(knn, self_map[query] if self_map is not None else None)))
-    return float(np.mean(scores))
+    return scores
+
+
+def split_score(bank: NormalBank, grid: np.ndarray, self_map: np.ndarray | None, scoring: Scoring) -> float:
+    """The mean of :func:`split_scores`: the one-good-image threshold's second level (0: too small to cut)."""
+    scores = split_scores(bank, grid, self_map, scoring)
+    return float(np.mean(scores)) if scores else 0.0
 
 
 def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int], Image.Image], fpr: float,
@@ -239,10 +250,12 @@ def learn(bank: NormalBank, extractor: FeatureExtractor, image_of: Callable[[int
         cal.synthetic_median = float(np.median([image_score(scoring.fuse(k, syn_self[i] if scoring.uses_self else None))
                                                 for i, k in enumerate(syn_knn)]))
         grid = bank.grids[0].astype(np.float32)
-        self_map = None
-        if scoring.uses_self:  # the whole image's self map, on the grid the scoring reads it from
-            self_map = self_similarity_map(extractor.with_raw([image_of(0)])[1][0] if scoring.self_raw else grid)
-        cal.split_score = split_score(bank, grid, self_map, scoring)
+        if can_split(grid):
+            self_map = None
+            if scoring.uses_self:  # the whole image's self map, on the grid the scoring reads it from (the bank
+                # keeps only the smoothed grid: the unsmoothed one is extracted again, as for held-out images above)
+                self_map = self_similarity_map(extractor.with_raw([image_of(0)])[1][0] if scoring.self_raw else grid)
+            cal.split_score = split_score(bank, grid, self_map, scoring)
         cal.synthetic_level = SPLIT_LEVEL if cal.split_score > 0 else SYNTHETIC_LEVEL
     return scoring, cal
 
