@@ -254,13 +254,37 @@ def test_bank_memory_is_built_without_a_float32_copy_of_all_patches(real_images)
     np.testing.assert_array_equal(small.memory, flat[: len(small.memory)])
 
 
-def test_registration_frees_decoded_images_before_learning(data_root, monkeypatch):
-    """Once the features are in the bank, only the cache's last 16 decoded good images (and the first) stay alive."""
+def test_greedy_coreset_holds_one_projected_copy(real_images):
+    """The coreset's working memory is one transposed 32-dim projection of all patches (plus one
+    block's temporaries), not the projection's blocks, their concatenation and its transpose at once
+    (with 200 good images that was 400 MB at registration's memory peak)."""
+    import tracemalloc
+
+    from iad_agent.vision.features import FeatureExtractor
+    from iad_agent.vision.normal_bank import greedy_coreset
+
+    grid = FeatureExtractor()(real_images[:1])[0].astype(np.float16)
+    blocks = [grid.reshape(-1, grid.shape[-1])] * 40  # 40 images' patches, as float16 row blocks
+    m = sum(len(b) for b in blocks)
+    tracemalloc.start()
+    try:
+        greedy_coreset(blocks, 50)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    projected = m * 32 * 4
+    assert peak < 1.5 * projected, (peak, projected)
+
+
+def test_registration_frees_decoded_images_before_the_coreset(data_root, monkeypatch):
+    """Once the features are extracted, only the cache's last 16 decoded good images (and the first) stay
+    alive: through the coreset (registration's memory peak when they were kept) and learning."""
     import gc
     import weakref
 
     import iad_agent.registration as registration
     import iad_agent.vision.learn as learn_module
+    import iad_agent.vision.normal_bank as normal_bank
 
     class Stop(Exception):
         pass
@@ -274,6 +298,12 @@ def test_registration_frees_decoded_images_before_learning(data_root, monkeypatc
         return images
 
     seen = {}
+    coreset = normal_bank.greedy_coreset
+
+    def counting_coreset(*args, **kwargs):
+        gc.collect()
+        seen["alive_at_coreset"] = sum(r() is not None for r in made)
+        return coreset(*args, **kwargs)
 
     def counting_learn(bank, *args, **kwargs):
         gc.collect()
@@ -283,11 +313,12 @@ def test_registration_frees_decoded_images_before_learning(data_root, monkeypatc
 
     monkeypatch.setattr(registration, "_load_all", recording_load_all)
     monkeypatch.setattr(learn_module, "learn", counting_learn)
+    monkeypatch.setattr(normal_bank, "greedy_coreset", counting_coreset)
     normals = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:20]
     with pytest.raises(Stop):
         registration.register("hazelnut", normals)
     assert len(made) == 20
-    assert seen["alive"] <= 17, seen
+    assert seen["alive"] <= 17 and seen["alive_at_coreset"] <= 17, seen
     assert seen["grid_dtypes"] == {np.dtype(np.float16)}
 
 

@@ -171,18 +171,22 @@ def register(
         grids.extend(g.astype(np.float16) for g in extractor(images[i : i + extractor.batch_size]))  # as the bank stores them
         if progress:
             progress(min(i + extractor.batch_size, len(images)), total)
+    # free the decoded images before the coreset (200 MB for 200 mixed good images, 600 MB for 200 of
+    # 1024x1024; with them alive the coreset was registration's memory peak): calibration reads the
+    # last 16 back from the product's cache, the others from their files
+    n_new, sizes, last = len(images), [im.size for im in images], images[-16:]
+    images = images[:1]
     if grids:
         product.bank.add(grids, [str(p.resolve()) for p in paths])
         product.image_hashes += hashes
         product.image_added += [now_iso()] * len(paths)
         reg.added = [str(p) for p in paths]
-        product.image_size = product.image_size or images[0].size
-        if any(not same_shape(im.size, product.image_size) for im in images):
+        product.image_size = product.image_size or sizes[0]
+        if any(not same_shape(size, product.image_size) for size in sizes):
             product.gate.mixed_geometry = True
-        for offset, img in enumerate(images[-16:]):  # warm the cache: calibration reads these back
-            product._images[len(product.bank) - len(images[-16:]) + offset] = img
-    del grids  # the bank holds them now; calibration reads images back from the cache or their files
-    n_new, images = len(images), images[:1]  # free the decoded images (600 MB for 200 of 1024x1024)
+        for offset, img in enumerate(last):  # warm the cache: calibration reads these back
+            product._images[len(product.bank) - len(last) + offset] = img
+    del grids, last  # the bank holds them now
     if priors:
         product.priors.update(priors)
     stored_fpr = product.bank.calibration.fpr if product.bank.calibration else DEFAULT_FPR
