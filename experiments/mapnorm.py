@@ -1,0 +1,133 @@
+"""Heat-map level per image (issue 11 item 7): pooled pixel AUROC of the look's patch map under
+post-processing variants. Caches each group's patch maps, masks and labels (package code:
+registration, prepare), then re-scores offline. Diagnosis on test masks; a variant is kept only
+if it is a rule without a per-product setting and it holds across categories.
+
+    python experiments/mapnorm.py collect --shots 1 4 --seeds 0 1 2 --out /work/mapnorm
+    python experiments/mapnorm.py score --out /work/mapnorm
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+CATS = [("mvtec", "grid"), ("mvtec", "hazelnut"), ("mvtec", "transistor"), ("loco", "juice_bottle"),
+        ("magnetic_tile", "magnetic_tile")]
+
+
+def cross_neighbourhoods(h, w, radius):
+    """Variant: leave out the patch's own rows and columns (within ``radius``), not only its square."""
+    import functools
+    return _cross(h, w, radius)
+
+
+import functools  # noqa: E402
+
+
+@functools.lru_cache(maxsize=16)
+def _cross(h, w, radius):
+    yy, xx = np.divmod(np.arange(h * w), w)
+    offsets = np.arange(-radius, radius + 1)
+    ry = np.clip(yy[:, None] + offsets[None], 0, h - 1)  # (n, 2r+1) rows
+    cx = np.clip(xx[:, None] + offsets[None], 0, w - 1)
+    rows = (ry[:, :, None] * w + np.arange(w)[None, None]).reshape(h * w, -1)
+    cols = (np.arange(h)[None, :, None] * w + cx[:, None, :]).reshape(h * w, -1)
+    out = np.concatenate([rows, cols], 1).astype(np.int64)
+    out.flags.writeable = False
+    return out
+
+
+def collect(dataset, category, shots, seed, max_test, out: Path):
+    import os
+    if os.environ.get("SELF_CROSS"):
+        from iad_agent.vision import similarity
+        similarity._neighbourhoods = cross_neighbourhoods
+    f = out / f"{dataset}_{category}_{shots}_{seed}.pkl"
+    if f.exists():
+        return
+    from iad_agent.datasets import load_dataset
+    from iad_agent.eval.plan import cap_test, default_root, draw_references, split_dataset
+    from iad_agent.eval.records import downsample_size
+    from iad_agent.inspector import Inspector
+    from iad_agent.policies import resolve_policy
+    from iad_agent.product import Product
+
+    samples = [s for s in load_dataset(dataset, default_root(dataset)) if s.category == category]
+    split = split_dataset(samples)
+    refs = draw_references(split.pool, shots if shots == "all" else int(shots), seed, category)
+    product = Product.build(category, refs, fpr=0.05, allow_mixed_sizes=True)
+    insp = Inspector(product, resolve_policy("knn").policy, {})
+    rows = []
+    for s in cap_test(split.test, max_test):
+        p = insp.prepare(s.image_path)
+        size = downsample_size(p.image.width, p.image.height)
+        gt = s.ground_truth_mask(size=size)
+        ok = gt is not None and (s.mask_path is not None or not s.is_anomalous)
+        rows.append(dict(label=int(s.is_anomalous), type=s.defect_type, gt=gt, ok=ok, size=size,
+                         fused=np.asarray(p.look.patch_map, np.float32),
+                         knn=np.asarray(p.look.plain.patch_map, np.float32) if p.look.knn is not None else None,
+                         score=float(p.look.score), threshold=float(p.look.threshold)))
+    out.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(pickle.dumps(dict(rows=rows, patch_threshold=float(product.bank.calibration.patch_threshold))))
+    print("done", f, flush=True)
+
+
+def upsample(pm, size):
+    from PIL import Image
+    return np.asarray(Image.fromarray(pm.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+
+
+VARIANTS = {
+    "asis": lambda m: m,
+    "minus_median": lambda m: m - np.median(m),
+    "minus_q25": lambda m: m - np.quantile(m, 0.25),
+    "minus_q10": lambda m: m - np.quantile(m, 0.10),
+    "minus_min": lambda m: m - m.min(),
+}
+
+
+def score(out: Path):
+    from iad_agent.eval import metrics
+    res = {}
+    for f in sorted(out.glob("*.pkl")):
+        d = pickle.loads(f.read_bytes())
+        cat, shots = "_".join(f.stem.split("_")[:-2]), f.stem.split("_")[-2]
+        rows = [r for r in d["rows"] if r["ok"]]
+        masks = [r["gt"] for r in rows]
+        for name, fn in VARIANTS.items():
+            maps = [upsample(fn(r["fused"]), r["size"]) for r in rows]
+            pa = metrics.pixel_auroc(masks, maps)
+            ap = metrics.aupro(masks, maps, fpr_limit=0.3)
+            res.setdefault((cat, shots, name), []).append((pa, ap))
+    cats = sorted({k[0] for k in res})
+    for shots in sorted({k[1] for k in res}):
+        print(f"\n## shots {shots}: pixel AUROC / AUPRO")
+        print("| variant | " + " | ".join(c.split("_", 1)[1] for c in cats) + " | mean |")
+        for name in VARIANTS:
+            vals = [np.mean(res[(c, shots, name)], axis=0) for c in cats if (c, shots, name) in res]
+            cells = [f"{v[0]:.3f} / {v[1]:.3f}" for v in vals]
+            m = np.mean(vals, axis=0)
+            print(f"| {name} | " + " | ".join(cells) + f" | {m[0]:.3f} / {m[1]:.3f} |")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cmd")
+    ap.add_argument("--shots", nargs="+", default=["1", "4"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--max-test", type=int, default=150)
+    ap.add_argument("--out", type=Path, default=Path("/work/mapnorm"))
+    ap.add_argument("--cats", nargs="*", default=None)
+    a = ap.parse_args()
+    if a.cmd == "collect":
+        for ds, cat in CATS:
+            if a.cats and cat not in a.cats:
+                continue
+            for shots in a.shots:
+                for seed in a.seeds:
+                    collect(ds, cat, shots, seed, a.max_test, a.out)
+    else:
+        score(a.out)
