@@ -5,10 +5,13 @@ if it is a rule without a per-product setting and it holds across categories.
 
     python experiments/mapnorm.py collect --shots 1 4 --seeds 0 1 2 --out /work/mapnorm
     python experiments/mapnorm.py score --out /work/mapnorm
+    SELF_CROSS=1 python experiments/mapnorm.py collect --out /work/mapcross     # the self term without its rows/columns
+    python experiments/mapnorm.py images --out /work/mapnorm --vs /work/mapcross  # the looks' image AUROC / balanced acc.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import pickle
 from pathlib import Path
 
@@ -20,11 +23,7 @@ CATS = [("mvtec", "grid"), ("mvtec", "hazelnut"), ("mvtec", "transistor"), ("loc
 
 def cross_neighbourhoods(h, w, radius):
     """Variant: leave out the patch's own rows and columns (within ``radius``), not only its square."""
-    import functools
     return _cross(h, w, radius)
-
-
-import functools  # noqa: E402
 
 
 @functools.lru_cache(maxsize=16)
@@ -113,6 +112,36 @@ def score(out: Path):
             print(f"| {name} | " + " | ".join(cells) + f" | {m[0]:.3f} / {m[1]:.3f} |")
 
 
+def images(dirs: list[Path]):
+    """Image AUROC / balanced accuracy / false-alarm rate / miss rate of the cached looks, per category."""
+    from sklearn.metrics import roc_auc_score
+
+    def stats(f):
+        r = pickle.loads(f.read_bytes())["rows"]
+        y, s, t = [x["label"] for x in r], [x["score"] for x in r], r[0]["threshold"]
+        g = np.array([x["score"] for x in r if x["label"] == 0])
+        a = np.array([x["score"] for x in r if x["label"] == 1])
+        far, miss = np.mean(g > t), np.mean(a <= t)
+        return roc_auc_score(y, s), 1 - (far + miss) / 2, far, miss
+
+    for shots in ("1", "4"):
+        print(f"shots {shots}: image AUROC / balanced acc. / FAR / miss of the look, seeds averaged; columns: {[str(d) for d in dirs]}")
+        cats = sorted({f.stem.rsplit("_", 2)[0] for f in dirs[0].glob("*.pkl")})
+        means: dict = {d: [] for d in dirs}
+        for c in cats:
+            line = c.ljust(30)
+            for d in dirs:
+                fs = sorted(d.glob(f"{c}_{shots}_*.pkl"))
+                if not fs:
+                    line += " | -"
+                    continue
+                v = np.mean([stats(f) for f in fs], 0)
+                means[d].append(v)
+                line += " | " + " ".join(f"{x:.3f}" for x in v)
+            print(line)
+        print("MEAN".ljust(30) + "".join(" | " + " ".join(f"{x:.3f}" for x in np.mean(means[d], 0)) for d in dirs if means[d]))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd")
@@ -121,6 +150,7 @@ if __name__ == "__main__":
     ap.add_argument("--max-test", type=int, default=150)
     ap.add_argument("--out", type=Path, default=Path("/work/mapnorm"))
     ap.add_argument("--cats", nargs="*", default=None)
+    ap.add_argument("--vs", type=Path, nargs="*", default=[])
     a = ap.parse_args()
     if a.cmd == "collect":
         for ds, cat in CATS:
@@ -129,5 +159,7 @@ if __name__ == "__main__":
             for shots in a.shots:
                 for seed in a.seeds:
                     collect(ds, cat, shots, seed, a.max_test, a.out)
+    elif a.cmd == "images":
+        images([a.out, *a.vs])
     else:
         score(a.out)
