@@ -290,12 +290,12 @@ def test_registration_frees_decoded_images_before_the_coreset(data_root, monkeyp
         pass
 
     made: list[weakref.ref] = []
-    load_all = registration._load_all
+    load_image = registration.load_image
 
-    def recording_load_all(*args, **kwargs):
-        images = load_all(*args, **kwargs)
-        made.extend(weakref.ref(im) for im in images)
-        return images
+    def recording_load_image(*args, **kwargs):
+        image = load_image(*args, **kwargs)
+        made.append(weakref.ref(image))
+        return image
 
     seen = {}
     coreset = normal_bank.greedy_coreset
@@ -311,7 +311,7 @@ def test_registration_frees_decoded_images_before_the_coreset(data_root, monkeyp
         seen["grid_dtypes"] = {g.dtype for g in bank.grids}
         raise Stop
 
-    monkeypatch.setattr(registration, "_load_all", recording_load_all)
+    monkeypatch.setattr(registration, "load_image", recording_load_image)
     monkeypatch.setattr(learn_module, "learn", counting_learn)
     monkeypatch.setattr(normal_bank, "greedy_coreset", counting_coreset)
     normals = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:20]
@@ -320,6 +320,46 @@ def test_registration_frees_decoded_images_before_the_coreset(data_root, monkeyp
     assert len(made) == 20
     assert seen["alive"] <= 17 and seen["alive_at_coreset"] <= 17, seen
     assert seen["grid_dtypes"] == {np.dtype(np.float16)}
+
+
+def test_registration_decodes_past_its_budget_again_instead_of_holding_every_photo(data_root, monkeypatch):
+    """Past ``KEEP_DECODED_BYTES`` a good image is decoded again when its turn to be extracted comes: the
+    product is the same, and only the budget's images and one batch are decoded at a time (200 photos of
+    4000x3000 would otherwise hold 7 GB)."""
+    import gc
+    import weakref
+
+    import iad_agent.registration as registration
+    from iad_agent.vision.features import FeatureExtractor
+
+    normals = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:7]
+    whole = registration.register("hazelnut", normals).product
+    made: list[weakref.ref] = []
+    load_image = registration.load_image
+
+    def recording_load_image(*args, **kwargs):
+        image = load_image(*args, **kwargs)
+        made.append(weakref.ref(image))
+        return image
+
+    alive: list[int] = []
+    call = FeatureExtractor.__call__
+
+    def counting_call(self, images, *args, **kwargs):
+        gc.collect()
+        alive.append(sum(r() is not None for r in made))
+        return call(self, images, *args, **kwargs)
+
+    first = load_image(normals[0])
+    monkeypatch.setattr(registration, "KEEP_DECODED_BYTES", 2 * first.width * first.height * 3)  # two images
+    monkeypatch.setattr(registration, "load_image", recording_load_image)
+    monkeypatch.setattr(FeatureExtractor, "__call__", counting_call)
+    bounded = registration.register("hazelnut", normals).product
+    assert len(made) == 7 + 5  # each checked once; all but the budget's two decoded again for their features
+    batch = bounded.extractor.batch_size
+    assert max(alive) <= 2 + batch, alive
+    np.testing.assert_array_equal(bounded.bank.memory, whole.bank.memory)
+    assert bounded.bank.calibration == whole.bank.calibration and bounded.bank.scoring == whole.bank.scoring
 
 
 def _texture_likeness_reference(bank, held_out=None):

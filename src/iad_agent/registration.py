@@ -48,6 +48,69 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
+#: Decoded good images kept in memory from their check until their features are extracted, in bytes.
+#: Beyond it an image is decoded again from its file when its turn comes: registration's memory
+#: stays bounded however many photos are given (200 of 4000x3000 would otherwise hold 7 GB), at the
+#: cost of a second decoding of those images. 200 good images of 1024x1024 (600 MB) are all kept.
+KEEP_DECODED_BYTES = 768 * 2**20
+
+
+@dataclass
+class _Good:
+    """A given good image, checked: what registration needs of it, and its pixels while the budget lasts."""
+
+    path: Path
+    size: tuple[int, int]
+    hash: str
+    image: Image.Image | None  # None: decoded again from ``path`` when its features are extracted
+    luminance: tuple[float, float] | None = None
+
+    def load(self, max_side: int) -> Image.Image:
+        if self.image is not None:
+            return self.image
+        try:
+            return load_image(self.path, max_side)
+        except ImageError as exc:
+            raise RegistrationError(f"cannot register: {exc} (it changed while the good images were read)") from exc
+
+
+def _read_good(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, reference_size: tuple[int, int] | None,
+               luminance: bool, keep_bytes: int) -> list[_Good]:
+    """Decode and check every given good image once (all problems named together, as ``_load_all`` does),
+    keeping the pixels of the first ones up to ``keep_bytes``; ``luminance``: also their luminance statistics."""
+    from iad_agent.vision.brightness import luminance_stats
+
+    goods, kept = [], 0
+    for p, img in _iter_checked(paths, allow_mixed_sizes, max_side, reference_size):
+        size = img.width * img.height * len(img.getbands())
+        keep = kept + size <= keep_bytes
+        kept += size if keep else 0
+        goods.append(_Good(p, img.size, content_hash(img), img if keep else None,
+                           luminance_stats(img) if luminance else None))
+    return goods
+
+
+def _iter_checked(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, reference_size: tuple[int, int] | None):
+    """``(path, image)`` of each usable image in turn (one decoded at a time); a RegistrationError naming every
+    problem at the end."""
+    problems, size = [], reference_size
+    for p in paths:
+        try:
+            img = load_image(p, max_side)
+        except ImageError as exc:
+            problems.append(str(exc))
+            continue
+        if size is None:
+            size = img.size
+        elif img.size != tuple(size) and not allow_mixed_sizes:
+            problems.append(f"{p}: image is {img.width}x{img.height} but the product's images are {size[0]}x{size[1]} "
+                            "(pass --allow-mixed-sizes to register it resized)")
+            continue
+        yield p, img
+    if problems:
+        raise RegistrationError("cannot register; fix or remove these files:\n  " + "\n  ".join(problems))
+
+
 @dataclass
 class Skipped:
     """A given image that was not registered, and why."""
@@ -130,11 +193,13 @@ def register(
     paths = [Path(p) for p in normals]
     if not paths and existing is None:
         raise RegistrationError("no good images given: a product needs at least one good image")
-    images = _load_all(paths, allow_mixed_sizes, max_side, reference_size=existing.image_size if existing else None)
+    goods = _read_good(paths, allow_mixed_sizes, max_side, existing.image_size if existing else None,
+                       luminance=existing is None and brightness, keep_bytes=KEEP_DECODED_BYTES)
     product = existing._copy() if existing is not None else None
     reg = Registration(product)  # type: ignore[arg-type]  (a new product is set below)
-    paths, images, hashes = _drop_known(product, paths, images, reg)
-    if product is not None and not images and defects_dir is None:  # nothing to extract
+    goods = _drop_known(product, goods, reg)
+    paths, hashes = [g.path for g in goods], [g.hash for g in goods]
+    if product is not None and not goods and defects_dir is None:  # nothing to extract
         if priors and any(product.priors.get(k) != v for k, v in priors.items()):
             product.priors.update(priors)
             defect_types.refresh(product)
@@ -148,13 +213,13 @@ def register(
         from iad_agent.vision.normal_bank import NormalBank
 
         config = config or FeatureConfig()
-        if config.keep_aspect and not config.reference_side and len({im.size for im in images}) > 1:
+        if config.keep_aspect and not config.reference_side and len({g.size for g in goods}) > 1:
             # good images of mixed sizes (crops): one scale for all, so a defect keeps its size in patches
-            config = dataclasses.replace(config, reference_side=int(np.median([min(im.size) for im in images])))
+            config = dataclasses.replace(config, reference_side=int(np.median([min(g.size) for g in goods])))
         if brightness and config.brightness is None:
-            from iad_agent.vision.brightness import brightness_target
+            from iad_agent.vision.brightness import target_from_stats
 
-            config = dataclasses.replace(config, brightness=brightness_target(images))
+            config = dataclasses.replace(config, brightness=target_from_stats([g.luminance for g in goods]))
         extractor = FeatureExtractor(config)
         product = Product(name, NormalBank(extractor.config, max_patches=max_patches), GateParams(), max_side=max_side)
         product._extractor = extractor
@@ -165,17 +230,21 @@ def register(
     from iad_agent.vision.learn import N_SYNTHETIC, learn
     from iad_agent.vision.tool_weights import fit_tool_weights
 
-    total = len(images) + (N_SYNTHETIC if images else 0)
+    n_new = len(goods)
+    total = n_new + (N_SYNTHETIC if goods else 0)
     grids: list[np.ndarray] = []
-    for i in range(0, len(images), extractor.batch_size):
-        grids.extend(g.astype(np.float16) for g in extractor(images[i : i + extractor.batch_size]))  # as the bank stores them
+    batch: list[Image.Image] = []
+    for i in range(0, n_new, extractor.batch_size):
+        batch = [g.load(product.max_side) for g in goods[i : i + extractor.batch_size]]
+        grids.extend(g.astype(np.float16) for g in extractor(batch))  # as the bank stores them
         if progress:
-            progress(min(i + extractor.batch_size, len(images)), total)
+            progress(min(i + extractor.batch_size, n_new), total)
+    del batch
     # free the decoded images before the coreset (200 MB for 200 mixed good images, 600 MB for 200 of
     # 1024x1024; with them alive the coreset was registration's memory peak): calibration reads the
-    # last 16 back from the product's cache, the others from their files
-    n_new, sizes, last = len(images), [im.size for im in images], images[-16:]
-    images = images[:1]
+    # last 16 back from the product's cache (those still decoded), the others from their files
+    sizes, last = [g.size for g in goods], [g.image for g in goods[-16:]]
+    del goods
     if grids:
         product.bank.add(grids, [str(p.resolve()) for p in paths])
         product.image_hashes += hashes
@@ -185,12 +254,13 @@ def register(
         if any(not same_shape(size, product.image_size) for size in sizes):
             product.gate.mixed_geometry = True
         for offset, img in enumerate(last):  # warm the cache: calibration reads these back
-            product._images[len(product.bank) - len(last) + offset] = img
+            if img is not None:
+                product._images[len(product.bank) - len(last) + offset] = img
     del grids, last  # the bank holds them now
     if priors:
         product.priors.update(priors)
     stored_fpr = product.bank.calibration.fpr if product.bank.calibration else DEFAULT_FPR
-    if images:
+    if n_new:
         step = (lambda done, n: progress(n_new + done, total)) if progress else None
         material: dict = {}  # held-out and synthetic images, reused to learn the tool weights
         product.bank.scoring, product.bank.calibration = learn(
@@ -210,8 +280,7 @@ def register(
     return reg
 
 
-def _drop_known(product: Product | None, paths: list[Path], images: list[Image.Image], reg: Registration
-                ) -> tuple[list[Path], list[Image.Image], list[str]]:
+def _drop_known(product: Product | None, goods: list[_Good], reg: Registration) -> list[_Good]:
     """Drop the given images whose content is registered already, or given twice; record them in ``reg``.
 
     A product stored before content hashes were kept gets them now, from the files still there.
@@ -219,7 +288,7 @@ def _drop_known(product: Product | None, paths: list[Path], images: list[Image.I
     known: dict[str, str] = {}
     registered_paths: set[str] = set()
     if product is not None:
-        if paths and any(h is None for h in product.image_hashes):
+        if goods and any(h is None for h in product.image_hashes):
             for i, (p, h) in enumerate(zip(product.bank.paths, product.image_hashes)):
                 if h is None:
                     try:
@@ -228,22 +297,20 @@ def _drop_known(product: Product | None, paths: list[Path], images: list[Image.I
                         log.info("%s: registered good image no longer readable; not used to find duplicates", p)
         known = {h: p for h, p in zip(product.image_hashes, product.bank.paths) if h}
         registered_paths = set(product.bank.paths)
-    keep_p, keep_i, keep_h = [], [], []
-    for p, img in zip(paths, images):
-        h, where = content_hash(img), str(p.resolve())
-        if h in known:
-            same = known[h]
+    keep = []
+    for g in goods:
+        where = str(g.path.resolve())
+        if g.hash in known:
+            same = known[g.hash]
             reason = "already registered" if same == where else "same content as a registered image"
-            reg.skipped.append(Skipped(str(p), reason, same))
+            reg.skipped.append(Skipped(str(g.path), reason, same))
             continue
         if where in registered_paths:
-            reg.warnings.append(f"{p} was registered before with different content (the file changed); "
+            reg.warnings.append(f"{g.path} was registered before with different content (the file changed); "
                                 "its new content is registered as another good image")
-        known[h] = where
-        keep_p.append(p)
-        keep_i.append(img)
-        keep_h.append(h)
-    return keep_p, keep_i, keep_h
+        known[g.hash] = where
+        keep.append(g)
+    return keep
 
 
 def check_defects_dir(folder: str | Path) -> dict[str, list[Path]]:
