@@ -282,6 +282,7 @@ def test_registration_frees_decoded_images_before_the_coreset(data_root, monkeyp
     import gc
     import weakref
 
+    import iad_agent.product as product_module
     import iad_agent.registration as registration
     import iad_agent.vision.learn as learn_module
     import iad_agent.vision.normal_bank as normal_bank
@@ -311,7 +312,8 @@ def test_registration_frees_decoded_images_before_the_coreset(data_root, monkeyp
         seen["grid_dtypes"] = {g.dtype for g in bank.grids}
         raise Stop
 
-    monkeypatch.setattr(registration, "load_image", recording_load_image)
+    monkeypatch.setattr(registration, "load_image", recording_load_image)  # decoded again for the features
+    monkeypatch.setattr(product_module, "load_image", recording_load_image)  # checked (product.iter_checked)
     monkeypatch.setattr(learn_module, "learn", counting_learn)
     monkeypatch.setattr(normal_bank, "greedy_coreset", counting_coreset)
     normals = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:20]
@@ -332,15 +334,22 @@ def test_registration_decodes_past_its_budget_again_instead_of_holding_every_pho
     import iad_agent.registration as registration
     from iad_agent.vision.features import FeatureExtractor
 
-    normals = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:7]
+    normals = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:12]  # more than 2 + a batch of 8
     whole = registration.register("hazelnut", normals).product
     made: list[weakref.ref] = []
-    load_image = registration.load_image
+    again: list[str] = []
+    load_image, iter_checked = registration.load_image, registration.iter_checked
 
-    def recording_load_image(*args, **kwargs):
-        image = load_image(*args, **kwargs)
+    def recording_load_image(path, *args, **kwargs):  # registration's: an image decoded again for its features
+        image = load_image(path, *args, **kwargs)
         made.append(weakref.ref(image))
+        again.append(str(path))
         return image
+
+    def recording_iter_checked(*args, **kwargs):  # each image's check
+        for path, image in iter_checked(*args, **kwargs):
+            made.append(weakref.ref(image))
+            yield path, image
 
     alive: list[int] = []
     call = FeatureExtractor.__call__
@@ -353,11 +362,11 @@ def test_registration_decodes_past_its_budget_again_instead_of_holding_every_pho
     first = load_image(normals[0])
     monkeypatch.setattr(registration, "KEEP_DECODED_BYTES", 2 * first.width * first.height * 3)  # two images
     monkeypatch.setattr(registration, "load_image", recording_load_image)
+    monkeypatch.setattr(registration, "iter_checked", recording_iter_checked)
     monkeypatch.setattr(FeatureExtractor, "__call__", counting_call)
     bounded = registration.register("hazelnut", normals).product
-    assert len(made) == 7 + 5  # each checked once; all but the budget's two decoded again for their features
-    batch = bounded.extractor.batch_size
-    assert max(alive) <= 2 + batch, alive
+    assert len(made) == 12 + 10 and again == [str(p) for p in normals[2:]]  # checked once; past the budget, decoded again
+    assert max(alive) <= 2 + bounded.extractor.batch_size < len(normals), alive
     np.testing.assert_array_equal(bounded.bank.memory, whole.bank.memory)
     assert bounded.bank.calibration == whole.bank.calibration and bounded.bank.scoring == whole.bank.scoring
 

@@ -339,8 +339,18 @@ class Product:
 
 
 def _load_all(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, reference_size: tuple[int, int] | None = None) -> list[Image.Image]:
-    images, problems = [], []
-    size = reference_size
+    """Every image of ``paths``, checked (see :func:`iter_checked`)."""
+    return [img for _, img in iter_checked(paths, allow_mixed_sizes, max_side, reference_size)]
+
+
+def iter_checked(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, reference_size: tuple[int, int] | None = None):
+    """``(path, image)`` of each usable image in turn, one decoded at a time.
+
+    Raises:
+        RegistrationError: at the end, naming every unreadable file and every image whose size
+            differs from the first (or ``reference_size``) unless ``allow_mixed_sizes``.
+    """
+    problems, size = [], reference_size
     for p in paths:
         try:
             img = load_image(p, max_side)
@@ -353,10 +363,9 @@ def _load_all(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, ref
             problems.append(f"{p}: image is {img.width}x{img.height} but the product's images are {size[0]}x{size[1]} "
                             "(pass --allow-mixed-sizes to register it resized)")
             continue
-        images.append(img)
+        yield p, img
     if problems:
         raise RegistrationError("cannot register; fix or remove these files:\n  " + "\n  ".join(problems))
-    return images
 
 
 ASPECT_TOLERANCE = 0.05

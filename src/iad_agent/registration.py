@@ -33,6 +33,7 @@ from iad_agent.product import (
     _load_all,
     anomaly_signature,
     check_name,
+    iter_checked,
     list_images,
     same_shape,
 )
@@ -76,39 +77,18 @@ class _Good:
 
 def _read_good(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, reference_size: tuple[int, int] | None,
                luminance: bool, keep_bytes: int) -> list[_Good]:
-    """Decode and check every given good image once (all problems named together, as ``_load_all`` does),
+    """Decode and check every given good image once (all problems named together: :func:`iter_checked`),
     keeping the pixels of the first ones up to ``keep_bytes``; ``luminance``: also their luminance statistics."""
     from iad_agent.vision.brightness import luminance_stats
 
     goods, kept = [], 0
-    for p, img in _iter_checked(paths, allow_mixed_sizes, max_side, reference_size):
+    for p, img in iter_checked(paths, allow_mixed_sizes, max_side, reference_size):
         size = img.width * img.height * len(img.getbands())
         keep = kept + size <= keep_bytes
         kept += size if keep else 0
         goods.append(_Good(p, img.size, content_hash(img), img if keep else None,
                            luminance_stats(img) if luminance else None))
     return goods
-
-
-def _iter_checked(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, reference_size: tuple[int, int] | None):
-    """``(path, image)`` of each usable image in turn (one decoded at a time); a RegistrationError naming every
-    problem at the end."""
-    problems, size = [], reference_size
-    for p in paths:
-        try:
-            img = load_image(p, max_side)
-        except ImageError as exc:
-            problems.append(str(exc))
-            continue
-        if size is None:
-            size = img.size
-        elif img.size != tuple(size) and not allow_mixed_sizes:
-            problems.append(f"{p}: image is {img.width}x{img.height} but the product's images are {size[0]}x{size[1]} "
-                            "(pass --allow-mixed-sizes to register it resized)")
-            continue
-        yield p, img
-    if problems:
-        raise RegistrationError("cannot register; fix or remove these files:\n  " + "\n  ".join(problems))
 
 
 @dataclass
