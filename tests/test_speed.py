@@ -371,6 +371,31 @@ def test_registration_decodes_past_its_budget_again_instead_of_holding_every_pho
     assert bounded.bank.calibration == whole.bank.calibration and bounded.bank.scoring == whole.bank.scoring
 
 
+def test_a_good_image_that_changes_before_its_second_decoding_is_named(data_root, tmp_path, monkeypatch):
+    """An image past the budget is read again for its features; if its file broke meanwhile, registration
+    stops with an error naming it (nothing is stored: registration returns, it never saves)."""
+    import shutil
+
+    import iad_agent.registration as registration
+    from iad_agent.product import RegistrationError
+    from iad_agent.vision.features import FeatureExtractor
+
+    normals = []
+    for p in sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:10]:
+        normals.append(tmp_path / p.name)
+        shutil.copy(p, normals[-1])
+    call = FeatureExtractor.__call__
+
+    def breaking_call(self, images, *args, **kwargs):
+        normals[-1].write_bytes(b"not a png any more")
+        return call(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(registration, "KEEP_DECODED_BYTES", 0)
+    monkeypatch.setattr(FeatureExtractor, "__call__", breaking_call)
+    with pytest.raises(RegistrationError, match=normals[-1].name):
+        registration.register("hazelnut", normals)
+
+
 def _texture_likeness_reference(bank, held_out=None):
     """The first texture_likeness (whole distance matrix and masks at once), kept as the reference."""
     grid = bank.grids[0].astype(np.float32)
