@@ -277,8 +277,8 @@ def test_greedy_coreset_holds_one_projected_copy(real_images):
 
 
 def test_registration_frees_decoded_images_before_the_coreset(data_root, monkeypatch):
-    """Once the features are extracted, only the cache's last 16 decoded good images (and the first) stay
-    alive: through the coreset (registration's memory peak when they were kept) and learning."""
+    """Once the features are extracted, only the cache's last 16 decoded good images stay alive: through
+    the coreset (registration's memory peak when they were kept) and learning."""
     import gc
     import weakref
 
@@ -320,7 +320,7 @@ def test_registration_frees_decoded_images_before_the_coreset(data_root, monkeyp
     with pytest.raises(Stop):
         registration.register("hazelnut", normals)
     assert len(made) == 20
-    assert seen["alive"] <= 17 and seen["alive_at_coreset"] <= 17, seen
+    assert seen["alive"] <= 16 and seen["alive_at_coreset"] <= 16, seen
     assert seen["grid_dtypes"] == {np.dtype(np.float16)}
 
 

@@ -83,9 +83,9 @@ def _read_good(paths: Sequence[Path], allow_mixed_sizes: bool, max_side: int, re
 
     goods, kept = [], 0
     for p, img in iter_checked(paths, allow_mixed_sizes, max_side, reference_size):
-        size = img.width * img.height * len(img.getbands())
-        keep = kept + size <= keep_bytes
-        kept += size if keep else 0
+        nbytes = img.width * img.height * len(img.getbands())
+        keep = kept + nbytes <= keep_bytes
+        kept += nbytes if keep else 0
         goods.append(_Good(p, img.size, content_hash(img), img if keep else None,
                            luminance_stats(img) if luminance else None))
     return goods
