@@ -188,3 +188,21 @@ def test_the_box_goes_to_a_hot_area_not_to_one_stray_hot_patch():
     assert stray.contains(27.5 / 32, 3.5 / 32)
     flat = hot_spot_box(np.ones((8, 8), np.float32), level=2.0, sigma=BOX_SIGMA)  # nothing stands out: a box, no error
     assert 0 <= flat.x1 < flat.x2 <= 1
+
+
+def test_the_box_holds_a_long_defect_whose_map_dips_just_below_the_level():
+    """A scratch above the level over 4 patches and just below it over the next 20 gets a box around
+    all of it (hysteresis, ``BOX_GROW``); cut at the level itself, the box holds its hot end only."""
+    import numpy as np
+
+    from iad_agent.episode import BOX_GROW, BOX_SIGMA, hot_spot_box
+
+    dmap = np.ones((32, 32), np.float32)
+    dmap[16, 4:8] = 3.0  # the scratch's hot end, above the level 2.0
+    dmap[16, 8:28] = 1.9  # the rest of it: above the median, just below the level
+    dmap[5, 5] = 1.6  # texture noise that the grown region must not reach
+    whole = hot_spot_box(dmap, level=2.0, sigma=BOX_SIGMA, grow=BOX_GROW)
+    assert whole.contains(4.5 / 32, 16.5 / 32) and whole.contains(27.5 / 32, 16.5 / 32)
+    assert not whole.contains(5.5 / 32, 5.5 / 32) and whole.height < 0.2
+    hot_end = hot_spot_box(dmap, level=2.0, sigma=BOX_SIGMA)
+    assert hot_end.contains(5.5 / 32, 16.5 / 32) and not hot_end.contains(27.5 / 32, 16.5 / 32)

@@ -41,7 +41,7 @@ def test_knn_policy_answers_from_the_global_look_without_tools(data_root, hazeln
         assert len(result.trajectory.steps) == 1
         assert answer.score == look.score and answer.threshold == look.threshold
         assert answer.anomaly_present == (look.score > look.threshold)
-        assert (answer.box == look.hot_box) if answer.anomaly_present else answer.box is None
+        assert (answer.box == look.answer_box) if answer.anomaly_present else answer.box is None
 
 
 # ----------------------------------------------------------------------------- policies and splits
