@@ -46,6 +46,35 @@ def rules(which: str = "final"):  # noqa: ANN201 - {name: (patch map, level) -> 
     def peak_smoothed(sigma):  # noqa: ANN001, ANN202 - peak of the blurred map, region of the map itself
         return lambda m, level: hot_spot_box(m, level, sigma=sigma)
 
+    def hysteresis(frac, sigma=2.0, gap=0, everything=False):  # noqa: ANN001, ANN202 - peak_s2's peak, region grown through a lower cut
+        from iad_agent.types import Box
+        from iad_agent.vision.grid_ops import region_at
+
+        def f(m, level):  # noqa: ANN001, ANN202
+            m = np.asarray(m, np.float32)
+            inner = hot_spot_box(m, level, sigma=sigma)
+            seek = gaussian_filter(m, sigma=sigma)
+            peak = np.unravel_index(int(np.argmax(seek)), m.shape)
+            med = float(np.median(m))
+            if not m[peak] > level:
+                return inner
+            low = med + frac * (level - med)
+            above = m > low
+            if everything:
+                region = above
+            else:
+                bridged = above.copy()
+                for _ in range(gap):  # 8-neighbour dilation bridges gaps of up to 2*gap patches
+                    d = bridged.copy()
+                    d[1:] |= bridged[:-1]; d[:-1] |= bridged[1:]
+                    d2 = d.copy()
+                    d2[:, 1:] |= d[:, :-1]; d2[:, :-1] |= d[:, 1:]
+                    bridged = d2
+                region = region_at(bridged, peak) & above
+            b = Box.from_mask(region)
+            return b.clamped(0.12) if b is not None else inner
+        return f
+
     current = lambda m, level: hot_spot_box(m, level)  # noqa: E731 - the map's own maximum (the tools' region)
     if which == "first":
         return {
@@ -55,6 +84,13 @@ def rules(which: str = "final"):  # noqa: ANN201 - {name: (patch map, level) -> 
             "q99": lambda m, level: hot_spot_box(m, max(level, float(np.quantile(m, 0.99)))),
             "smooth2": smooth(2.0), "smooth1+min0.20": smooth(1.0, 0.20),
         }
+    if which == "hysteresis":
+        return {"peak_s2": peak_smoothed(2.0), "hyst0.9": hysteresis(0.9), "hyst0.75": hysteresis(0.75),
+                "hyst0.5": hysteresis(0.5), "hyst0.25": hysteresis(0.25)}
+    if which == "gaps":
+        return {"peak_s2": peak_smoothed(2.0), "gap1": hysteresis(1.0, gap=1), "gap2": hysteresis(1.0, gap=2),
+                "all": hysteresis(1.0, everything=True), "hyst0.75": hysteresis(0.75),
+                "hyst0.75+gap1": hysteresis(0.75, gap=1)}
     return {"current": current, "smooth1": smooth(1.0), "smooth2": smooth(2.0),
             "peak_s1": peak_smoothed(1.0), "peak_s2": peak_smoothed(2.0), "peak_s3": peak_smoothed(3.0)}
 
@@ -137,7 +173,7 @@ def main() -> None:
     ap.add_argument("--summary")
     ap.add_argument("--shots", default="1,4")
     ap.add_argument("--cats", default="")
-    ap.add_argument("--rules", choices=["first", "final"], default="final")
+    ap.add_argument("--rules", choices=["first", "final", "hysteresis", "gaps"], default="final")
     a = ap.parse_args()
     if a.summary:
         summary(a.summary)
