@@ -206,3 +206,28 @@ def test_the_box_holds_a_long_defect_whose_map_dips_just_below_the_level():
     assert not whole.contains(5.5 / 32, 5.5 / 32) and whole.height < 0.2
     hot_end = hot_spot_box(dmap, level=2.0, sigma=BOX_SIGMA)
     assert hot_end.contains(5.5 / 32, 16.5 / 32) and not hot_end.contains(27.5 / 32, 16.5 / 32)
+
+
+def test_the_answer_box_holds_a_cut_lead_on_a_real_transistor(data_root):
+    """On real transistors registered from 4 good images, a cut lead's map is above the level at the
+    cut and just below it along the lead: the grown answer box holds the defect (the benchmark's
+    box hit: IoU ≥ 0.5 or the largest region's centroid); cut at the level itself it missed both."""
+    import numpy as np
+    from PIL import Image
+
+    from iad_agent.episode import BOX_SIGMA, PreparedQuery, look_box
+    from iad_agent.eval.metrics import box_hit
+    from iad_agent.imageio import load_image
+    from iad_agent.product import Product, list_images
+
+    root = data_root / "mvtec_ad/transistor"
+    product = Product.build("transistor", list_images(root / "train/good")[:4])
+    for stem in ("000", "001"):
+        look = PreparedQuery(product, load_image(root / f"test/cut_lead/{stem}.png")).look
+        mask = np.asarray(Image.open(root / f"ground_truth/cut_lead/{stem}_mask.png")) > 0
+        assert look.ratio > 1.0  # flagged, so the answer reports this box
+        assert box_hit(look.answer_box, mask), (stem, look.answer_box)
+        fused = look.patch_map if look.knn is not None else None  # the look fuses self-similarity
+        knn = look.knn.patch_map if look.knn is not None else look.patch_map
+        a, b = look.answer_box, look_box(product.bank.calibration, knn, fused, sigma=BOX_SIGMA)  # b: cut at the level
+        assert a.x1 <= b.x1 and a.y1 <= b.y1 and a.x2 >= b.x2 and a.y2 >= b.y2  # grown from the same peak
