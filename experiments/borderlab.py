@@ -26,28 +26,39 @@ def auroc(y, s):
     return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
 
 
-def collect(dataset, category, shots, seed, max_test, cache: Path):
-    f = cache / f"{dataset}_{category}_{shots}_{seed}_{max_test}.pkl"
-    if f.exists():
-        return pickle.loads(f.read_bytes())
+def prepared_tests(dataset, category, shots, seed, max_test):
+    """``(product, [(sample, prepared query, pixel size, downsampled mask)])`` of one ``iad eval``
+    group: the product registered from the drawn references, each capped test image prepared by the
+    package (also used by ``mapnorm.py``)."""
     from iad_agent.datasets import load_dataset
     from iad_agent.eval.plan import cap_test, default_root, draw_references, split_dataset
     from iad_agent.eval.records import downsample_size
     from iad_agent.inspector import Inspector
     from iad_agent.policies import resolve_policy
     from iad_agent.product import Product
-    from iad_agent.vision.similarity import self_similarity_map
 
     samples = [s for s in load_dataset(dataset, default_root(dataset)) if s.category == category]
     split = split_dataset(samples)
     refs = draw_references(split.pool, shots if shots == "all" else int(shots), seed, category)
     product = Product.build(category, refs, fpr=0.05, allow_mixed_sizes=True)
     insp = Inspector(product, resolve_policy("knn").policy, {})
-    rows = []
+    out = []
     for s in cap_test(split.test, max_test):
         p = insp.prepare(s.image_path)
         size = downsample_size(p.image.width, p.image.height)
-        gt = s.ground_truth_mask(size=size)
+        out.append((s, p, size, s.ground_truth_mask(size=size)))
+    return product, out
+
+
+def collect(dataset, category, shots, seed, max_test, cache: Path):
+    f = cache / f"{dataset}_{category}_{shots}_{seed}_{max_test}.pkl"
+    if f.exists():
+        return pickle.loads(f.read_bytes())
+    from iad_agent.vision.similarity import self_similarity_map
+
+    product, tests = prepared_tests(dataset, category, shots, seed, max_test)
+    rows = []
+    for s, p, _, gt in tests:
         knn = product.bank.patch_distances(p.grid)
         rows.append(dict(label=int(s.is_anomalous), type=s.defect_type, gt=gt, knn=knn, self=self_similarity_map(p.grid),
                          size=p.image.size, mask=s.mask_path is not None or not s.is_anomalous))

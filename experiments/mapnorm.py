@@ -47,23 +47,11 @@ def collect(dataset, category, shots, seed, max_test, out: Path):
     f = out / f"{dataset}_{category}_{shots}_{seed}.pkl"
     if f.exists():
         return
-    from iad_agent.datasets import load_dataset
-    from iad_agent.eval.plan import cap_test, default_root, draw_references, split_dataset
-    from iad_agent.eval.records import downsample_size
-    from iad_agent.inspector import Inspector
-    from iad_agent.policies import resolve_policy
-    from iad_agent.product import Product
+    from borderlab import prepared_tests
 
-    samples = [s for s in load_dataset(dataset, default_root(dataset)) if s.category == category]
-    split = split_dataset(samples)
-    refs = draw_references(split.pool, shots if shots == "all" else int(shots), seed, category)
-    product = Product.build(category, refs, fpr=0.05, allow_mixed_sizes=True)
-    insp = Inspector(product, resolve_policy("knn").policy, {})
+    product, tests = prepared_tests(dataset, category, shots, seed, max_test)
     rows = []
-    for s in cap_test(split.test, max_test):
-        p = insp.prepare(s.image_path)
-        size = downsample_size(p.image.width, p.image.height)
-        gt = s.ground_truth_mask(size=size)
+    for s, p, size, gt in tests:
         ok = gt is not None and (s.mask_path is not None or not s.is_anomalous)
         rows.append(dict(label=int(s.is_anomalous), type=s.defect_type, gt=gt, ok=ok, size=size,
                          fused=np.asarray(p.look.patch_map, np.float32),
