@@ -72,7 +72,7 @@ def self_map_of(path: Path, config: FeatureConfig, raw: bool = False) -> np.ndar
     import dataclasses
 
     if raw:
-        config = dataclasses.replace(config, smooth=1)
+        config = dataclasses.replace(config, smooth=1, clip_length=0.0)  # as FeatureExtractor.with_raw: never capped
     key = (str(path), config)
     if key not in _self_cache:
         _self_cache[key] = self_similarity_map(grid_of(path, config))

@@ -3,7 +3,11 @@
     PYTHONPATH=src:experiments IAD_LAB_CACHE=/work/coarse/cache python experiments/feature_scale.py VARIANT cats > OUT.jsonl
 
 VARIANT: ``base``; ``s8=A`` (the stride-8 stage's channels × A, every product); ``zstd`` (each channel
-÷ its standard deviation over the references' patches, per product); ``zsqrt`` (÷ its square root).
+÷ its standard deviation over the references' patches, per product); ``zsqrt`` (÷ its square root);
+``clip`` (the package's patch-length cap, ``FeatureConfig.clip_length`` at the ``L2Q`` quantile of the
+references' smoothed patch lengths, default ``CLIP_QUANTILE``; the product's config carries it, so
+the package itself caps every smoothed grid and leaves the self term's unsmoothed grid alone; ``base``
+is the lab's uncapped product, i.e. ``embedded-no-clip``).
 The scale is applied to every grid the product sees (references, held-out, synthetic defects, test
 images; smoothed and unsmoothed), as a package change would. Rows as ``look_check.py``.
 ``NOFLOOR=1``: the self weight may be 0 again (before ``learn.MIN_SELF_WEIGHT``; the scale variants
@@ -44,7 +48,7 @@ if os.environ.get('NOFLOOR'):  # the self weight chosen among 0 … 1, as before
 
 def scale_for(refs, config):
     c = 152
-    if variant == 'base':
+    if variant in ('base', 'clip'):
         return None
     if variant.startswith('s8='):
         s = np.ones(c, np.float32); s[:40] = float(variant[3:]); return s
@@ -65,6 +69,10 @@ for cat, k, seed, refs, test, y in calib.groups(cats, True, 100, ['1', '4'] if E
         test = list(test) + [Sample(p, cat, 0) for p in more]
         y = np.concatenate([y, np.zeros(len(more), int)])
     c3 = calib.package_config(refs)
+    if variant == 'clip':  # registration's cap (registration._cap_lengths), from the uncapped good grids
+        import dataclasses
+        q = float(os.environ.get('L2Q', features.CLIP_QUANTILE))
+        c3 = dataclasses.replace(c3, clip_length=features.clip_length_of([_grid_of(p, c3) for p in refs[:16]], q))
     SCALE['v'] = scale_for(refs, c3)
     calib._self_cache.clear()
     print(json.dumps(dict(variant=variant, cat=cat, shots=str(k), seed=seed, **calib.look_row(refs, test, y, c3))), flush=True)

@@ -4,6 +4,8 @@ reloads with the same backbone; a missing or replaced backbone is named when the
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 
@@ -179,7 +181,9 @@ def test_saved_product_reloads_with_the_same_backbone(registered, data_root):
     assert config.spec.path == str(model.resolve()) and config.spec.layers == (2, 4) and config.resolution == 224
     assert isinstance(product.extractor.backbone, HFBackbone)
     image = Image.open(data_root / "mvtec_ad/hazelnut/test/hole/001.png").convert("RGB")
-    fresh = FeatureExtractor(feature_config(str(model), 224, [2, 4]))([image])[0]
+    assert config.clip_length > 0  # a custom backbone's product caps its patch lengths too
+    fresh_config = dataclasses.replace(feature_config(str(model), 224, [2, 4]), clip_length=config.clip_length)
+    fresh = FeatureExtractor(fresh_config)([image])[0]
     np.testing.assert_allclose(product.extractor([image])[0], fresh, rtol=1e-5, atol=1e-6)
     stored = json.loads(next(ws.glob("products/.nut~v*/bank/bank.json")).read_text())["config"]
     assert stored["spec"]["kind"] == "hf" and stored["spec"]["model"] == "dinov2" and stored["spec"]["layers"] == [2, 4]

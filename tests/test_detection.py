@@ -12,7 +12,7 @@ from PIL import Image
 import iad_agent.vision.features as features_module
 import iad_agent.vision.scoring as scoring_module
 import iad_agent.vision.synthetic as synthetic_module
-from iad_agent.vision.features import FeatureConfig, FeatureExtractor
+from iad_agent.vision.features import FeatureConfig, FeatureExtractor, clip_lengths
 from iad_agent.vision.normal_bank import NormalBank, image_score
 from iad_agent.vision.similarity import mutual_scores, self_similarity_map
 from iad_agent.vision.scoring import Scoring, choose_scoring
@@ -288,7 +288,8 @@ def test_self_similarity_reads_the_unsmoothed_grid_and_stored_products_keep_the_
     product = grid3[0]
     assert product.bank.scoring.uses_self and product.bank.scoring.self_raw  # grid: self-similarity chosen
     query = PreparedQuery(product, image)
-    assert np.allclose(query.grid, smoothed[0], rtol=1e-4, atol=1e-4) and np.allclose(query.self_grid, raw[0], rtol=1e-4, atol=1e-4)
+    capped = clip_lengths(smoothed[0], product.bank.config.clip_length)  # the product caps the smoothed grid only
+    assert np.allclose(query.grid, capped, rtol=1e-4, atol=1e-4) and np.allclose(query.self_grid, raw[0], rtol=1e-4, atol=1e-4)
     expected = product.bank.scoring.fuse(product.bank.patch_distances(query.grid), self_similarity_map(raw[0]))
     assert np.allclose(query.look.patch_map, expected, rtol=1e-3, atol=1e-3)
 
@@ -373,8 +374,9 @@ def test_a_matched_product_sees_a_darker_good_tile_as_good_and_a_defect_as_a_def
 
     free = sorted((data_root / "magnetic_tile/MT_Free/Imgs").glob("*.jpg"))
     normals = free[:4]
-    matched = Product.build("tile", normals, allow_mixed_sizes=True)
-    kept = Product.build("tile", normals, allow_mixed_sizes=True, brightness=False)
+    # both without the length cap, which also damps a change of light: the brightness matching alone is compared
+    matched = Product.build("tile", normals, allow_mixed_sizes=True, clip=False)
+    kept = Product.build("tile", normals, allow_mixed_sizes=True, brightness=False, clip=False)
     assert matched.bank.config.brightness is not None and kept.bank.config.brightness is None
     matched.save(tmp_path / "tile")
     assert Product.load(tmp_path / "tile").bank.config == matched.bank.config  # saved with the product
@@ -401,6 +403,9 @@ def test_no_brightness_ablation_is_registered_by_eval_only(data_root, tmp_path):
     resolved = resolve_policy("embedded-no-brightness", registering=True)
     assert resolved.registration == (("brightness", False),) and resolved.label == "embedded-no-brightness"
     assert "perceptive_zoomer" in resolved.tools
+    assert resolve_policy("embedded-no-clip", registering=True).registration == (("clip", False),)
+    with pytest.raises(PolicyConfigError, match="clip=False"):
+        resolve_policy("embedded-no-clip")
     config = plan.EvalConfig(datasets=[("magnetic_tile", data_root / "magnetic_tile")], shots=[2], seeds=1,
                              policies=["embedded", "embedded-no-brightness"], max_test=3, examples=False)
     (group,) = plan.plan(config)
@@ -416,3 +421,38 @@ def test_no_brightness_ablation_is_registered_by_eval_only(data_root, tmp_path):
     records = evaluate_group(group, stable, tmp_path)
     assert [s["score"] for s in records[0]["samples"]] == [s["score"] for s in records[1]["samples"]]
     assert records[0]["build_ms"] == records[1]["build_ms"]
+
+
+# ------------------------------------------------------------------ the patch vectors' length capped (issue 11)
+
+
+def test_registration_caps_the_patch_lengths_and_saves_the_cap(data_root, grid3, tmp_path):
+    """A new product caps its smoothed patch vectors at the 75th percentile of its good images'
+    patch lengths (direction kept); the cap is saved with it and applied to every later grid."""
+    from iad_agent.product import Product
+    from iad_agent.vision.features import CLIP_QUANTILE, clip_length_of
+
+    product, _, folder = grid3
+    length = product.bank.config.clip_length
+    assert length > 0 and CLIP_QUANTILE == 0.75
+    assert Product.load(folder).bank.config == product.bank.config  # saved with the product
+    uncapped = Product.build("grid3", product.bank.paths, clip=False)
+    assert uncapped.bank.config.clip_length == 0 and "clip_length" not in uncapped.bank.config.to_dict()
+    plain = [np.asarray(g, np.float32) for g in uncapped.bank.grids]
+    assert length == pytest.approx(clip_length_of(plain), rel=2e-3)  # from the good grids (stored as float16)
+    lengths = np.concatenate([np.linalg.norm(np.asarray(g, np.float32), axis=-1).ravel() for g in product.bank.grids])
+    assert lengths.max() <= length * 1.002  # every stored patch within the cap ...
+    assert np.mean(lengths >= length * 0.998) == pytest.approx(1 - CLIP_QUANTILE, abs=0.15)  # ... about a quarter on it, over all good images
+    # a query is capped as the bank is; the direction of a capped patch is kept
+    from iad_agent.imageio import load_image
+
+    image = load_image(sorted((data_root / "mvtec_ad/grid/test/bent").glob("*.png"))[0])
+    capped, raw = product.extractor([image])[0], uncapped.extractor([image])[0]
+    assert np.linalg.norm(capped, axis=-1).max() <= length * 1.0001
+    cos = np.einsum("hwc,hwc->hw", capped, raw) / (np.linalg.norm(capped, axis=-1) * np.linalg.norm(raw, axis=-1))
+    assert cos.min() > 0.9999
+    with pytest.raises(ValueError, match="clip_length"):
+        FeatureConfig(clip_length=-1.0)
+    # an existing product keeps its cap when images are added (its stored grids were capped with it)
+    grown = Product.build("grid3", list(sorted((data_root / "mvtec_ad/grid/train/good").glob("*.png")))[3:4], existing=product)
+    assert grown.bank.config.clip_length == length

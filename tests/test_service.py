@@ -131,8 +131,10 @@ def test_stored_files_and_dedup(service, hazelnut):
 
 
 def test_history_filters_and_pages(service, hazelnut):
-    for name in ("good/000.png", "good/001.png"):
-        assert service.post("/api/inspect", files=_upload(hazelnut / "test" / name), data={"product": "hazelnut"}).status_code == 201
+    # good parts the product never saw (it holds train/good 000-002); test/good/000 sits at the threshold of
+    # a 3-image product (flagged since the patch-length cap), so a third good part keeps two normals in the history
+    for name in ("test/good/000.png", "test/good/001.png", "train/good/010.png"):
+        assert service.post("/api/inspect", files=_upload(hazelnut / name), data={"product": "hazelnut"}).status_code == 201
     everything = service.get("/api/inspections").json()
     assert everything["total"] >= 5 and [i["id"] for i in everything["items"]] == sorted((i["id"] for i in everything["items"]), reverse=True)
     normal = service.get("/api/inspections", params={"verdict": "normal"}).json()

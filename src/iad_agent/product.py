@@ -215,12 +215,13 @@ class Product:
     def build(cls, name: str, normals: Sequence[str | Path], config: FeatureConfig | None = None, fpr: float | None = None,
               defects_dir: str | Path | None = None, priors: dict[str, str] | None = None, allow_mixed_sizes: bool = False,
               max_side: int = DEFAULT_MAX_SIDE, max_patches: int | None = None, progress: Callable[[int, int], None] | None = None,
-              existing: Product | None = None, selfsim: bool = True, brightness: bool = True) -> Product:
+              existing: Product | None = None, selfsim: bool = True, brightness: bool = True,
+              clip: bool = True) -> Product:
         """Register good images (and optional defect examples) as a product: ``registration.register(...).product``."""
         from iad_agent.registration import register
 
         return register(name, normals, config, fpr, defects_dir, priors, allow_mixed_sizes, max_side, max_patches,
-                        progress, existing, selfsim=selfsim, brightness=brightness).product
+                        progress, existing, selfsim=selfsim, brightness=brightness, clip=clip).product
 
     def _copy(self) -> Product:
         """A copy that can be extended without changing this product (arrays are shared, never mutated)."""

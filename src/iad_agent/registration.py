@@ -39,7 +39,7 @@ from iad_agent.product import (
 )
 
 if TYPE_CHECKING:
-    from iad_agent.vision.features import FeatureConfig
+    from iad_agent.vision.features import FeatureConfig, FeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def register(
     existing: Product | None = None,
     selfsim: bool = True,
     brightness: bool = True,
+    clip: bool = True,
 ) -> Registration:
     """Register good images (and optional defect examples) as a new product or onto ``existing``.
 
@@ -161,6 +162,9 @@ def register(
             calibration) is set here (:mod:`iad_agent.vision.learn`) and saved with it.
         brightness: whether a new product may match every image to its good images' brightness
             when their light varies (:mod:`iad_agent.vision.brightness`); ``False``: never.
+        clip: whether a new product caps the length of its patch vectors at the
+            ``CLIP_QUANTILE`` quantile of its good images' (``FeatureConfig.clip_length``);
+            ``False``: never (the ``embedded-no-clip`` ablation of ``iad eval``).
 
     Raises:
         RegistrationError: no images, an unreadable image, an image whose size differs from
@@ -220,6 +224,8 @@ def register(
         if progress:
             progress(min(i + extractor.batch_size, n_new), total)
     del batch
+    if reg.created and clip and grids and not product.bank.config.clip_length:
+        extractor = _cap_lengths(product, grids)
     # free the decoded images before the coreset (200 MB for 200 mixed good images, 600 MB for 200 of
     # 1024x1024; with them alive the coreset was registration's memory peak): calibration reads the
     # last 16 back from the product's cache (those still decoded), the others from their files
@@ -258,6 +264,26 @@ def register(
     reg.changed = bool(reg.created or reg.added or reg.defects_added or reg.limits
                        or (existing is not None and product.priors != existing.priors))
     return reg
+
+
+def _cap_lengths(product: Product, grids: list[np.ndarray]) -> FeatureExtractor:
+    """Set a new product's patch-length cap from its good grids and cap them (in place, float16 as stored).
+
+    The same backbone is kept (nothing is loaded twice); the product's extractor and its bank's
+    config carry the cap from here on, so every later grid (calibration, tools, inspection) is capped.
+    """
+    from iad_agent.vision.features import FeatureExtractor, clip_length_of, clip_lengths
+
+    old = product.extractor
+    length = clip_length_of(grids)
+    if not length:
+        return old
+    config = dataclasses.replace(old.config, clip_length=length)
+    product.bank.config = config
+    product._extractor = FeatureExtractor(config, old.batch_size, backbone=old.backbone)
+    for i, g in enumerate(grids):
+        grids[i] = clip_lengths(g, length).astype(np.float16)
+    return product._extractor
 
 
 def _drop_known(product: Product | None, goods: list[_Good], reg: Registration) -> list[_Good]:

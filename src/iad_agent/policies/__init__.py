@@ -15,7 +15,8 @@ tool set it gets; ``iad inspect``, ``iad eval``, the library API and the service
   ``embedded-no-selfsim``: the embedded policy answering from the plain nearest-neighbour look;
   ``embedded-no-brightness``: the embedded policy on a product registered without brightness
   matching (:mod:`iad_agent.vision.brightness`) — a registration setting, so only ``iad eval``,
-  which registers its products itself, runs it.
+  which registers its products itself, runs it; ``embedded-no-clip`` likewise, on a product
+  whose patch vectors' length is not capped (``FeatureConfig.clip_length``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 #: The ablation of the learned tool weights: the embedded policy with the hand-set ones.
 FIXED_WEIGHTS = "embedded-fixed-weights"
 #: Ablations of what registration learns (``-no-<name>`` = ``Product.build(..., <name>=False)``).
-REGISTRATION_COMPONENTS = ("brightness",)
+REGISTRATION_COMPONENTS = ("brightness", "clip")
 
 _ABLATION = re.compile(r"^(?P<base>.+?)(?P<rest>(?:-no-[a-z_]+)+)$")
 
@@ -192,7 +193,8 @@ def resolve_policy(name: str, disable: Iterable[str] = (), options: VLMOptions |
         parts = ", ".join(f"-no-{r}" for r, _ in registration)
         raise PolicyConfigError(f"{name!r}: {parts} changes how the product is registered, so only `iad eval` (which "
                                 "registers its products) runs it; register the product with `iad register "
-                                "--keep-brightness` and inspect it with the embedded policy")
+                                "--keep-brightness` (or, in Python, `register(..., clip=False)`) and inspect it "
+                                "with the embedded policy")
     try:
         tools = tools_for(base, disabled)
         policy = make_policy(base, **(options or VLMOptions()).given(), **({"without": without} if without else {}))

