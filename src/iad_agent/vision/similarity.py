@@ -118,14 +118,22 @@ def mutual_scores(grids: Sequence[np.ndarray], keep: float = 0.3, max_refs: int 
     sq = [(f * f).sum(1) for f in flats]
     pairs = mutual_pairs(len(flats), max_refs, seed)
     nearest: list[list[torch.Tensor]] = [[] for _ in flats]  # per image: its patches' distances to each partner
+    # one distance buffer for every pair, filled in place: allocating a fresh chunk × patches matrix
+    # (and three temporaries) per pair let glibc's heap grow with the batch — 0.7 to 10 GB for the
+    # same 78 grid images, depending on how the allocations happened to fall
+    longest = max(len(f) for f in flats)
+    buffer = torch.empty(min(chunk, longest) * longest)
     for n_done, (i, j) in enumerate(pairs, 1):
         to_j = torch.empty(len(flats[i]))
         to_i = torch.full((len(flats[j]),), float("inf"))
         for start in range(0, len(flats[i]), chunk):
             rows = slice(start, start + chunk)
-            d = sq[i][rows, None] - 2 * flats[i][rows] @ flats[j].T + sq[j][None]
-            to_j[rows] = d.min(dim=1).values
-            to_i = torch.minimum(to_i, d.min(dim=0).values)
+            block = flats[i][rows]
+            d = buffer[:len(block) * len(flats[j])].view(len(block), len(flats[j]))
+            torch.addmm(sq[j][None], block, flats[j].T, beta=1, alpha=-2, out=d)  # |b|² − 2 a·b
+            d.add_(sq[i][rows, None])  # + |a|²
+            to_j[rows] = d.amin(dim=1)
+            torch.minimum(to_i, d.amin(dim=0), out=to_i)
         nearest[i].append(to_j.clamp_min(0).sqrt().half())
         nearest[j].append(to_i.clamp_min(0).sqrt().half())
         if progress is not None:
