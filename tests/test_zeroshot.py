@@ -110,16 +110,23 @@ def test_eval_shots_0_yields_zero_shot_records_beside_k_shot_ones(data_root, tmp
     assert len(zero) == 1 and zero[0].policies == ["zero-shot", "zero-shot-mutual"] and not zero[0].references
     assert [g.policies for g in groups if g.shots == 1] == [["knn"]]
     r = runner.invoke(app, ["eval", "--dataset", "mvtec", "--category", "hazelnut", "--shots", "0",
-                            "--policy", "zero-shot", "--policy", "zero-shot-mutual", "--out", str(tmp_path / "ev")])
+                            "--policy", "zero-shot", "--policy", "zero-shot-mutual", "--policy", "zero-shot-no-clip",
+                            "--out", str(tmp_path / "ev")])
     assert r.exit_code == 0, r.output
-    records = [json.loads(x) for x in (tmp_path / "ev/records.jsonl").read_text().splitlines()]
-    assert sorted(x["policy"] for x in records) == ["zero-shot", "zero-shot-mutual"]
-    for rec in records:
+    records = {x["policy"]: x for x in map(json.loads, (tmp_path / "ev/records.jsonl").read_text().splitlines())}
+    assert sorted(records) == ["zero-shot", "zero-shot-mutual", "zero-shot-no-clip"]
+    for rec in records.values():
         assert rec["shots"] == 0 and rec["protocol"] == "batch" and rec["n_test"] == 10
         assert rec["image_auroc"] is not None and rec["balanced_accuracy"] is not None
         assert rec["pixel_auroc"] is not None and rec["box_hit_rate"] is not None
+    # the ablation scores the same batch without the length cap: its own maps, its own cost
+    assert records["zero-shot"]["zero_shot"]["clip_quantile"] == 0.75
+    assert records["zero-shot-no-clip"]["zero_shot"]["clip_quantile"] == 0.0
+    assert records["zero-shot-no-clip"]["zero_shot"]["self_weight"] == records["zero-shot"]["zero_shot"]["self_weight"]
+    scores = {p: [x["score"] for x in rec["samples"]] for p, rec in records.items()}
+    assert scores["zero-shot"] != scores["zero-shot-no-clip"]
     metrics = json.loads((tmp_path / "ev/metrics.json").read_text())
-    assert {s["policy"] for s in metrics["summary"] if str(s["shots"]) == "0"} == {"zero-shot", "zero-shot-mutual"}
+    assert {s["policy"] for s in metrics["summary"] if str(s["shots"]) == "0"} == set(records)
 
 
 def test_big_batches_compare_each_image_with_a_bounded_number_of_others():
@@ -134,6 +141,35 @@ def test_big_batches_compare_each_image_with_a_bounded_number_of_others():
     maps = mutual_scores(grids, max_refs=4)
     assert len(maps) == 12 and maps[3].shape == (4, 5)
     assert np.unravel_index(np.argmax(maps[3]), (4, 5)) == (1, 2)
+
+
+def test_the_batch_caps_its_patch_lengths_so_a_harder_lit_image_does_not_outscore_a_defect():
+    import dataclasses
+
+    from iad_agent import zeroshot
+    from iad_agent.vision import features
+    from iad_agent.zeroshot import ZeroShotSettings, batch_maps
+
+    assert zeroshot.CLIP_QUANTILE == features.CLIP_QUANTILE  # the batch caps as a registered product does
+    rng = np.random.default_rng(0)
+    protos = rng.normal(size=(6, 16)).astype(np.float32)  # a texture of six kinds of patch
+
+    def image() -> np.ndarray:
+        return (protos[rng.integers(0, 6, size=(8, 8))] + 0.1 * rng.normal(size=(8, 8, 16))).astype(np.float32)
+
+    grids = [image() for _ in range(12)]
+    grids[3] = grids[3] * 2.5  # a good part lit harder: every patch longer, none different in kind
+    defect = rng.normal(size=16).astype(np.float32)
+    grids[7][4, 4] = defect * np.linalg.norm(protos, axis=1).mean() / np.linalg.norm(defect)  # one patch of a new kind
+
+    def peaks(settings: ZeroShotSettings) -> list[float]:
+        return [float(m.max()) for m in batch_maps(grids, settings, need_self=False).mutual]
+
+    uncapped, capped = peaks(dataclasses.replace(ZeroShotSettings(), clip_quantile=0.0)), peaks(ZeroShotSettings())
+    assert int(np.argmax(uncapped)) == 3  # without the cap the lit image stands out most
+    assert int(np.argmax(capped)) == 7 and capped[7] > 2 * capped[3]
+    with pytest.raises(ValueError, match="clip_quantile"):
+        ZeroShotSettings(clip_quantile=1.5)
 
 
 # ------------------------------------------------------------------ brightness matching of the batch

@@ -23,6 +23,12 @@ are extracted (:func:`feature_config_for`), so a part shot darker or lighter tha
 not stand out for its light alone. ``match_brightness=False`` (``--keep-brightness``) leaves
 images as they are.
 
+Patch lengths: as a registered product caps its patch vectors' length
+(:data:`iad_agent.vision.features.CLIP_QUANTILE`), the batch caps every patch vector at that
+quantile of its own patch lengths (all its images: most parts of a batch are good), direction
+kept, before both maps (``ZeroShotSettings.clip_quantile``; 0 leaves them as they are, the
+``zero-shot-no-clip`` policy of ``iad eval``).
+
 Time and memory: features are extracted once per image; each image is compared with at most
 ``max_refs`` others (a seeded draw, with a warning, for bigger batches), so the work grows
 linearly with the batch.
@@ -53,8 +59,15 @@ MIN_IMAGES = 3
 #: Each image is compared with at most this many others of the batch.
 MAX_REFS = 48
 
-#: ``iad eval --shots 0`` policies: the chosen combination and each component alone.
-ZERO_SHOT_POLICIES = {"zero-shot": None, "zero-shot-mutual": 0.0, "zero-shot-self": 1.0}
+#: The quantile of the batch's patch lengths its patch vectors are capped at: a registered product's
+#: (:data:`iad_agent.vision.features.CLIP_QUANTILE`, not imported here to keep this module light).
+CLIP_QUANTILE = 0.75
+
+#: ``iad eval --shots 0`` policies and their self weight (None: :data:`SELF_WEIGHT`): the chosen
+#: combination, each component alone, and the chosen combination without the length cap.
+ZERO_SHOT_POLICIES = {"zero-shot": None, "zero-shot-mutual": 0.0, "zero-shot-self": 1.0, "zero-shot-no-clip": None}
+#: The policies whose batch is not capped (``clip_quantile`` 0).
+UNCAPPED_POLICIES = frozenset({"zero-shot-no-clip"})
 
 
 class ZeroShotError(ValueError):
@@ -71,6 +84,8 @@ class ZeroShotSettings:
         k_mad: the threshold's number of robust standard deviations above the median score.
         max_refs: each image is compared with at most this many others.
         seed: the draw of those others.
+        clip_quantile: the batch's patch vectors are capped at this quantile of its patch
+            lengths before both maps; 0: not capped.
     """
 
     self_weight: float = SELF_WEIGHT
@@ -78,6 +93,20 @@ class ZeroShotSettings:
     k_mad: float = K_MAD
     max_refs: int = MAX_REFS
     seed: int = 0
+    clip_quantile: float = CLIP_QUANTILE
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.clip_quantile <= 1.0:
+            raise ValueError(f"clip_quantile must be between 0 and 1, got {self.clip_quantile}")
+
+
+def policy_settings(label: str) -> ZeroShotSettings:
+    """The settings a zero-shot policy of ``iad eval`` scores with (:data:`ZERO_SHOT_POLICIES`)."""
+    import dataclasses
+
+    weight = ZERO_SHOT_POLICIES[label]
+    settings = ZeroShotSettings() if weight is None else dataclasses.replace(ZeroShotSettings(), self_weight=weight)
+    return dataclasses.replace(settings, clip_quantile=0.0) if label in UNCAPPED_POLICIES else settings
 
 
 def label_free_threshold(scores: Sequence[float], k: float = K_MAD, low_share: float = LOW_SHARE) -> float:
@@ -137,10 +166,14 @@ def batch_maps(grids: Sequence[np.ndarray], settings: ZeroShotSettings = ZeroSho
     Raises:
         ZeroShotError: fewer than :data:`MIN_IMAGES` grids.
     """
+    from iad_agent.vision.features import clip_length_of, clip_lengths
     from iad_agent.vision.similarity import mutual_scores, self_similarity_map
 
     if len(grids) < MIN_IMAGES:
         raise ZeroShotError(f"zero-shot inspection needs at least {MIN_IMAGES} images of the product, got {len(grids)}")
+    if settings.clip_quantile:
+        length = clip_length_of(grids, settings.clip_quantile, max_grids=len(grids))
+        grids = [clip_lengths(g, length) for g in grids]
     if len(grids) - 1 > settings.max_refs:
         log.warning("%d images: each is compared with about %d others of the batch (drawn with seed %d), "
                     "to keep time and memory bounded", len(grids), settings.max_refs, settings.seed)

@@ -111,7 +111,7 @@ def eval_command(
     policy: list[str] = typer.Option(None, "--policy", help="Policy (repeatable): knn, embedded, embedded-no-zoom, "
                                      "embedded-no-retriever, embedded-no-highfreq, embedded+highfreq (a tool the gate "
                                      "switched off, back on), embedded-fixed-weights (hand-set tool weights), openai, hf; for --shots 0: zero-shot (default), "
-                                     "zero-shot-mutual, zero-shot-self. Default knn + embedded."),
+                                     "zero-shot-mutual, zero-shot-self, zero-shot-no-clip. Default knn + embedded."),
     disable_tool: list[str] = typer.Option([], "--disable-tool", help="Tool to leave out of every tool-using policy (repeatable)."),
     max_test: int = typer.Option(None, "--max-test", min=1, help="Cap on test images per category (evenly spaced within each class)."),
     max_normals: int = typer.Option(50, "--max-normals", min=1, help="Cap on references for --shots all and on a held-out pool."),

@@ -50,7 +50,7 @@ SHOTS_GIVEN = "given"
 #: ``--shots 0``: zero-shot, each test image scored against the category's other test images.
 SHOTS_ZERO = 0
 #: Policies of zero-shot groups (:data:`iad_agent.zeroshot.ZERO_SHOT_POLICIES`; kept here without importing it).
-ZERO_SHOT_LABELS = ("zero-shot", "zero-shot-mutual", "zero-shot-self")
+ZERO_SHOT_LABELS = ("zero-shot", "zero-shot-mutual", "zero-shot-self", "zero-shot-no-clip")
 #: Each dataset's folder under :func:`iad_agent.datasets.data_root`.
 DATASET_FOLDERS = {
     "mvtec": "mvtec_ad",

@@ -4,10 +4,12 @@ No good reference is drawn: every test image is scored against the *other* test 
 category (:mod:`iad_agent.zeroshot`), and the threshold is the batch's own label-free outlier
 rule; the batch is matched to its median brightness when its light varies (as ``iad inspect
 --zero-shot`` does). The policies are :data:`iad_agent.zeroshot.ZERO_SHOT_POLICIES`:
-``zero-shot`` (the chosen mix), ``zero-shot-mutual`` (mutual scoring alone, MuSc-style) and
-``zero-shot-self`` (self-similarity alone), so each component's contribution is measured. Features and both maps
-are computed once per group and shared by the policies; each image's latency is its share of
-the batch's wall time.
+``zero-shot`` (the chosen mix), ``zero-shot-mutual`` (mutual scoring alone, MuSc-style),
+``zero-shot-self`` (self-similarity alone) and ``zero-shot-no-clip`` (the chosen mix on patch vectors
+whose length is not capped), so each component's contribution is measured. Features are extracted
+once per group, both maps once per cap setting, and shared by the policies; each image's latency
+is its share of the batch's wall time (the uncapped maps' extra work counted only in
+``zero-shot-no-clip``'s).
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ def evaluate_zero_shot_group(group: Group, config: EvalConfig, out_dir: Path,
     from iad_agent.vision.features import FeatureExtractor
     from iad_agent.zeroshot import (
         ZERO_SHOT_POLICIES,
-        ZeroShotSettings,
         batch_maps,
         feature_config_for,
+        policy_settings,
         score_batch,
     )
 
@@ -67,23 +69,30 @@ def evaluate_zero_shot_group(group: Group, config: EvalConfig, out_dir: Path,
     features = feature_config_for(sizes_full, config.features, stats)
     extractor = FeatureExtractor(features)
     grids = [extractor.extract_batch([load_image(s.image_path)])[0] for s in group.test]
-    need_self = any(ZERO_SHOT_POLICIES[p] != 0.0 for p in group.policies)
-    maps = batch_maps(grids, ZeroShotSettings(), need_self=need_self)
+    settings_of = {label: policy_settings(label) for label in group.policies}
+    maps, ms, cpu_ms = {}, {}, {}  # by cap setting: the batch's maps, and each image's share of their work
+    extract_ms = (time.perf_counter() - start) * 1000
+    extract_cpu_ms = (time.process_time() - cpu0) * 1000
+    for clip in dict.fromkeys(s.clip_quantile for s in settings_of.values()):
+        t0, c0 = time.perf_counter(), time.process_time()
+        need_self = any(ZERO_SHOT_POLICIES[p] != 0.0 for p, s in settings_of.items() if s.clip_quantile == clip)
+        first = next(s for s in settings_of.values() if s.clip_quantile == clip)
+        maps[clip] = batch_maps(grids, first, need_self=need_self)
+        ms[clip] = (extract_ms + (time.perf_counter() - t0) * 1000) / len(group.test)
+        cpu_ms[clip] = (extract_cpu_ms + (time.process_time() - c0) * 1000) / len(group.test)
     del grids
-    ms = (time.perf_counter() - start) * 1000 / len(group.test)  # each image's share of the batch's work
-    cpu_ms = (time.process_time() - cpu0) * 1000 / len(group.test)
     sizes = [downsample_size(*size) for size in sizes_full]
     masks = [s.ground_truth_mask(size=size) for s, size in zip(group.test, sizes)]
     pixel_ok = [gt is not None and (s.mask_path is not None or not s.is_anomalous) for s, gt in zip(group.test, masks)]
     runs = []
     for label in group.policies:
-        weight = ZERO_SHOT_POLICIES[label]
-        settings = ZeroShotSettings() if weight is None else dataclasses.replace(ZeroShotSettings(), self_weight=weight)
-        results = score_batch(maps, [s.image_path for s in group.test], sizes_full, group.category,
-                              settings, policy=label, brightness=features.brightness)
+        settings = settings_of[label]
+        results = score_batch(maps[settings.clip_quantile], [s.image_path for s in group.test], sizes_full,
+                              group.category, settings, policy=label, brightness=features.brightness)
         run = PolicyRun(label, None, {}, ())
         for sample, result, size, gt in zip(group.test, results, sizes, masks):
-            run.rows.append(_row(group, label, sample, result, ms, cpu_ms, gt))
+            run.rows.append(_row(group, label, sample, result, ms[settings.clip_quantile],
+                                 cpu_ms[settings.clip_quantile], gt))
             run.maps.append(downsample_map(result.heatmap, size).astype(np.float16))
             if on_image:
                 on_image(1)
@@ -92,9 +101,7 @@ def evaluate_zero_shot_group(group: Group, config: EvalConfig, out_dir: Path,
     records, pixel_cache = [], {}
     for run in runs:
         record = group_record(group, run, masks, pixel_ok, pixel_cache, [], None, peak, wall)
-        weight = ZERO_SHOT_POLICIES[run.label]
-        record["zero_shot"] = dataclasses.asdict(ZeroShotSettings() if weight is None
-                                                 else dataclasses.replace(ZeroShotSettings(), self_weight=weight))
+        record["zero_shot"] = dataclasses.asdict(settings_of[run.label])
         record["zero_shot"]["brightness"] = list(features.brightness) if features.brightness else None
         if group.examples:
             record["examples"] = save_examples(group, run, masks, Path(out_dir))
