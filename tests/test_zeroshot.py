@@ -146,11 +146,10 @@ def test_big_batches_compare_each_image_with_a_bounded_number_of_others():
 def test_the_batch_caps_its_patch_lengths_so_a_harder_lit_image_does_not_outscore_a_defect():
     import dataclasses
 
-    from iad_agent import zeroshot
-    from iad_agent.vision import features
+    from iad_agent.vision.features import CLIP_QUANTILE
     from iad_agent.zeroshot import ZeroShotSettings, batch_maps
 
-    assert zeroshot.CLIP_QUANTILE == features.CLIP_QUANTILE  # the batch caps as a registered product does
+    assert ZeroShotSettings().clip_quantile == CLIP_QUANTILE  # the batch caps as a registered product does
     rng = np.random.default_rng(0)
     protos = rng.normal(size=(6, 16)).astype(np.float32)  # a texture of six kinds of patch
 

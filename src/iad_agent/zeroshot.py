@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from iad_agent.vision.features import CLIP_QUANTILE, clip_length_of, clip_lengths  # the batch caps as a product does
+
 log = logging.getLogger(__name__)
 
 #: Self-similarity's weight in the zero-shot map, chosen across all dev categories (see the README).
@@ -58,10 +60,6 @@ LOW_SHARE = 0.5
 MIN_IMAGES = 3
 #: Each image is compared with at most this many others of the batch.
 MAX_REFS = 48
-
-#: The quantile of the batch's patch lengths its patch vectors are capped at: a registered product's
-#: (:data:`iad_agent.vision.features.CLIP_QUANTILE`, not imported here to keep this module light).
-CLIP_QUANTILE = 0.75
 
 #: ``iad eval --shots 0`` policies and their self weight (None: :data:`SELF_WEIGHT`): the chosen
 #: combination, each component alone, and the chosen combination without the length cap.
@@ -166,7 +164,6 @@ def batch_maps(grids: Sequence[np.ndarray], settings: ZeroShotSettings = ZeroSho
     Raises:
         ZeroShotError: fewer than :data:`MIN_IMAGES` grids.
     """
-    from iad_agent.vision.features import clip_length_of, clip_lengths
     from iad_agent.vision.similarity import mutual_scores, self_similarity_map
 
     if len(grids) < MIN_IMAGES:

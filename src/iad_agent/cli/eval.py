@@ -110,7 +110,10 @@ def eval_command(
     seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds for drawing the references (mean ± std over them)."),
     policy: list[str] = typer.Option(None, "--policy", help="Policy (repeatable): knn, embedded, embedded-no-zoom, "
                                      "embedded-no-retriever, embedded-no-highfreq, embedded+highfreq (a tool the gate "
-                                     "switched off, back on), embedded-fixed-weights (hand-set tool weights), openai, hf; for --shots 0: zero-shot (default), "
+                                     "switched off, back on), embedded-fixed-weights (hand-set tool weights), embedded-no-selfsim (the plain "
+                                     "nearest-neighbour look), embedded-no-brightness, embedded-no-clip (a product registered "
+                                     "without that step), openai, hf; "
+                                     "for --shots 0: zero-shot (default), "
                                      "zero-shot-mutual, zero-shot-self, zero-shot-no-clip. Default knn + embedded."),
     disable_tool: list[str] = typer.Option([], "--disable-tool", help="Tool to leave out of every tool-using policy (repeatable)."),
     max_test: int = typer.Option(None, "--max-test", min=1, help="Cap on test images per category (evenly spaced within each class)."),
