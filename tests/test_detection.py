@@ -456,3 +456,44 @@ def test_registration_caps_the_patch_lengths_and_saves_the_cap(data_root, grid3,
     # an existing product keeps its cap when images are added (its stored grids were capped with it)
     grown = Product.build("grid3", list(sorted((data_root / "mvtec_ad/grid/train/good").glob("*.png")))[3:4], existing=product)
     assert grown.bank.config.clip_length == length
+
+
+def test_feature_memo_runs_the_network_once_per_input_and_changes_nothing(data_root, tmp_path):
+    """Inside ``feature_memo`` a second extractor that differs only after the network (no cap,
+    no smoothing) reuses the backbone output, with the same grids as without the memo; a stored
+    map cannot be changed by a caller, and the memo stays within its bound. The benchmark's
+    group with the ``embedded-no-clip`` ablation scores every image as two separate runs would,
+    and still charges the ablation its own registration time."""
+    import dataclasses
+
+    from iad_agent.eval import plan
+    from iad_agent.eval.runner import evaluate_group
+    from iad_agent.imageio import load_image
+    from iad_agent.vision.features import feature_memo
+
+    images = [load_image(p) for p in sorted((data_root / "mvtec_ad/grid/test/bent").glob("*.png"))[:2]]
+    capped_cfg = FeatureConfig(clip_length=2.0)
+    plain, capped = FeatureExtractor(), FeatureExtractor(capped_cfg)
+    expected = [np.asarray(plain(images)), np.asarray(capped(images))]
+    with feature_memo(64) as memo:
+        first = np.asarray(plain(images))
+        first += 1.0  # a caller writing into its grids leaves the memo's copy alone
+        second = np.asarray(capped(images))
+        again = np.asarray(plain(images))
+        assert memo.misses == 2 and memo.hits == 4 and memo.replayed()[0] > 0
+        assert 0 < memo.bytes <= 64 * 2**20
+    np.testing.assert_allclose(second, expected[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(again, expected[0], rtol=1e-5, atol=1e-5)
+    with feature_memo(0.001) as tiny:  # nothing fits: every call runs the network
+        plain(images[:1]), plain(images[:1])
+        assert tiny.hits == 0 and tiny.bytes == 0
+
+    config = plan.EvalConfig(datasets=[("mvtec", data_root / "mvtec_ad")], categories=["grid"], shots=[1], seeds=1,
+                             policies=["embedded", "embedded-no-clip"], max_test=3, examples=False)
+    (group,) = plan.plan(config)
+    both = {r["policy"]: r for r in evaluate_group(group, config, tmp_path)}
+    for name in ("embedded", "embedded-no-clip"):
+        (alone,) = evaluate_group(dataclasses.replace(group, policies=[name]), config, tmp_path)
+        assert [s["score"] for s in both[name]["samples"]] == pytest.approx([s["score"] for s in alone["samples"]], rel=1e-4)
+    # the ablation's registration reused the default's network passes, and is charged for them
+    assert both["embedded-no-clip"]["build_ms"] > 0.5 * alone["build_ms"]

@@ -258,8 +258,13 @@ def benchmarks_markdown(doc: dict[str, Any], memory: dict[str, Any] | None = Non
               "the policy's own agent loop, as wall-clock ms and as CPU ms (`time.process_time`, one thread per "
               "worker process; unlike the wall clock it does not count time lost to other processes). A tool call "
               "that another policy already made on the same image with the same arguments is answered from a "
-              "shared cache and charged the time it took when it ran, so each policy's latency is its own. Peak RSS = the process's peak resident memory while the group ran "
-              "(kernel `VmHWM`, reset per group), Python + torch + backbone + product included.",
+              "shared cache and charged the time it took when it ran, so each policy's latency is its own. "
+              "Likewise, where a group registers a second product from the same images (`embedded-no-clip`, and "
+              "`embedded-no-brightness` where light is matched), the backbone's output for an input it has "
+              "already seen is reused and charged its original time (registration and latency alike). "
+              "Peak RSS = the process's peak resident memory while the group ran "
+              "(kernel `VmHWM`, reset per group), Python + torch + backbone + product included; in such groups it "
+              "includes the reused outputs (at most 192 MB).",
               "",
               "## Summary: mean over categories", "",
               summary_table(summary, ("image_auroc", "balanced_accuracy", "f1", "false_alarm_rate", "miss_rate", "oracle_f1",

@@ -13,6 +13,7 @@ parent process writes ``records.jsonl``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -39,8 +40,14 @@ from iad_agent.inspector import Inspector
 from iad_agent.policies import policy_label, resolve_policy
 from iad_agent.product import Product
 from iad_agent.tools.cache import ToolCache, cached_tools
+from iad_agent.vision.features import feature_memo
 
 log = logging.getLogger(__name__)
+
+#: Bound on the backbone outputs a group keeps for its other products (:func:`feature_memo`):
+#: the default product's registration (good images, their views and synthetic defects) has to
+#: fit for the second product's registration to reuse it.
+MEMO_MB = 192
 
 
 def reset_peak_rss() -> bool:
@@ -106,55 +113,65 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
     products: dict[tuple, Product] = {}
     build_ms: dict[tuple, list[float]] = {key: [] for key in keys}
 
-    def build(references: list) -> None:
-        built: dict[tuple, tuple[Product, float]] = {}
-        for key in sorted(keys, key=len):  # the default product first
-            same = key
-            if ("brightness", False) in key and () in built and built[()][0].bank.config.brightness is None:
-                same = tuple(kv for kv in key if kv != ("brightness", False))  # not matched anyway: the same product
-            if same not in built:
-                t0 = time.perf_counter()
-                product = Product.build(group.category, references, config.features, fpr=config.fpr, priors=priors,
-                                        allow_mixed_sizes=True, **dict(same))
-                built[same] = product, (time.perf_counter() - t0) * 1000
-            products[key] = built[same][0]
-            build_ms[key].append(built[same][1])
+    # Products that differ only after the network (embedded-no-clip's uncapped patch vectors) run
+    # the backbone once per image between them; with one product nothing is kept.
+    memo_context = feature_memo(MEMO_MB) if len(keys) > 1 else contextlib.nullcontext()
+    with memo_context as memo:
+        def replayed() -> tuple[float, float]:  # what the memo's hits saved so far, charged back below
+            return memo.replayed() if memo is not None else (0.0, 0.0)
 
-    if group.protocol != "given":
-        build(group.references)
-    masks: list[np.ndarray | None] = []
-    pixel_ok: list[bool] = []
-    for sample in group.test:
-        if group.protocol == "given":
-            build(list(sample.references))
-        for run in runs:
-            if run.inspector is None or run.inspector.product is not products[run.registration]:
-                run.inspector = Inspector(products[run.registration], run.policy, run.tools, max_steps=config.max_steps)
-        prepared: dict[int, PreparedQuery] = {}  # by product: each product's features of the image, once
-        for run in runs:
-            if id(run.inspector.product) not in prepared:
-                prepared[id(run.inspector.product)] = run.inspector.prepare(sample.image_path)
-        first = next(iter(prepared.values()))
-        size = downsample_size(first.image.width, first.image.height)
-        gt = sample.ground_truth_mask(size=size)
-        masks.append(gt)
-        pixel_ok.append(gt is not None and (sample.mask_path is not None or not sample.is_anomalous))
-        shared_maps: dict[int, np.ndarray] = {}  # policies answering from the same look share its map
-        cache.new_query()
-        for run in runs:
-            cache.new_run()
-            query = prepared[id(run.inspector.product)]
-            t0, c0 = time.perf_counter(), time.process_time()
-            result = run.inspector.inspect(query, sample)
-            ms = query.ms + (time.perf_counter() - t0) * 1000 + cache.replayed_ms
-            cpu_ms = query.cpu_ms + (time.process_time() - c0) * 1000 + cache.replayed_cpu_ms
-            map_key = id(result.heatmap)
-            if map_key not in shared_maps:
-                shared_maps[map_key] = downsample_map(result.heatmap, size).astype(np.float16)
-            run.maps.append(shared_maps[map_key])
-            run.rows.append(image_row(group, run.label, sample, result, ms, cpu_ms, gt))
-            if on_image:
-                on_image(1)
+        def build(references: list) -> None:
+            built: dict[tuple, tuple[Product, float]] = {}
+            for key in sorted(keys, key=len):  # the default product first
+                same = key
+                if ("brightness", False) in key and () in built and built[()][0].bank.config.brightness is None:
+                    same = tuple(kv for kv in key if kv != ("brightness", False))  # not matched anyway: the same product
+                if same not in built:
+                    t0, saved = time.perf_counter(), replayed()[0]
+                    product = Product.build(group.category, references, config.features, fpr=config.fpr, priors=priors,
+                                            allow_mixed_sizes=True, **dict(same))
+                    built[same] = product, (time.perf_counter() - t0) * 1000 + replayed()[0] - saved
+                products[key] = built[same][0]
+                build_ms[key].append(built[same][1])
+
+        if group.protocol != "given":
+            build(group.references)
+        masks: list[np.ndarray | None] = []
+        pixel_ok: list[bool] = []
+        for sample in group.test:
+            if group.protocol == "given":
+                build(list(sample.references))
+            for run in runs:
+                if run.inspector is None or run.inspector.product is not products[run.registration]:
+                    run.inspector = Inspector(products[run.registration], run.policy, run.tools, max_steps=config.max_steps)
+            prepared: dict[int, PreparedQuery] = {}  # by product: each product's features of the image, once
+            for run in runs:
+                if id(run.inspector.product) not in prepared:
+                    saved = replayed()
+                    query = prepared[id(run.inspector.product)] = run.inspector.prepare(sample.image_path)
+                    query.ms += replayed()[0] - saved[0]
+                    query.cpu_ms += replayed()[1] - saved[1]
+            first = next(iter(prepared.values()))
+            size = downsample_size(first.image.width, first.image.height)
+            gt = sample.ground_truth_mask(size=size)
+            masks.append(gt)
+            pixel_ok.append(gt is not None and (sample.mask_path is not None or not sample.is_anomalous))
+            shared_maps: dict[int, np.ndarray] = {}  # policies answering from the same look share its map
+            cache.new_query()
+            for run in runs:
+                cache.new_run()
+                query = prepared[id(run.inspector.product)]
+                t0, c0, saved = time.perf_counter(), time.process_time(), replayed()
+                result = run.inspector.inspect(query, sample)
+                ms = query.ms + (time.perf_counter() - t0) * 1000 + cache.replayed_ms + replayed()[0] - saved[0]
+                cpu_ms = query.cpu_ms + (time.process_time() - c0) * 1000 + cache.replayed_cpu_ms + replayed()[1] - saved[1]
+                map_key = id(result.heatmap)
+                if map_key not in shared_maps:
+                    shared_maps[map_key] = downsample_map(result.heatmap, size).astype(np.float16)
+                run.maps.append(shared_maps[map_key])
+                run.rows.append(image_row(group, run.label, sample, result, ms, cpu_ms, gt))
+                if on_image:
+                    on_image(1)
     peak = peak_rss_mb()
     wall = time.perf_counter() - start
     records = []
