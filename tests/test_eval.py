@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -91,6 +92,19 @@ def test_split_with_given_references():
     samples = [_s("a0", ANOMALOUS, defect_type="x", references=(Path("/d/a0_temp.png"),))]
     split = plan.split_dataset(samples)
     assert split.protocol == "given" and split.pool == [] and len(split.test) == 1
+
+
+def test_workers_start_with_the_group_that_registers_a_product_per_image():
+    """DeepPCB's ``given`` group registers one product per test image: its expected cost counts that,
+    so the workers' queue starts with it instead of leaving it to run alone at the end."""
+    from iad_agent.eval.runner import estimated_cost
+
+    test = [_s(f"a{i}", ANOMALOUS, defect_type="x") for i in range(71)]
+    policies = ["knn", "embedded", "embedded-no-clip"]
+    given = plan.Group("deeppcb", Path("/d"), "pcb", "given", 0, "given", [], test, policies)
+    bigger = plan.Group("magnetic_tile", Path("/m"), "magnetic_tile", 4, 0, "held-out normals",
+                        [Path(f"/m/{i}.png") for i in range(4)], test + test, policies)
+    assert estimated_cost(given) > estimated_cost(bigger) > estimated_cost(dataclasses.replace(bigger, test=test))
 
 
 def test_draw_references_is_seeded_and_all_means_the_pool():
