@@ -1,0 +1,23 @@
+import os, sys, json, dataclasses, numpy as np
+sys.path.insert(0, 'experiments')
+os.environ['WINDOW'] = '0'
+import calib
+from iad_agent.vision import features
+from iad_agent.vision.normal_bank import NormalBank, image_score
+sys.argv_saved = sys.argv; sys.argv = [sys.argv[0], "none", "1"]
+import window_knn as W
+sys.argv = sys.argv_saved
+cats = sys.argv[1].split(','); shots = sys.argv[2].split(',')
+for win in [float(x) for x in sys.argv[3].split(',')]:
+    W.WINDOW = win
+    for cat, k, seed, refs, test, y in calib.groups(cats, 'elpv' in cats, 100, shots):
+        c3 = calib.package_config(refs)
+        c3 = dataclasses.replace(c3, clip_length=features.clip_length_of([calib.grid_of(p, c3) for p in refs[:16]]))
+        bank = calib.plain_bank(refs, c3)
+        r = []
+        for i in range(len(refs))[:16]:
+            g = bank.grids[i].astype(np.float32)
+            p = image_score(bank.leave_out_distances(g, [i])[0])
+            w = image_score(W.windowed(bank, g, i))
+            r.append(w / p)
+        print(json.dumps(dict(window=win, cat=cat, shots=str(k), seed=seed, ratio=round(float(np.median(r)), 4))), flush=True)
