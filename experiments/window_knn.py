@@ -20,8 +20,6 @@ from iad_agent.vision import features
 from iad_agent.vision.normal_bank import NormalBank
 
 set_threads(1)
-cats = sys.argv[1].split(',')
-shots = sys.argv[2].split(',') if len(sys.argv) > 2 else ['1', '4', 'all']
 WINDOW = float(os.environ.get('WINDOW', '0') or 0)
 
 
@@ -65,8 +63,11 @@ if WINDOW > 0:
     NormalBank.leave_out_distances = lambda self, grid, excludes, k=32: (
         [windowed(self, grid, e) for e in excludes] if getattr(self, 'window', 0) > 0 else _plain_leave(self, grid, excludes, k))
 
-for cat, k, seed, refs, test, y in calib.groups(cats, 'elpv' in cats, 100, shots):
-    c3 = calib.package_config(refs)
-    c3 = dataclasses.replace(c3, clip_length=features.clip_length_of([calib.grid_of(p, c3) for p in refs[:16]]))
-    calib._self_cache.clear()
-    print(json.dumps(dict(window=WINDOW, cat=cat, shots=str(k), seed=seed, **calib.look_row(refs, test, y, c3))), flush=True)
+if __name__ == '__main__':
+    cats = sys.argv[1].split(',')
+    shots = sys.argv[2].split(',') if len(sys.argv) > 2 else ['1', '4', 'all']
+    for cat, k, seed, refs, test, y in calib.groups(cats, 'elpv' in cats, 100, shots):
+        c3 = calib.package_config(refs)
+        c3 = dataclasses.replace(c3, clip_length=features.clip_length_of([calib.grid_of(p, c3) for p in refs[:16]]))
+        calib._self_cache.clear()
+        print(json.dumps(dict(window=WINDOW, cat=cat, shots=str(k), seed=seed, **calib.look_row(refs, test, y, c3))), flush=True)

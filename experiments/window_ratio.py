@@ -1,12 +1,14 @@
+"""The held-out good images' score with a window over their score without it (``window_knn.py``).
+
+    PYTHONPATH=src:experiments IAD_LAB_CACHE=/work/coarse/cache python experiments/window_ratio.py cats shots windows
+"""
 import os, sys, json, dataclasses, numpy as np
 sys.path.insert(0, 'experiments')
 os.environ['WINDOW'] = '0'
 import calib
 from iad_agent.vision import features
 from iad_agent.vision.normal_bank import NormalBank, image_score
-sys.argv_saved = sys.argv; sys.argv = [sys.argv[0], "none", "1"]
 import window_knn as W
-sys.argv = sys.argv_saved
 cats = sys.argv[1].split(','); shots = sys.argv[2].split(',')
 for win in [float(x) for x in sys.argv[3].split(',')]:
     W.WINDOW = win
