@@ -232,6 +232,11 @@ def test_visa_synthetic(tmp_path):
     assert all(s.dataset == "visa" for s in samples)
     assert len(read_visa(root, "candle", "test")) == 2
     assert len(load_dataset("visa", root)) == 6
+    # VisA's own masks hold small label values, not 255: still read as the defect's pixels
+    arr = np.zeros((24, 32), np.uint8)
+    arr[4:10, 4:10] = 1
+    Image.fromarray(arr).save(anomaly.mask_path)
+    assert anomaly.ground_truth_mask().sum() == 36
 
 
 def test_visa_synthetic_missing_file(tmp_path):

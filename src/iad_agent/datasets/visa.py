@@ -5,10 +5,10 @@ The CSV has the columns ``object,split,label,image,mask``; ``label`` is ``normal
 ``candle/Data/Images/Anomaly/000.JPG`` and ``candle/Data/Masks/Anomaly/000.png``.
 VisA names no defect types in this file, so anomalous samples get ``defect_type="anomaly"``.
 
-Note: the original VisA masks store small nonzero values (not 255); tools that threshold at
-128 (:func:`iad_agent.imageio.load_mask`) see them as empty. Binarize them first (as
-anomalib's VisA preparation does) or use the re-split MVTec-style copy (reader
-``visa_resplit``).
+The original VisA masks store small nonzero values (not 255);
+:func:`iad_agent.imageio.load_mask` reads any nonzero pixel of such a mask as defective (a mask
+whose values reach above 127 is cut at the midpoint), so they need no conversion. The re-split
+MVTec-style copy (anomalib's preparation) is read by ``visa_resplit``.
 """
 
 from __future__ import annotations
