@@ -114,6 +114,23 @@ def test_mvtec_real_categories_and_aliases():
     assert load_dataset("mvtec", root, "hazelnut", "validation") == []
 
 
+def test_btad_release_layout_reads_ok_as_good(tmp_path):
+    """BTAD as released: ``train/ok``, ``test/ok`` and ``test/ko`` with masks of the same stem
+    (``.png`` or ``.bmp``) under ``ground_truth/ko``; ``ok`` is the defect-free folder."""
+    cat = tmp_path / "03"
+    for i in range(3):
+        _img(cat / "train" / "ok" / f"{i:04d}.bmp")
+    _img(cat / "test" / "ok" / "0000.bmp")
+    for i in range(2):
+        _img(cat / "test" / "ko" / f"{i:04d}.bmp")
+        _mask(cat / "ground_truth" / "ko" / f"{i:04d}.bmp")
+    samples = load_dataset("btad", tmp_path, "03")
+    assert Counter((s.split, s.label) for s in samples) == {("train", NORMAL): 3, ("test", NORMAL): 1, ("test", ANOMALOUS): 2}
+    bad = [s for s in samples if s.label == ANOMALOUS]
+    assert all(s.defect_type == "ko" and s.mask_path.suffix == ".bmp" and s.ground_truth_mask().any() for s in bad)
+    assert all(s.mask_path is None and s.defect_type is None for s in samples if s.label == NORMAL)
+
+
 def test_mvtec_real_mask_matches_defect():
     root = _real("mvtec_ad")
     sample = next(s for s in read_mvtec(root, "hazelnut") if s.label == ANOMALOUS)

@@ -5,6 +5,9 @@ Layout::
     <root>/<category>/train/good/*.png
     <root>/<category>/validation/good/*.png          (optional, e.g. MVTec LOCO)
     <root>/<category>/test/<defect>/*.png            (defect ``good`` = normal)
+
+BTAD's release names the defect-free folders ``ok`` (``train/ok``, ``test/ok``) and its defects
+``ko``; ``ok`` is read as ``good``.
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png   (or ``<stem>.png``)
 
 A category without any ``ground_truth`` folder is accepted (image-level labels only, every
@@ -29,6 +32,9 @@ from iad_agent.datasets._common import (
 from iad_agent.types import ANOMALOUS, NORMAL, Sample
 
 GOOD = "good"
+#: Folder names of defect-free images: MVTec AD, MPDD and re-split VisA say ``good``, BTAD's
+#: release says ``ok`` (its defects are under ``ko``).
+GOOD_NAMES = (GOOD, "ok")
 
 
 def list_mvtec_categories(root: str | Path) -> list[str]:
@@ -77,12 +83,12 @@ def read_mvtec_layout(
 
     samples: list[Sample] = []
     for name in ("train", "validation"):
-        good = cat_dir / name / GOOD
-        if split in (None, name) and good.is_dir():
-            samples += [
-                Sample(image_path=p, category=category, label=NORMAL, dataset=dataset, split=name)
-                for p in list_images(good)
-            ]
+        for good in (cat_dir / name / g for g in GOOD_NAMES):
+            if split in (None, name) and good.is_dir():
+                samples += [
+                    Sample(image_path=p, category=category, label=NORMAL, dataset=dataset, split=name)
+                    for p in list_images(good)
+                ]
     test_dir = cat_dir / "test"
     gt_root = cat_dir / "ground_truth"
     if split in (None, "test") and test_dir.is_dir():
@@ -98,7 +104,7 @@ def read_mvtec_layout(
             images = list_images(test_dir / defect)
             gt_dir = gt_root / defect
             masks = _pair_masks(images, test_dir / defect, gt_dir, nested_masks) if gt_dir.is_dir() else {}
-            label = NORMAL if defect == GOOD else ANOMALOUS
+            label = NORMAL if defect in GOOD_NAMES else ANOMALOUS
             for p in images:
                 samples.append(
                     Sample(
