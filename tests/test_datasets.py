@@ -293,6 +293,26 @@ def test_kolektor_synthetic(tmp_path):
     assert {(s.category, s.dataset, s.split) for s in samples} == {("kolektor", "kolektor", "test")}
 
 
+def test_kolektor2_layout_has_train_and_test(tmp_path):
+    """KolektorSDD2: ``train/`` and ``test/`` with ``NNNNN_GT.png`` labels; the folders are the splits,
+    so the benchmark draws its references from train's good images."""
+    from iad_agent.eval.plan import split_dataset
+
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            name = f"{10000 + i}"
+            _img(tmp_path / split / f"{name}.png", size=(40, 100), mode="RGB")
+            _mask(tmp_path / split / f"{name}_GT.png", size=(40, 100), box=(5, 20, 15, 60) if i == 1 else None)
+    samples = read_kolektor(tmp_path)
+    assert Counter((s.split, s.label) for s in samples) == {("train", NORMAL): 2, ("train", ANOMALOUS): 1,
+                                                            ("test", NORMAL): 1, ("test", ANOMALOUS): 1}
+    assert all(s.mask_path.name.endswith("_GT.png") for s in samples if s.label == ANOMALOUS)
+    assert read_kolektor(tmp_path, split="train") == [s for s in samples if s.split == "train"]
+    split = split_dataset(samples)
+    assert split.protocol == "train" and len(split.pool) == 2 and len(split.test) == 2
+    assert read_kolektor(_kolektor_tree(tmp_path / "v1"), split="train") == []  # KolektorSDD: no train split
+
+
 def test_kolektor_missing_label(tmp_path):
     root = _kolektor_tree(tmp_path)
     (root / "kos01" / "Part1_label.bmp").unlink()
