@@ -131,6 +131,25 @@ def test_btad_release_layout_reads_ok_as_good(tmp_path):
     assert all(s.mask_path is None and s.defect_type is None for s in samples if s.label == NORMAL)
 
 
+def test_mvtec_ad2_public_test_set_is_the_test_split(tmp_path):
+    """MVTec AD 2: ``train/good``, ``validation/good`` and ``test_public/{good,bad,ground_truth/bad}``;
+    the public test set is read as ``test`` (the private ones, without labels, are left alone)."""
+    cat = tmp_path / "can"
+    _img(cat / "train" / "good" / "000_regular.png")
+    _img(cat / "validation" / "good" / "000_regular.png")
+    _img(cat / "test_public" / "good" / "000_regular.png")
+    _img(cat / "test_public" / "bad" / "000_regular.png")
+    _mask(cat / "test_public" / "ground_truth" / "bad" / "000_regular_mask.png")
+    _img(cat / "test_private" / "000_regular.png")
+    assert list_categories("mvtec", tmp_path) == ["can"]
+    samples = read_mvtec(tmp_path, "can")
+    assert Counter((s.split, s.label) for s in samples) == {("train", NORMAL): 1, ("validation", NORMAL): 1,
+                                                            ("test", NORMAL): 1, ("test", ANOMALOUS): 1}
+    (bad,) = [s for s in samples if s.label == ANOMALOUS]
+    assert bad.defect_type == "bad" and bad.mask_path.name == "000_regular_mask.png" and bad.ground_truth_mask().any()
+    assert read_mvtec(tmp_path, "can", "test") == [s for s in samples if s.split == "test"]
+
+
 def test_mvtec_real_mask_matches_defect():
     root = _real("mvtec_ad")
     sample = next(s for s in read_mvtec(root, "hazelnut") if s.label == ANOMALOUS)

@@ -7,7 +7,8 @@ Layout::
     <root>/<category>/test/<defect>/*.png            (defect ``good`` = normal)
 
 BTAD's release names the defect-free folders ``ok`` (``train/ok``, ``test/ok``) and its defects
-``ko``; ``ok`` is read as ``good``.
+``ko``; ``ok`` is read as ``good``. MVTec AD 2 has no ``test/``: its ``test_public/`` (``good``,
+``bad`` and ``ground_truth/bad``) is read as the test split; the private test sets have no labels.
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png   (or ``<stem>.png``)
 
 A category without any ``ground_truth`` folder is accepted (image-level labels only, every
@@ -35,6 +36,8 @@ GOOD = "good"
 #: Folder names of defect-free images: MVTec AD, MPDD and re-split VisA say ``good``, BTAD's
 #: release says ``ok`` (its defects are under ``ko``).
 GOOD_NAMES = (GOOD, "ok")
+#: MVTec AD 2's test set with public labels (its ``test_private*`` sets have none), read as ``test``.
+PUBLIC_TEST = "test_public"
 
 
 def list_mvtec_categories(root: str | Path) -> list[str]:
@@ -75,7 +78,12 @@ def read_mvtec_layout(
     cat_dir = root / category
     if not category or not cat_dir.is_dir():
         raise unknown_category(category, list_mvtec_categories(root), root)
-    present = [s for s in ("train", "validation", "test") if (cat_dir / s).is_dir()]
+    test_dir = cat_dir / "test"
+    gt_root = cat_dir / "ground_truth"
+    if not test_dir.is_dir() and (cat_dir / PUBLIC_TEST).is_dir():  # MVTec AD 2: its public test set
+        test_dir = cat_dir / PUBLIC_TEST
+        gt_root = test_dir / "ground_truth"
+    present = [s for s in ("train", "validation") if (cat_dir / s).is_dir()] + (["test"] if test_dir.is_dir() else [])
     if not present:
         raise DatasetError(f"{cat_dir}: no train/, validation/ or test/ folder")
     if split is not None and split not in present and split != "validation":
@@ -89,10 +97,8 @@ def read_mvtec_layout(
                     Sample(image_path=p, category=category, label=NORMAL, dataset=dataset, split=name)
                     for p in list_images(good)
                 ]
-    test_dir = cat_dir / "test"
-    gt_root = cat_dir / "ground_truth"
     if split in (None, "test") and test_dir.is_dir():
-        defects = [d.name for d in list_dirs(test_dir)]
+        defects = [d.name for d in list_dirs(test_dir) if d != gt_root]
         if gt_root.is_dir():
             for gt_dir in list_dirs(gt_root):
                 if gt_dir.name not in defects:
