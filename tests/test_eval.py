@@ -94,6 +94,22 @@ def test_split_with_given_references():
     assert split.protocol == "given" and split.pool == [] and len(split.test) == 1
 
 
+def test_datasets_are_found_under_their_release_folder_names(tmp_path, monkeypatch):
+    """``--dataset all`` and a dataset's default root find a dataset unpacked under its release name
+    (MVTec AD's ``mvtec_anomaly_detection``, BTAD's ``BTech_Dataset_transformed``); the project's own
+    folder name wins where both exist."""
+    for folder in ("mvtec_anomaly_detection", "BTech_Dataset_transformed", "KolektorSDD2"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.setenv("IAD_DATA", str(tmp_path))
+    assert plan.available_datasets() == [("mvtec", tmp_path / "mvtec_anomaly_detection"),
+                                         ("btad", tmp_path / "BTech_Dataset_transformed"),
+                                         ("kolektor", tmp_path / "KolektorSDD2")]
+    assert plan.default_root("btad") == tmp_path / "BTech_Dataset_transformed"
+    assert plan.default_root("visa") == tmp_path / "visa"  # none there: the project's own name, for the error
+    (tmp_path / "mvtec_ad").mkdir()
+    assert plan.default_root("mvtec") == tmp_path / "mvtec_ad"
+
+
 def test_workers_start_with_the_group_that_registers_a_product_per_image():
     """DeepPCB's ``given`` group registers one product per test image: its expected cost counts that,
     so the workers' queue starts with it instead of leaving it to run alone at the end."""

@@ -103,22 +103,46 @@ class EvalConfig:
     features: FeatureConfig | None = None
 
 
+#: Other names a dataset's folder goes by where it is unpacked as released (tried after
+#: :data:`DATASET_FOLDERS`' own, in this order).
+FOLDER_ALIASES = {
+    "mvtec": ("mvtec_anomaly_detection", "MVTec_AD", "mvtec"),
+    "loco": ("mvtec_loco_anomaly_detection", "MVTec_LOCO"),
+    "visa": ("VisA",),
+    "visa_resplit": ("visa_pytorch",),
+    "mpdd": ("MPDD",),
+    "btad": ("BTech_Dataset_transformed", "BTAD"),
+    "magnetic_tile": ("Magnetic-tile-defect-datasets.", "Magnetic-tile-defect-datasets"),
+    "deeppcb": ("DeepPCB",),
+    "kolektor": ("KolektorSDD", "KolektorSDD2"),
+}
+
+
+def _folders(dataset: str) -> tuple[str, ...]:
+    return (DATASET_FOLDERS.get(dataset, dataset),) + FOLDER_ALIASES.get(dataset, ())
+
+
 def default_root(dataset: str) -> Path:
-    """The dataset's folder under the shared data root (``mvtec`` -> ``<data>/mvtec_ad``)."""
+    """The dataset's folder under the shared data root (``mvtec`` -> ``<data>/mvtec_ad``, or the
+    first of its release names that exists there, e.g. ``<data>/mvtec_anomaly_detection``)."""
     if dataset not in READERS:
         raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(sorted(READERS))}")
-    return data_root() / DATASET_FOLDERS.get(dataset, dataset)
+    root = data_root()
+    return next((root / f for f in _folders(dataset) if (root / f).is_dir()), root / _folders(dataset)[0])
 
 
 def available_datasets() -> list[tuple[str, Path]]:
-    """Every dataset whose folder exists under the data root, in :data:`DATASET_FOLDERS` order."""
+    """Every dataset whose folder (or one of its release names) exists under the data root, in
+    :data:`DATASET_FOLDERS` order."""
     root = data_root()
     found, seen = [], set()
-    for name, folder in DATASET_FOLDERS.items():
-        path = root / folder
-        if path.is_dir() and folder not in seen:
-            found.append((name, path))
-            seen.add(folder)
+    for name in DATASET_FOLDERS:
+        for folder in _folders(name):
+            path = root / folder
+            if path.is_dir() and path.resolve() not in seen:
+                found.append((name, path))
+                seen.add(path.resolve())
+                break
     return found
 
 

@@ -60,8 +60,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 def prepare_cases(specs: list[str], cfg: Any, progress: Callable[[int, int], None] | None = None) -> list[Case]:
     """Cases of the ``dataset:category`` specs (see the module docstring)."""
-    from iad_agent.datasets import data_root, load_dataset
-    from iad_agent.eval.plan import DATASET_FOLDERS, cap_test, draw_references, split_dataset
+    from iad_agent.datasets import load_dataset
+    from iad_agent.eval.plan import cap_test, default_root, draw_references, split_dataset
     from iad_agent.inspector import Inspector
     from iad_agent.policies.text import text_tools
     from iad_agent.product import Product
@@ -70,7 +70,7 @@ def prepare_cases(specs: list[str], cfg: Any, progress: Callable[[int, int], Non
     plan = []
     for spec in specs:
         dataset, category = parse_spec(spec)
-        root = data_root() / DATASET_FOLDERS.get(dataset, dataset)
+        root = default_root(dataset)
         split = split_dataset(load_dataset(dataset, root, None if dataset == category else category))
         if split.protocol == "given" or not split.pool:
             raise ValueError(f"{spec}: no pool of good images to register the product from")
