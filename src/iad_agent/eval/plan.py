@@ -108,7 +108,7 @@ class EvalConfig:
 FOLDER_ALIASES = {
     "mvtec": ("mvtec_anomaly_detection", "MVTec_AD", "mvtec"),
     "loco": ("mvtec_loco_anomaly_detection", "MVTec_LOCO"),
-    "visa": ("VisA",),
+    "visa": ("VisA", "VisA_20220922"),
     "visa_resplit": ("visa_pytorch",),
     "mpdd": ("MPDD",),
     "btad": ("BTech_Dataset_transformed", "BTAD"),
