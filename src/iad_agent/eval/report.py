@@ -26,6 +26,7 @@ from iad_agent.eval.aggregate import METRICS, _policy_order, _shots_order, build
 from iad_agent.eval.metrics import mean_std
 from iad_agent.eval.plots import plot_auroc_bars, plot_examples, plot_roc
 from iad_agent.imageio import atomic_write_text
+from iad_agent.vision.features import MEMO_MB
 
 _LABELS = {
     "image_auroc": "image AUROC", "image_ap": "image AP", "f1": "F1 @ calibrated thr.",
@@ -264,7 +265,7 @@ def benchmarks_markdown(doc: dict[str, Any], memory: dict[str, Any] | None = Non
               "already seen is reused and charged its original time (registration and latency alike). "
               "Peak RSS = the process's peak resident memory while the group ran "
               "(kernel `VmHWM`, reset per group), Python + torch + backbone + product included; in such groups it "
-              "includes the reused outputs (at most 192 MB).",
+              f"includes the reused outputs (at most {MEMO_MB} MB).",
               "",
               "## Summary: mean over categories", "",
               summary_table(summary, ("image_auroc", "balanced_accuracy", "f1", "false_alarm_rate", "miss_rate", "oracle_f1",

@@ -44,11 +44,6 @@ from iad_agent.vision.features import feature_memo
 
 log = logging.getLogger(__name__)
 
-#: Bound on the backbone outputs a group keeps for its other products (:func:`feature_memo`):
-#: the default product's registration (good images, their views and synthetic defects) has to
-#: fit for the second product's registration to reuse it.
-MEMO_MB = 192
-
 
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter of this process (Linux ``clear_refs``); False if unsupported."""
@@ -115,7 +110,7 @@ def evaluate_group(group: Group, config: EvalConfig, out_dir: Path,
 
     # Products that differ only after the network (embedded-no-clip's uncapped patch vectors) run
     # the backbone once per image between them; with one product nothing is kept.
-    memo_context = feature_memo(MEMO_MB) if len(keys) > 1 else contextlib.nullcontext()
+    memo_context = feature_memo() if len(keys) > 1 else contextlib.nullcontext()
     with memo_context as memo:
         def replayed() -> tuple[float, float]:  # what the memo's hits saved so far, charged back below
             return memo.replayed() if memo is not None else (0.0, 0.0)

@@ -415,10 +415,13 @@ class FeatureMemo:
 
 
 _MEMO: FeatureMemo | None = None
+#: The memo's default bound: the default product's registration (good images, their views and
+#: synthetic defects) has to fit for a second product's registration to reuse it.
+MEMO_MB = 192
 
 
 @contextlib.contextmanager
-def feature_memo(max_mb: float = 256) -> Iterator[FeatureMemo]:
+def feature_memo(max_mb: float = MEMO_MB) -> Iterator[FeatureMemo]:
     """Within the block, every :class:`FeatureExtractor` reuses the backbone outputs of inputs it has seen.
 
     The benchmark harness wraps each group in it when the group's policies need more than one
