@@ -150,6 +150,26 @@ def package_config(refs: list[Path], images: list | None = None) -> FeatureConfi
     return dataclasses.replace(product_config(refs), brightness=brightness_target(images))
 
 
+def capped_config(refs: list[Path]) -> FeatureConfig:
+    """:func:`package_config` with registration's patch-length cap (``features.clip_length_of`` of the
+    references' grids): the whole configuration a product of these references gets today."""
+    import dataclasses
+
+    from iad_agent.vision.features import clip_length_of
+
+    config = package_config(refs)
+    return dataclasses.replace(config, clip_length=clip_length_of([grid_of(p, config) for p in refs[:16]]))
+
+
+def print_look_rows(cats: list[str], shots: list[str], **tag) -> None:  # noqa: ANN003 - the row's labels
+    """One JSON line per k-shot group (ELPV if ``elpv`` is in ``cats``): ``tag``, the group, and
+    :func:`look_row` of a product registered as the package does (:func:`capped_config`)."""
+    for cat, k, seed, refs, test, y in groups(cats, "elpv" in cats, 100, shots):
+        config = capped_config(refs)
+        _self_cache.clear()
+        print(json.dumps(dict(**tag, cat=cat, shots=str(k), seed=seed, **look_row(refs, test, y, config))), flush=True)
+
+
 def groups(cats: list[str] | None, elpv: bool, max_bad: int, shots: list[str]):  # noqa: ANN201 - iterator
     """The k-shot groups of the ``iad eval`` protocol: ``(category, k, seed, references, test samples,
     test labels)``, seeds 0–2 (one draw for ``all``)."""

@@ -10,7 +10,7 @@ semantic, more local). Use a separate ``IAD_LAB_CACHE`` per ``TAPS`` (the cache 
 them). The product is registered as the package does (patch-length cap included); rows as
 ``window_knn.py`` (``WINDOW`` unset).
 """
-import os, sys, json, dataclasses
+import os, sys
 sys.path.insert(0, 'experiments')
 from iad_agent.vision import features
 
@@ -31,8 +31,4 @@ from iad_agent.eval.runner import set_threads  # noqa: E402
 set_threads(1)
 cats = sys.argv[1].split(',')
 shots = sys.argv[2].split(',') if len(sys.argv) > 2 else ['1', '4', 'all']
-for cat, k, seed, refs, test, y in calib.groups(cats, 'elpv' in cats, 100, shots):
-    c3 = calib.package_config(refs)
-    c3 = dataclasses.replace(c3, clip_length=features.clip_length_of([calib.grid_of(p, c3) for p in refs[:16]]))
-    calib._self_cache.clear()
-    print(json.dumps(dict(taps=os.environ.get('TAPS'), cat=cat, shots=str(k), seed=seed, **calib.look_row(refs, test, y, c3))), flush=True)
+calib.print_look_rows(cats, shots, taps=os.environ.get('TAPS', '4:8,10:16'))

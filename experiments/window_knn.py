@@ -11,12 +11,11 @@ it is (plain search over the bank). The product is registered as the package doe
 configuration with the patch-length cap, ``learn``), on the cached grids; the search reads every
 patch of the references (no coreset). Rows as ``feature_scale.py``.
 """
-import os, sys, json, dataclasses
+import os, sys
 import numpy as np
 sys.path.insert(0, 'experiments')
 import calib
 from iad_agent.eval.runner import set_threads
-from iad_agent.vision import features
 from iad_agent.vision.normal_bank import NormalBank
 
 set_threads(1)
@@ -66,8 +65,4 @@ if WINDOW > 0:
 if __name__ == '__main__':
     cats = sys.argv[1].split(',')
     shots = sys.argv[2].split(',') if len(sys.argv) > 2 else ['1', '4', 'all']
-    for cat, k, seed, refs, test, y in calib.groups(cats, 'elpv' in cats, 100, shots):
-        c3 = calib.package_config(refs)
-        c3 = dataclasses.replace(c3, clip_length=features.clip_length_of([calib.grid_of(p, c3) for p in refs[:16]]))
-        calib._self_cache.clear()
-        print(json.dumps(dict(window=WINDOW, cat=cat, shots=str(k), seed=seed, **calib.look_row(refs, test, y, c3))), flush=True)
+    calib.print_look_rows(cats, shots, window=WINDOW)

@@ -2,20 +2,17 @@
 
     PYTHONPATH=src:experiments IAD_LAB_CACHE=/work/coarse/cache python experiments/window_ratio.py cats shots windows
 """
-import os, sys, json, dataclasses, numpy as np
+import os, sys, json, numpy as np
 sys.path.insert(0, 'experiments')
 os.environ['WINDOW'] = '0'
 import calib
-from iad_agent.vision import features
-from iad_agent.vision.normal_bank import NormalBank, image_score
+from iad_agent.vision.normal_bank import image_score
 import window_knn as W
 cats = sys.argv[1].split(','); shots = sys.argv[2].split(',')
 for win in [float(x) for x in sys.argv[3].split(',')]:
     W.WINDOW = win
     for cat, k, seed, refs, test, y in calib.groups(cats, 'elpv' in cats, 100, shots):
-        c3 = calib.package_config(refs)
-        c3 = dataclasses.replace(c3, clip_length=features.clip_length_of([calib.grid_of(p, c3) for p in refs[:16]]))
-        bank = calib.plain_bank(refs, c3)
+        bank = calib.plain_bank(refs, calib.capped_config(refs))
         r = []
         for i in range(len(refs))[:16]:
             g = bank.grids[i].astype(np.float32)
