@@ -54,14 +54,16 @@ def _mask(path: Path, size: tuple[int, int] = (32, 24), box: tuple[int, int, int
     return path
 
 
-def _mvtec_tree(root: Path, category: str = "widget") -> Path:
+def _mvtec_tree(root: Path, category: str = "widget", good: str = "good", defect: str = "scratch",
+                name: str = "{:03d}", ext: str = ".png", mask: str = "{}_mask.png") -> Path:
+    """3 train good, 1 test good and 2 defective images with masks; names as MVTec AD's unless given."""
     cat = root / category
     for i in range(3):
-        _img(cat / "train" / "good" / f"{i:03d}.png")
-    _img(cat / "test" / "good" / "000.png")
+        _img(cat / "train" / good / f"{name.format(i)}{ext}")
+    _img(cat / "test" / good / f"{name.format(0)}{ext}")
     for i in range(2):
-        _img(cat / "test" / "scratch" / f"{i:03d}.png")
-        _mask(cat / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
+        _img(cat / "test" / defect / f"{name.format(i)}{ext}")
+        _mask(cat / "ground_truth" / defect / mask.format(name.format(i)))
     return root
 
 
@@ -117,13 +119,7 @@ def test_mvtec_real_categories_and_aliases():
 def test_btad_release_layout_reads_ok_as_good(tmp_path):
     """BTAD as released: ``train/ok``, ``test/ok`` and ``test/ko`` with masks of the same stem
     (``.png`` or ``.bmp``) under ``ground_truth/ko``; ``ok`` is the defect-free folder."""
-    cat = tmp_path / "03"
-    for i in range(3):
-        _img(cat / "train" / "ok" / f"{i:04d}.bmp")
-    _img(cat / "test" / "ok" / "0000.bmp")
-    for i in range(2):
-        _img(cat / "test" / "ko" / f"{i:04d}.bmp")
-        _mask(cat / "ground_truth" / "ko" / f"{i:04d}.bmp")
+    _mvtec_tree(tmp_path, "03", good="ok", defect="ko", name="{:04d}", ext=".bmp", mask="{}.bmp")
     samples = load_dataset("btad", tmp_path, "03")
     assert Counter((s.split, s.label) for s in samples) == {("train", NORMAL): 3, ("test", NORMAL): 1, ("test", ANOMALOUS): 2}
     bad = [s for s in samples if s.label == ANOMALOUS]
