@@ -134,15 +134,12 @@ def default_root(dataset: str) -> Path:
 def available_datasets() -> list[tuple[str, Path]]:
     """Every dataset whose folder (or one of its release names) exists under the data root, in
     :data:`DATASET_FOLDERS` order."""
-    root = data_root()
     found, seen = [], set()
     for name in DATASET_FOLDERS:
-        for folder in _folders(name):
-            path = root / folder
-            if path.is_dir() and path.resolve() not in seen:
-                found.append((name, path))
-                seen.add(path.resolve())
-                break
+        path = default_root(name)
+        if path.is_dir() and path.resolve() not in seen:
+            found.append((name, path))
+            seen.add(path.resolve())
     return found
 
 
