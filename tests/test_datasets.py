@@ -16,6 +16,7 @@ from iad_agent.datasets import (
     list_categories,
     load_dataset,
     read_deeppcb,
+    read_folder,
     read_kolektor,
     read_loco,
     read_magnetic_tile,
@@ -144,6 +145,75 @@ def test_mvtec_ad2_public_test_set_is_the_test_split(tmp_path):
     (bad,) = [s for s in samples if s.label == ANOMALOUS]
     assert bad.defect_type == "bad" and bad.mask_path.name == "000_regular_mask.png" and bad.ground_truth_mask().any()
     assert read_mvtec(tmp_path, "can", "test") == [s for s in samples if s.split == "test"]
+
+
+def test_mvtec3d_reads_the_colour_images_and_the_masks_beside_them(tmp_path):
+    """MVTec 3D-AD: each folder keeps its colour images in ``rgb/``, its masks in ``gt/`` and its point
+    clouds in ``xyz/``; the colour images are read with their masks (test/good's all-zero ones are not)."""
+    cat = tmp_path / "cookie"
+    for split in ("train", "validation"):
+        _img(cat / split / "good" / "rgb" / "000.png")
+        (cat / split / "good" / "xyz").mkdir(parents=True)
+        (cat / split / "good" / "xyz" / "000.tiff").write_bytes(b"not read")
+    _img(cat / "test" / "good" / "rgb" / "000.png")
+    _mask(cat / "test" / "good" / "gt" / "000.png", box=None)
+    for i in range(2):
+        _img(cat / "test" / "crack" / "rgb" / f"{i:03d}.png")
+        _mask(cat / "test" / "crack" / "gt" / f"{i:03d}.png")
+    assert list_categories("mvtec3d", tmp_path) == ["cookie"]
+    samples = load_dataset("mvtec3d", tmp_path, "cookie")
+    assert Counter((s.split, s.label) for s in samples) == {("train", NORMAL): 1, ("validation", NORMAL): 1,
+                                                            ("test", NORMAL): 1, ("test", ANOMALOUS): 2}
+    assert all(s.image_path.parent.name == "rgb" and s.dataset == "mvtec3d" for s in samples)
+    bad = [s for s in samples if s.label == ANOMALOUS]
+    assert all(s.defect_type == "crack" and s.mask_path.parent.name == "gt" and s.ground_truth_mask().any() for s in bad)
+    assert all(s.mask_path is None for s in samples if s.label == NORMAL)
+    (cat / "test" / "crack" / "gt" / "001.png").unlink()
+    with pytest.raises(DatasetError, match=r"001\.png: image has no mask"):
+        read_mvtec(tmp_path, "cookie")
+
+
+def _folder_tree(cat: Path, n_good: int = 4) -> Path:
+    """A plain product folder: good images, a defect type with masks and one without."""
+    for i in range(n_good):
+        _img(cat / "good" / f"g{i}.png")
+    for i in range(2):
+        _img(cat / "scratch" / f"s{i}.png")
+        _mask(cat / "ground_truth" / "scratch" / f"s{i}_mask.png")
+    _img(cat / "dent" / "d0.jpg", mode="RGB")
+    return cat
+
+
+def test_folder_reads_a_plain_product_folder(tmp_path):
+    """``--dataset folder``: ``good/`` and one folder per defect type (masks optional, under
+    ``ground_truth/<type>``); the root may be the folder of categories or the category itself, and
+    evaluation holds out a pool of good images as references."""
+    from iad_agent.eval.plan import split_dataset
+
+    _folder_tree(tmp_path / "widget")
+    assert list_categories("folder", tmp_path) == ["widget"]
+    samples = load_dataset("folder", tmp_path, "widget")
+    _assert_sorted(samples)
+    assert Counter((s.defect_type, s.label, s.mask_path is not None) for s in samples) == {
+        (None, NORMAL, False): 4, ("scratch", ANOMALOUS, True): 2, ("dent", ANOMALOUS, False): 1}
+    assert {s.split for s in samples} == {"test"} and {s.dataset for s in samples} == {"folder"}
+    assert [s.image_path for s in load_dataset("folder", tmp_path / "widget")] == [s.image_path for s in samples]
+    split = split_dataset(samples)
+    assert split.protocol == "held-out normals" and len(split.pool) == 2
+    assert not set(split.pool) & {s.image_path for s in split.test}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: (c / "ground_truth" / "scratch" / "s1_mask.png").unlink(), r"s1\.png: image has no mask"),
+    (lambda c: _mask(c / "ground_truth" / "hole" / "h0_mask.png"), r"hole: masks without a folder of images"),
+    (lambda c: _img(c / "train" / "good" / "t0.png"), r"train/ folder, the MVTec AD layout: use --dataset mvtec"),
+    (lambda c: [p.unlink() for p in (c / "good").iterdir()] and (c / "good").rmdir(), r"no folder of good images"),
+])
+def test_folder_refuses_what_it_cannot_read(tmp_path, change, message):
+    cat = _folder_tree(tmp_path / "widget")
+    change(cat)
+    with pytest.raises(DatasetError, match=message):
+        read_folder(tmp_path, "widget")
 
 
 def test_mvtec_real_mask_matches_defect():
@@ -392,9 +462,10 @@ def test_unknown_dataset_name(tmp_path):
 
 def test_readers_mapping():
     assert set(READERS) == {
-        "mvtec", "mpdd", "btad", "visa_resplit", "visa", "loco", "magnetic_tile", "deeppcb", "kolektor",
+        "mvtec", "mpdd", "btad", "mvtec3d", "visa_resplit", "visa", "loco", "magnetic_tile", "deeppcb", "kolektor", "folder",
     }
-    assert READERS["mpdd"] is READERS["btad"] is READERS["visa_resplit"] is read_mvtec
+    assert READERS["mpdd"] is READERS["btad"] is READERS["mvtec3d"] is READERS["visa_resplit"] is read_mvtec
+    assert READERS["folder"] is read_folder
 
 
 def test_magnetic_tile_image_without_mask(tmp_path):

@@ -327,6 +327,33 @@ def test_iad_eval_end_to_end_and_resume(tmp_path, monkeypatch):
     assert len(doc["meta"]["runs"]) == 3
 
 
+def test_iad_eval_on_a_plain_folder_of_real_images(tmp_path, data_root):
+    """A product in no benchmark's layout (``good/``, one folder per defect type, masks under
+    ``ground_truth/``) is evaluated as it is: good images held out as references, the rest tested,
+    the defects' masks scored."""
+    import shutil
+
+    tiles = data_root / "magnetic_tile"
+    if not tiles.is_dir():
+        pytest.skip("Magnetic Tile not in the shared data")
+    cat = tmp_path / "data" / "tile"
+    for src in sorted((tiles / "MT_Free" / "Imgs").glob("*.jpg"))[:8]:
+        (cat / "good").mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, cat / "good")
+    for src in sorted((tiles / "MT_Blowhole" / "Imgs").glob("*.jpg"))[:3]:
+        for folder, file in (("blowhole", src), (Path("ground_truth") / "blowhole", src.with_suffix(".png"))):
+            (cat / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(file, cat / folder)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["eval", "--dataset", "folder", "--root", str(tmp_path / "data"), "--shots", "2",
+                                 "--policy", "knn", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (record,) = recordfile.read_records(out / recordfile.RECORDS_FILE)
+    assert (record["dataset"], record["category"], record["protocol"]) == ("folder", "tile", "held-out normals")
+    assert (record["n_normal"], record["n_anomalous"]) == (4, 3)
+    assert record["image_auroc"] is not None and record["pixel_auroc"] is not None
+
+
 def test_iad_eval_refuses_bad_options(tmp_path):
     bad = runner.invoke(app, ["eval", "--dataset", "nope", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "unknown dataset" in bad.output

@@ -101,8 +101,9 @@ def _datasets(dataset: list[str], root: Path | None) -> list[tuple[str, Path]]:
 
 @app.command("eval")
 def eval_command(
-    dataset: list[str] = typer.Option(None, "--dataset", help="Dataset reader (repeatable): mvtec, visa, mpdd, btad, loco, "
-                                      "magnetic_tile, deeppcb, kolektor, or 'all' (every dataset under the data root)."),
+    dataset: list[str] = typer.Option(None, "--dataset", help="Dataset reader (repeatable): mvtec, visa, mpdd, btad, mvtec3d, loco, "
+                                      "magnetic_tile, deeppcb, kolektor, folder (good/ + one folder per defect type, "
+                                      "--root needed), or 'all' (every dataset under the data root)."),
     root: Path = typer.Option(None, "--root", help="Dataset folder (default: its folder under the data root)."),
     category: list[str] = typer.Option(None, "--category", help="Category to run (repeatable; default all)."),
     shots: list[str] = typer.Option(None, "--shots", help="Good references per product (repeatable): a number, 'all', or 0 = zero-shot (each test image "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from iad_agent.datasets._common import IMAGE_EXTENSIONS, DatasetError
 from iad_agent.datasets.deeppcb import read_deeppcb
+from iad_agent.datasets.folder import list_folder_categories, read_folder
 from iad_agent.datasets.kolektor import read_kolektor
 from iad_agent.datasets.loco import list_loco_categories, read_loco
 from iad_agent.datasets.magnetic_tile import read_magnetic_tile
@@ -32,6 +33,7 @@ __all__ = [
     "list_categories",
     "load_dataset",
     "read_deeppcb",
+    "read_folder",
     "read_kolektor",
     "read_loco",
     "read_magnetic_tile",
@@ -39,29 +41,34 @@ __all__ = [
     "read_visa",
 ]
 
-#: Reader for each dataset name; ``mpdd``, ``btad`` and ``visa_resplit`` use the MVTec layout.
+#: Reader for each dataset name; ``mpdd``, ``btad``, ``mvtec3d`` (its colour images) and
+#: ``visa_resplit`` use the MVTec layout; ``folder`` is a plain folder of good and defective images.
 READERS: dict[str, Callable[..., list[Sample]]] = {
     "mvtec": read_mvtec,
     "mpdd": read_mvtec,
     "btad": read_mvtec,
+    "mvtec3d": read_mvtec,
     "visa_resplit": read_mvtec,
     "visa": read_visa,
     "loco": read_loco,
     "magnetic_tile": read_magnetic_tile,
     "deeppcb": read_deeppcb,
     "kolektor": read_kolektor,
+    "folder": read_folder,
 }
 
 _CATEGORY_LISTERS: dict[str, Callable[[Path], list[str]]] = {
     "mvtec": list_mvtec_categories,
     "mpdd": list_mvtec_categories,
     "btad": list_mvtec_categories,
+    "mvtec3d": list_mvtec_categories,
     "visa_resplit": list_mvtec_categories,
     "visa": list_visa_categories,
     "loco": list_loco_categories,
     "magnetic_tile": lambda root: ["magnetic_tile"],
     "deeppcb": lambda root: ["pcb"],
     "kolektor": lambda root: ["kolektor"],
+    "folder": list_folder_categories,
 }
 
 

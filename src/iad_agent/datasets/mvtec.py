@@ -1,4 +1,4 @@
-"""Reader for the MVTec AD folder layout (also MPDD, BTAD and re-split VisA).
+"""Reader for the MVTec AD folder layout (also MPDD, BTAD, MVTec AD 2, MVTec 3D-AD and re-split VisA).
 
 Layout::
 
@@ -9,6 +9,9 @@ Layout::
 BTAD's release names the defect-free folders ``ok`` (``train/ok``, ``test/ok``) and its defects
 ``ko``; ``ok`` is read as ``good``. MVTec AD 2 has no ``test/``: its ``test_public/`` (``good``,
 ``bad`` and ``ground_truth/bad``) is read as the test split; the private test sets have no labels.
+MVTec 3D-AD keeps each folder's colour images in an ``rgb/`` subfolder and their masks beside them
+(``test/<defect>/rgb/000.png``, ``test/<defect>/gt/000.png``; the ``xyz/`` point clouds are not read):
+the colour images are read, the 3D data is not.
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png   (or ``<stem>.png``)
 
 A category without any ``ground_truth`` folder is accepted (image-level labels only, every
@@ -38,6 +41,13 @@ GOOD = "good"
 GOOD_NAMES = (GOOD, "ok")
 #: MVTec AD 2's test set with public labels (its ``test_private*`` sets have none), read as ``test``.
 PUBLIC_TEST = "test_public"
+#: MVTec 3D-AD: the subfolders holding a folder's colour images and their masks.
+RGB, RGB_MASKS = "rgb", "gt"
+
+
+def image_folder(folder: Path) -> Path:
+    """Where a split or defect folder's images are: the folder, or its ``rgb/`` (MVTec 3D-AD)."""
+    return folder / RGB if (folder / RGB).is_dir() and not list_images(folder) else folder
 
 
 def list_mvtec_categories(root: str | Path) -> list[str]:
@@ -95,7 +105,7 @@ def read_mvtec_layout(
             if split in (None, name) and good.is_dir():
                 samples += [
                     Sample(image_path=p, category=category, label=NORMAL, dataset=dataset, split=name)
-                    for p in list_images(good)
+                    for p in list_images(image_folder(good))
                 ]
     if split in (None, "test") and test_dir.is_dir():
         defects = [d.name for d in list_dirs(test_dir) if d != gt_root]
@@ -107,10 +117,13 @@ def read_mvtec_layout(
                         orphan = sorted(masks)[0]
                         raise DatasetError(f"{orphan}: mask without image (no folder {test_dir / gt_dir.name})")
         for defect in defects:
-            images = list_images(test_dir / defect)
-            gt_dir = gt_root / defect
-            masks = _pair_masks(images, test_dir / defect, gt_dir, nested_masks) if gt_dir.is_dir() else {}
             label = NORMAL if defect in GOOD_NAMES else ANOMALOUS
+            image_dir = image_folder(test_dir / defect)
+            images = list_images(image_dir)
+            gt_dir: Path | None = gt_root / defect
+            if image_dir != test_dir / defect:  # MVTec 3D-AD: masks beside rgb/ (test/good's are all zero: not read)
+                gt_dir = test_dir / defect / RGB_MASKS if label == ANOMALOUS else None
+            masks = pair_masks(images, image_dir, gt_dir, nested_masks) if gt_dir is not None and gt_dir.is_dir() else {}
             for p in images:
                 samples.append(
                     Sample(
@@ -131,7 +144,7 @@ def _mask_key(path: Path) -> str:
     return stem[: -len("_mask")] if stem.endswith("_mask") else stem
 
 
-def _pair_masks(images: list[Path], image_dir: Path, gt_dir: Path, nested: bool) -> dict[Path, Path]:
+def pair_masks(images: list[Path], image_dir: Path, gt_dir: Path, nested: bool) -> dict[Path, Path]:
     """Match each image of a test folder with its mask in ``gt_dir``, one to one."""
     index: dict[str, Path] = {}
     for entry in sorted(gt_dir.iterdir()):
