@@ -5,7 +5,7 @@ a mask of the wrong size, a bad annotation line, ...) with a :class:`DatasetErro
 message names the offending file or folder.
 
 >>> sorted(READERS)[:3]
-['btad', 'deeppcb', 'kolektor']
+['btad', 'deeppcb', 'folder']
 """
 
 from __future__ import annotations
