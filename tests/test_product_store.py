@@ -31,6 +31,7 @@ from iad_agent.product import (
     WorkspaceError,
     check_name,
 )
+from iad_agent.registration import few_good_images
 from iad_agent.workspace import Workspace
 
 runner = CliRunner()
@@ -50,6 +51,7 @@ def base(goods, tmp_path_factory) -> Path:
     ws = Workspace(tmp_path_factory.mktemp("base") / "ws")
     reg = ws.register("haz", goods[:3])
     assert reg.created and reg.changed and len(reg.added) == 3
+    assert reg.warnings == [few_good_images(3)] and "estimate, not a measurement" in reg.warnings[0]
     return ws.root
 
 
@@ -76,6 +78,22 @@ def _no_extraction(monkeypatch):
 
 def _version(ws: Workspace, name: str = "haz") -> str:
     return store.current(ws.product_dir(name)).name
+
+
+def test_few_good_images_are_told_that_the_false_alarm_rate_is_an_estimate(data_root, tmp_path):
+    """Below the number of good images whose leave-one-out scores measure how much good parts vary, the
+    registration warns that the promised false-alarm rate is an estimate (stderr, and ``warnings`` in
+    ``--json``); from that number on it does not."""
+    from iad_agent.vision.learn import MIN_SPREAD_SCORES
+
+    good = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))
+    (tmp_path / "one").mkdir()
+    shutil.copy(good[0], tmp_path / "one")
+    result = runner.invoke(app, ["register", "one", "--normals", str(tmp_path / "one"), "--workspace", str(tmp_path / "ws"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["warnings"] == [few_good_images(1)] and "augmented views" in few_good_images(1)
+    reg = Workspace(tmp_path / "ws").register("enough", good[:MIN_SPREAD_SCORES])
+    assert reg.created and reg.warnings == []
 
 
 # ------------------------------------------------------------------ item 1: duplicates
