@@ -8,9 +8,8 @@ its defect boxes (grown by 3 px) are replaced by the same pixels of its template
 aligned and binarised, so everything outside the boxes stays the real capture of a good board. Each
 pair is registered as ``iad eval`` does (the template as the one good image) and both images are
 inspected by ``knn`` and ``embedded``: one JSON line per pair with the score / threshold of each;
-the summary line at the end gives AUROC, false-alarm rate and miss rate. ``NO_SE=1``: the tool-weight
-fit without the standard-error rule (``vision.tool_weights.auroc_se`` read as 0), as before it (the rule
-was not adopted: with the package as it is, ``NO_SE`` changes nothing). ``FLOOR_ONE=1``: see ``floor_one.py``.
+the summary line at the end gives AUROC, false-alarm rate and miss rate. ``FLOOR_ONE=1``: see
+``floor_one.py``.
 """
 import json, os, sys, tempfile
 from pathlib import Path
@@ -23,12 +22,9 @@ from iad_agent.eval.runner import set_threads
 from iad_agent.product import Product
 from iad_agent.vision.scoring import _auroc
 
-from iad_agent.vision import tool_weights
 import floor_one  # noqa: F401 - FLOOR_ONE=1: the self weight may be 0 with one good image
 
 set_threads(int(os.environ.get('THREADS', '2')))
-if os.environ.get('NO_SE'):
-    tool_weights.auroc_se = lambda *a: 0.0
 GROW = 3
 
 

@@ -34,16 +34,14 @@ def _fit(memory):
 
 
 if SHRINK > 0:
-    def _build(self):
+    _build_plain = NormalBank._build_indexes
+
+    def _build(self):  # the package's indexes (descriptors included), then the patch index in whitened space
+        _build_plain(self)
         self._mu, self._w = _fit(self.memory.astype(np.float64))
         self._wmem = np.ascontiguousarray((self.memory - self._mu) @ self._w, np.float32)
-        c = self.memory.shape[1]
-        self._index = faiss.IndexFlatL2(c)
+        self._index = faiss.IndexFlatL2(self._wmem.shape[1])
         self._index.add(self._wmem)
-        desc = np.stack([g.astype(np.float32).mean(axis=(0, 1)) for g in self.grids])
-        self.descriptors = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-8)
-        self._desc_index = faiss.IndexFlatIP(c)
-        self._desc_index.add(np.ascontiguousarray(self.descriptors))
 
     def _tx(self, grid):
         h, w, c = grid.shape
