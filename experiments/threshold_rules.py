@@ -116,6 +116,47 @@ def spread_cmd(a: argparse.Namespace) -> None:
         report(rows, f"mean (1 + z {cv}) x factor", lambda r, cv=cv: float(np.mean(r["held"])) * (1 + Z * cv) * r["factor"])
 
 
+def shrunk(r: dict, nu0: float, cv0: float = 0.05, floor: bool = False, t: bool = False) -> float:
+    """``mean · (1 + z · cv)`` where ``cv²`` pools the prior spread ``cv0`` (``nu0`` pseudo-scores) with the
+    held-out scores' own relative spread (``n − 1`` degrees of freedom), as a conjugate normal prior on the
+    variance would; ``floor``: never below ``cv0``; ``t``: Student's t predictive quantile instead of z."""
+    s = np.array(r["held"], dtype=np.float64)
+    n, m = s.size, float(s.mean())
+    cv_obs = float(s.std(ddof=1)) / m if n > 1 else 0.0
+    cv = float(np.sqrt((nu0 * cv0**2 + (n - 1) * cv_obs**2) / (nu0 + n - 1)))
+    if floor:
+        cv = max(cv, cv0)
+    q = Z
+    if t:
+        from scipy.stats import t as student
+        q = float(student.ppf(0.95, nu0 + n - 1)) * np.sqrt(1 + 1 / n)
+    return m * (1 + q * cv)
+
+
+def shrink_cmd(a: argparse.Namespace) -> None:
+    """The held-out scores' own spread pooled with the prior spread (2–7 good images), beside the package's rule."""
+    rows = [r for r in map(json.loads, open(a.dump)) if str(r["shots"]) == a.shots]
+    target = {id(r): float(np.quantile(r["pool"], 0.95)) for r in rows}
+
+    def fit(fn) -> str:  # noqa: ANN001
+        lr = np.array([np.log(target[id(r)] / fn(r)) for r in rows])
+        return f"ratio median {np.exp(np.median(lr)):.3f} log-std {lr.std():.3f}"
+
+    pkg = lambda r: float(np.mean(r["held"])) * (1 + Z * 0.05)  # noqa: E731
+    print(f"{'package: mean (1 + z 0.05)':32s} {fit(pkg)}")
+    report(rows, "package: mean (1 + z 0.05)", pkg)
+    for nu0 in (1, 3, 6, 12):
+        for floor in (False, True):
+            fn = lambda r, nu0=nu0, floor=floor: shrunk(r, nu0, floor=floor)  # noqa: E731
+            name = f"pooled nu0={nu0}{' floor' if floor else ''}"
+            print(f"{name:32s} {fit(fn)}")
+            report(rows, name, fn)
+    for r in rows:
+        s = np.array(r["held"])
+        print(f"  {r['cat'][:12]:12s} s={r['seed']} cv_obs {s.std(ddof=1) / s.mean():.3f} pool q95/mean "
+              f"{target[id(r)] / s.mean():.3f}")
+
+
 def shift_cmd(a: argparse.Namespace) -> None:
     rows = [r for r in map(json.loads, open(a.dump)) if str(r["shots"]) == "1"]
     report(rows, "current (1.18, capped)", current)
@@ -228,11 +269,14 @@ def main() -> None:
     s.add_argument("--dump", required=True)
     sp = sub.add_parser("split")
     sp.add_argument("--dump", required=True)
+    sh = sub.add_parser("shrink")
+    sh.add_argument("--dump", required=True)
+    sh.add_argument("--shots", default="4")
     v = sub.add_parser("views")
     v.add_argument("--out", required=True)
     a = ap.parse_args()
     {"rules": rules_cmd, "spread": spread_cmd, "one": one_cmd, "shift": shift_cmd, "split": split_cmd,
-     "views": views_cmd}[a.cmd](a)
+     "views": views_cmd, "shrink": shrink_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":
