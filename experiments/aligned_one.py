@@ -98,6 +98,10 @@ def pcb_groups(n: int):  # noqa: ANN201 - iterator of (cat, seed, ref, pool, tes
 
 
 def dump(a: argparse.Namespace) -> None:
+    if a.gentle_learn:  # registration itself learns from gentle views (scoring weight, synthetic defects, threshold)
+        from iad_agent.vision import learn as learn_module
+
+        learn_module.augmented_views = gentle_views
     from iad_agent.eval.plan import evenly_spaced
     from iad_agent.eval.runner import set_threads
 
@@ -139,6 +143,27 @@ def summary(a: argparse.Namespace) -> None:
               f"gentle mean / current {np.median([np.mean(r['gentle']) / r['threshold'] for r in rs]):.2f}")
 
 
+def auroc_cmd(a: argparse.Namespace) -> None:
+    """Test image AUROC per product of one or more dumps (DeepPCB: score / threshold pooled over its pairs)."""
+    from iad_agent.vision.scoring import _auroc
+
+    for path in a.paths:
+        rows = [json.loads(line) for line in open(path)]
+        out = {}
+        for c in sorted({r["cat"] for r in rows}):
+            rs = [r for r in rows if r["cat"] == c]
+            if c == "deeppcb":
+                v = np.concatenate([np.array(r["test"]) / r["threshold"] for r in rs])
+                y = np.concatenate([r["test_y"] for r in rs])
+                out[c] = _auroc(v[y == 0], v[y == 1])
+            else:
+                out[c] = float(np.mean([_auroc(np.array(r["test"])[np.array(r["test_y"]) == 0],
+                                               np.array(r["test"])[np.array(r["test_y"]) == 1]) for r in rs]))
+            out[c + " w"] = float(np.mean([r["w"] for r in rs]))
+        dev = [v for k, v in out.items() if " " not in k and k not in ("elpv", "deeppcb")]
+        print(path, f"dev mean {np.mean(dev):.3f}", " ".join(f"{k} {v:.3f}" for k, v in out.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -148,9 +173,11 @@ def main() -> None:
     d.add_argument("--max-bad", type=int, default=60)
     d.add_argument("--pcb", type=int, default=24)
     d.add_argument("--pcb-only", action="store_true")
+    d.add_argument("--gentle-learn", action="store_true")
     sub.add_parser("summary").add_argument("path")
+    sub.add_parser("auroc").add_argument("paths", nargs="+")
     a = ap.parse_args()
-    {"dump": dump, "summary": summary}[a.cmd](a)
+    {"dump": dump, "summary": summary, "auroc": auroc_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":
