@@ -62,19 +62,54 @@ def cutpaste(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, n
     return out, mask
 
 
+def _bbox(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` of ``mask``'s true pixels grown by ``margin``, clipped to the mask."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return (max(0, int(xs.min()) - margin), max(0, int(ys.min()) - margin),
+            min(w, int(xs.max()) + 1 + margin), min(h, int(ys.max()) + 1 + margin))
+
+
+def _blur_margin(radius: float) -> int:
+    """Pixels around a region that a PIL Gaussian blur of ``radius`` reads (its three box passes, with room)."""
+    return int(np.ceil(3 * radius)) + 8
+
+
+def _pasted(img: Image.Image, region: np.ndarray, box: tuple[int, int, int, int]) -> Image.Image:
+    out = img.copy()
+    out.paste(Image.fromarray(region), box[:2])
+    return out
+
+
 def noise_patch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
-    """DRAEM-style: a smooth-noise blob filled with a foreign texture (a scrambled, re-coloured view)."""
+    """DRAEM-style: a smooth-noise blob filled with a foreign texture (a scrambled, re-coloured view).
+
+    The foreign texture is the image turned by 180° (and, at random, mirrored top to bottom),
+    blurred and re-coloured; only the blob's neighbourhood is computed, so a 12-megapixel photo
+    costs what its defect covers, not the whole image.
+    """
     img = img.convert("RGB")
     w, h = img.size
     mask = _blob_mask(w, h, rng)
-    arr = np.asarray(img, np.float32)
-    source = np.asarray(img.transpose(Image.Transpose.ROTATE_180).filter(ImageFilter.GaussianBlur(rng.uniform(0, 2))), np.float32)
-    source = source[::-1] if rng.random() < 0.5 else source
-    source = np.clip(source * rng.uniform(0.5, 1.5) + rng.uniform(-60, 60, 3), 0, 255)
+    radius = rng.uniform(0, 2)
+    flip = rng.random() < 0.5
+    gain, shift = rng.uniform(0.5, 1.5), rng.uniform(-60, 60, 3)
     beta = rng.uniform(0.0, 0.6)  # DRAEM's opacity: 0 = the foreign texture only
-    m = mask[..., None]
-    out = np.where(m, beta * arr + (1 - beta) * source, arr)
-    return Image.fromarray(out.astype(np.uint8)), mask
+    box = _bbox(mask, 0)
+    x0, y0, x1, y1 = box
+    # the foreign texture at (y, x) is B[y, x] (B[h − 1 − y, x] when mirrored), B = the turned image blurred:
+    # B is read over the box's columns and rows ry0 … ry1, from the turned image around them (the blur's margin)
+    m = _blur_margin(radius)
+    ry0, ry1 = (h - y1, h - y0) if flip else (y0, y1)
+    a, b, c0, c1 = max(0, ry0 - m), min(h, ry1 + m), max(0, x0 - m), min(w, x1 + m)
+    turned = img.crop((w - c1, h - b, w - c0, h - a)).transpose(Image.Transpose.ROTATE_180)  # = turned image[a:b, c0:c1]
+    source = np.asarray(turned.filter(ImageFilter.GaussianBlur(radius)), np.float32)[ry0 - a:ry1 - a, x0 - c0:x1 - c0]
+    source = source[::-1] if flip else source
+    source = np.clip(source * gain + shift, 0, 255)
+    arr = np.asarray(img.crop(box), np.float32)
+    local = mask[y0:y1, x0:x1, None]
+    out = np.where(local, beta * arr + (1 - beta) * source, arr)
+    return _pasted(img, out.astype(np.uint8), box), mask
 
 
 def scratch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
@@ -93,27 +128,41 @@ def scratch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, np
     layer = Image.new("L", (w, h), 0)
     ImageDraw.Draw(layer).line(pts, fill=255, width=width)
     mask = np.asarray(layer) > 0
-    arr = np.asarray(img, np.float32)
-    mean = float(arr.mean())
+    mean = float(np.asarray(img).mean())
     value = rng.uniform(0, 0.25) * 255 if mean > 100 or rng.random() < 0.5 else rng.uniform(0.75, 1.0) * 255
-    alpha = gaussian_filter(mask.astype(np.float32), 0.7)[..., None] * rng.uniform(0.6, 1.0)
+    strength = rng.uniform(0.6, 1.0)
+    box = _bbox(mask, 8)  # the line's soft edge (σ 0.7) reaches a few pixels out
+    x0, y0, x1, y1 = box
+    alpha = gaussian_filter(mask[y0:y1, x0:x1].astype(np.float32), 0.7)[..., None] * strength
+    arr = np.asarray(img.crop(box), np.float32)
     out = arr * (1 - alpha) + value * alpha
-    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8)), mask
+    return _pasted(img, np.clip(out, 0, 255).astype(np.uint8), box), mask
 
 
 def blur_patch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
     """A blob blurred and darkened or brightened (stain, smeared or missing texture)."""
     img = img.convert("RGB")
     w, h = img.size
-    arr = np.asarray(img, np.float32)
-    lum = arr.mean(axis=2)
+
+    def detail(m: np.ndarray) -> float:  # the luminance spread under a blob, read in its box only
+        x0, y0, x1, y1 = _bbox(m, 0)
+        lum = np.asarray(img.crop((x0, y0, x1, y1)), np.float32).mean(axis=2)
+        return float(lum[m[y0:y1, x0:x1]].std())
+
     # of a few candidate blobs, the one over the most detail (blurring a plain background changes nothing)
-    mask = max((_blob_mask(w, h, rng, (0.01, 0.05)) for _ in range(4)), key=lambda m: float(lum[m].std()))
-    blurred = np.asarray(img.filter(ImageFilter.GaussianBlur(max(2.0, 0.01 * max(w, h)))), np.float32)
-    blurred = np.clip(blurred * rng.uniform(0.6, 1.4), 0, 255)
-    soft = gaussian_filter(mask.astype(np.float32), 1.5)[..., None]
+    mask = max((_blob_mask(w, h, rng, (0.01, 0.05)) for _ in range(4)), key=detail)
+    radius = max(2.0, 0.01 * max(w, h))
+    gain = rng.uniform(0.6, 1.4)
+    box = _bbox(mask, 8)  # the blob's soft edge (σ 1.5)
+    x0, y0, x1, y1 = box
+    m = _blur_margin(radius)
+    cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
+    blurred = np.asarray(img.crop((cx0, cy0, cx1, cy1)).filter(ImageFilter.GaussianBlur(radius)), np.float32)
+    blurred = np.clip(blurred[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] * gain, 0, 255)
+    soft = gaussian_filter(mask[y0:y1, x0:x1].astype(np.float32), 1.5)[..., None]
+    arr = np.asarray(img.crop(box), np.float32)
     out = arr * (1 - soft) + blurred * soft
-    return Image.fromarray(out.astype(np.uint8)), mask
+    return _pasted(img, out.astype(np.uint8), box), mask
 
 
 DEFECT_MAKERS: dict[str, Callable[[Image.Image, np.random.Generator], tuple[Image.Image, np.ndarray]]] = {
