@@ -395,3 +395,23 @@ def test_bench_makes_200_distinct_good_images_from_50(data_root, tmp_path):
     files = sorted((tmp_path / "good").iterdir())
     assert len(files) == 8 and {Image.open(f).size for f in files} == {Image.open(goods[0]).size}
     assert len({content_hash(load_image(f)) for f in files}) == 8  # none is a copy the registration would skip
+
+
+def test_bench_registers_and_inspects_12_megapixel_photos_with_their_peak_memory(data_root, tmp_path):
+    """`iad dev bench` registers good images as 4000×3000 photos and inspects one, each a fresh process,
+    and records its wall time and peak resident memory."""
+    import os
+    import sys
+
+    from PIL import Image
+
+    from iad_agent.eval.firsthour import PHOTO_SIZE, photo_runs
+
+    goods = sorted((data_root / "mvtec_ad/hazelnut/train/good").glob("*.png"))[:2]
+    anomalous = data_root / "mvtec_ad/hazelnut/test/hole/001.png"
+    runs = photo_runs(tmp_path, goods, anomalous, "nut", dict(os.environ))
+    assert {Image.open(p).size for p in (tmp_path / "photos").iterdir()} == {PHOTO_SIZE}
+    assert [r["what"] for r in runs] == ["register_photos_s", "inspect_photo_s"] and runs[0]["images"] == 2
+    assert all(r["seconds"] > 0 for r in runs)
+    if sys.platform.startswith("linux"):  # VmHWM: more than the interpreter alone, far less than the photos as floats
+        assert all(100 < r["peak_mb"] < 1500 for r in runs), runs

@@ -66,9 +66,12 @@ def bench(
     out: Path = typer.Option(None, "--out", metavar="FILE", help="Also write the figures here (JSON)."),
     category: str = typer.Option("hazelnut", "--category", metavar="NAME", help="MVTec AD category under the data root."),
     repeats: int = typer.Option(3, "--repeats", min=1, metavar="N", help="Runs of each short command (the median is kept)."),
+    photos: int = typer.Option(4, "--photos", min=0, metavar="N",
+                               help="Good images to register as 4000×3000 photos, then one inspected (0: skip)."),
 ) -> None:
     """Time the first hour: register 50 and 200 good images, one cold `iad inspect`, `iad products`;
-    quiet and beside a busy process (register_s, cold_start_s, products_s)."""
+    quiet and beside a busy process (register_s, cold_start_s, products_s); then N 4000×3000 photos
+    registered and one inspected, with their peak memory (register_photos_s, inspect_photo_s)."""
     import json
 
     from iad_agent.datasets import data_root
@@ -76,7 +79,7 @@ def bench(
     from iad_agent.imageio import atomic_write_text
 
     with console.status("timing") as status:
-        figures = run(data_root(), category, repeats, progress=lambda what: status.update(f"timing: {what}"))
+        figures = run(data_root(), category, repeats, progress=lambda what: status.update(f"timing: {what}"), photos=photos)
     text = json.dumps(figures, indent=1)
     if out is not None:
         atomic_write_text(out, text + "\n")

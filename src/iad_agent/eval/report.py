@@ -416,13 +416,20 @@ def _firsthour_section(fh: dict[str, Any]) -> list[str]:
     """``iad dev bench``'s figures: registration, cold start and ``iad products``, quiet and beside a busy process."""
     rows = []
     for r in fh.get("runs", []):
+        size = "×".join(str(v) for v in r.get("size", [])) + " px"
+        peak = f"; peak {r['peak_mb']} MB" if r.get("peak_mb") is not None else ""
         what = {"register_s": f"iad register ({r.get('images')} good images)", "cold_start_s": "one iad inspect, cold start",
-                "products_s": "iad products"}.get(r["what"], r["what"])
+                "products_s": "iad products",
+                "register_photos_s": f"iad register ({r.get('images')} good photos of {size}{peak})",
+                "inspect_photo_s": f"one iad inspect of a {size} photo, cold start{peak}"}.get(r["what"], r["what"])
         rows.append([what, r["neighbour"], fmt(r["seconds"], digits=1), fmt(r.get("load_before"), digits=2)])
     targets = {"register_s_50_quiet": 10.0, "cold_start_s_quiet": 3.0, "products_s_quiet": 1.0,
-               "register_s_200_quiet": 60.0}
+               "register_s_200_quiet": 60.0, "register_photos_s_quiet": 10.0, "inspect_photo_s_quiet": 3.0}
     checks = [f"- {key} ≤ {limit:g} s: {fmt(fh[key], digits=1)} s — {'**met**' if fh[key] <= limit else '**not met**'}"
               for key, limit in targets.items() if fh.get(key) is not None]
+    for key in ("register_photos_peak_mb_quiet", "inspect_photo_peak_mb_quiet"):  # the memory target of issue 11
+        if fh.get(key) is not None:
+            checks.append(f"- {key} ≤ 1500 MB: {fh[key]} MB — {'**met**' if fh[key] <= 1500 else '**not met**'}")
     if fh.get("register_s_50_quiet") and fh.get("register_s_50_busy") is not None:
         ratio = fh["register_s_50_busy"] / fh["register_s_50_quiet"]
         checks.append(f"- registration beside a busy process ≤ 2× quiet: {ratio:.1f}× — {'**met**' if ratio <= 2 else '**not met**'}")
