@@ -106,10 +106,10 @@ def test_synthetic_defect_scores_above_its_good_image(hazelnut_product, data_roo
 def _whole_image_defect(kind: str, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
     """The noise patch, scratch and blur patch computed over the whole image, as they were before they read
     only the defect's neighbourhood: the reference the local computation must reproduce exactly."""
-    from PIL import ImageDraw, ImageFilter
+    from PIL import ImageFilter
     from scipy.ndimage import gaussian_filter
 
-    from iad_agent.vision.synthetic import _blob_mask
+    from iad_agent.vision.synthetic import _blob_mask, _scratch_mask
 
     img = img.convert("RGB")
     w, h = img.size
@@ -122,18 +122,7 @@ def _whole_image_defect(kind: str, img: Image.Image, rng: np.random.Generator) -
         beta = rng.uniform(0.0, 0.6)
         return np.where(mask[..., None], beta * arr + (1 - beta) * source, arr).astype(np.uint8)
     if kind == "scratch":
-        length = rng.uniform(0.1, 0.35) * max(w, h)
-        x, y = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
-        angle = rng.uniform(0, np.pi)
-        pts = [(x, y)]
-        for _ in range(6):
-            angle += rng.normal(0, 0.3)
-            x, y = x + np.cos(angle) * length / 6, y + np.sin(angle) * length / 6
-            pts.append((float(np.clip(x, 0, w - 1)), float(np.clip(y, 0, h - 1))))
-        width = max(1, int(round(max(w, h) * rng.uniform(0.003, 0.008))))
-        layer = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(layer).line(pts, fill=255, width=width)
-        mask = np.asarray(layer) > 0
+        mask = _scratch_mask(w, h, rng)  # the curve itself; the blend below is what must match
         value = rng.uniform(0, 0.25) * 255 if float(arr.mean()) > 100 or rng.random() < 0.5 else rng.uniform(0.75, 1.0) * 255
         alpha = gaussian_filter(mask.astype(np.float32), 0.7)[..., None] * rng.uniform(0.6, 1.0)
         return np.clip(arr * (1 - alpha) + value * alpha, 0, 255).astype(np.uint8)

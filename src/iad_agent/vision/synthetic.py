@@ -112,10 +112,8 @@ def noise_patch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image
     return _pasted(img, out.astype(np.uint8), box), mask
 
 
-def scratch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
-    """A thin curved line, darker or brighter than the surface (scratch, crack)."""
-    img = img.convert("RGB")
-    w, h = img.size
+def _scratch_mask(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+    """The pixels of a thin random curve (seven points, a gently turning heading) across a ``w``×``h`` image."""
     length = rng.uniform(0.1, 0.35) * max(w, h)
     x, y = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
     angle = rng.uniform(0, np.pi)
@@ -127,7 +125,14 @@ def scratch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, np
     width = max(1, int(round(max(w, h) * rng.uniform(0.003, 0.008))))
     layer = Image.new("L", (w, h), 0)
     ImageDraw.Draw(layer).line(pts, fill=255, width=width)
-    mask = np.asarray(layer) > 0
+    return np.asarray(layer) > 0
+
+
+def scratch(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
+    """A thin curved line, darker or brighter than the surface (scratch, crack)."""
+    img = img.convert("RGB")
+    w, h = img.size
+    mask = _scratch_mask(w, h, rng)
     mean = float(np.asarray(img).mean())
     value = rng.uniform(0, 0.25) * 255 if mean > 100 or rng.random() < 0.5 else rng.uniform(0.75, 1.0) * 255
     strength = rng.uniform(0.6, 1.0)
